@@ -1,0 +1,39 @@
+# make demo: the embedded digits benchmark end to end, ending with the report.
+# make test: the test suite. Both create .venv with plain pip and install the project first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+IMOOD := $(VENV)/bin/imood
+STAMP := $(VENV)/.imood-installed
+RUNS ?= runs
+DATA ?= data
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test test-slow bench clean
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(IMOOD) data prepare digits --drp $(DATA)
+	$(IMOOD) train --ds digits --drp $(DATA) --srp $(RUNS) --name digits-baseline --force \
+	    --ood_metric oe --logit_adjust 0 --aux_ood_loss none
+	$(IMOOD) train --ds digits --drp $(DATA) --srp $(RUNS) --name digits-imood --force \
+	    --ood_metric ada_oe --logit_adjust 1.0 --aux_ood_loss pascl
+	$(IMOOD) score $(RUNS)/digits-baseline --ood_metric msp,ada_msp,energy,ada_energy
+	$(IMOOD) score $(RUNS)/digits-imood --ood_metric msp,energy
+	$(IMOOD) eval $(RUNS)/digits-imood/scores/msp.safetensors
+	$(IMOOD) report $(RUNS)/digits-baseline $(RUNS)/digits-imood
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(RUNS) .pytest_cache

@@ -1,0 +1,77 @@
+"""`imood`: the Typer app and the error boundary (one line and exit code 2 for bad input)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import click
+import typer
+
+from imood_cli import __version__
+from imood_cli.cli import data as data_cmd
+from imood_cli.cli import eval as eval_cmd
+from imood_cli.cli import plugins as plugins_cmd
+from imood_cli.cli import report as report_cmd
+from imood_cli.cli import score as score_cmd
+from imood_cli.cli import train as train_cmd
+from imood_cli.errors import ImoodError
+
+app = typer.Typer(
+    name="imood",
+    help="Out-of-distribution detection on long-tailed data with ImOOD (class-prior-aware OOD scores).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(plugins_cmd.app, name="plugins")
+app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(train_cmd.train)
+app.command("score")(score_cmd.score)
+app.command("eval")(eval_cmd.eval_scores)
+app.command("report")(report_cmd.report)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"imood {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+    """Out-of-distribution detection on long-tailed data with ImOOD."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # keep library warnings out of users' terminals
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.*")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="imood", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.UsageError as exc:
+        print(f"imood: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        code = 2
+    except click.ClickException as exc:
+        print(f"imood: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        code = 2
+    except ImoodError as exc:
+        print(f"imood: error: {_one_line(exc)}", file=sys.stderr)
+        code = exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        print("imood: interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        from imood_cli.engine.runtime import teardown
+
+        teardown()
+    sys.exit(code if isinstance(code, int) else 0)

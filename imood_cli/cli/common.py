@@ -1,0 +1,62 @@
+"""Shared pieces of the commands: consoles, list parsing, progress bars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from imood_cli.engine.score import ScoreObserver
+from imood_cli.errors import ImoodError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def split_list(value: str | list[str] | None) -> list[str]:
+    """'a,b' or ['a', 'b,c'] → ['a', 'b', 'c']."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    return [p.strip() for item in items for p in item.split(",") if p.strip()]
+
+
+def progress(transient: bool = True) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=transient,
+        disable=not is_main_process(),
+    )
+
+
+class ScoreProgress(ScoreObserver):
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.task = None
+
+    def start_set(self, name: str, size: int) -> None:
+        self.task = self.bar.add_task(name, total=size, info="")
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+    def end_set(self, name: str) -> None:
+        self.bar.remove_task(self.task)
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ImoodError(f"{what} not found: {path}")
+    return path
+
+
+def warn(text: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {text}")
+
+

@@ -1,0 +1,1 @@
+"""The core: plain functions and dataclasses, no CLI and no terminal rendering."""

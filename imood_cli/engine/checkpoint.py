@@ -1,0 +1,199 @@
+"""Safetensors files with JSON metadata, atomic writes, and training checkpoints.
+
+Every file is written to a temporary name in the same folder, fsynced, then renamed over the
+target, so a reader sees the old file or the new one, never half of one. Training checkpoints
+are listed in checkpoint/latest.json with their size and sha256; resume takes the newest that
+verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load_bytes
+from safetensors.torch import save as st_save_bytes
+
+from imood_cli.errors import ImoodError
+
+META_KEY = "imood"  # one metadata entry holding a JSON document
+KEEP_CHECKPOINTS = 2
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """Write a safetensors file atomically; `meta` is stored as one JSON string. Returns the bytes."""
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    data = st_save_bytes(clean, metadata={META_KEY: json.dumps(meta)})
+    atomic_write_bytes(path, data)
+    return data
+
+
+def load_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file written by `save_tensors`; a clear ImoodError for anything wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ImoodError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ImoodError(f"{what} {path} is a folder, not a file")
+    data = path.read_bytes()
+    try:
+        tensors = st_load_bytes(data)
+        meta = _read_metadata(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        raise ImoodError(f"{what} {path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
+    return tensors, meta
+
+
+def _read_metadata(data: bytes) -> dict[str, Any]:
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("header runs past the end of the file")
+    header = json.loads(data[8:8 + n])
+    raw = (header.get("__metadata__") or {}).get(META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Nested state (optimizer, scheduler) → flat tensors + a JSON skeleton. Tensors become
+# {"__tensor__": key}; tuples are kept apart from lists so the structure round-trips.
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[flatten_state(k, f"{prefix}.k{i}", tensors), flatten_state(v, f"{prefix}.{i}", tensors)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def unflatten_state(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skel, dict):
+        if "__tensor__" in skel:
+            return tensors[skel["__tensor__"]]
+        if "__dict__" in skel:
+            return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in skel["__dict__"]}
+        if "__tuple__" in skel:
+            return tuple(unflatten_state(v, tensors) for v in skel["__tuple__"])
+    if isinstance(skel, list):
+        return [unflatten_state(v, tensors) for v in skel]
+    return skel
+
+
+def save_state(path: Path, state: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """Save a nested training state; returns {file, size, sha256} for the checkpoint list."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = flatten_state(state, "s", tensors)
+    data = save_tensors(path, tensors, {**meta, "skeleton": skeleton})
+    return {"file": Path(path).name, "size": len(data), "sha256": sha256_bytes(data)}
+
+
+def load_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    tensors, meta = load_tensors(path, "checkpoint")
+    if "skeleton" not in meta:
+        raise ImoodError(f"checkpoint {path} holds no training state (is it a model file?)")
+    return unflatten_state(meta.pop("skeleton"), tensors), meta
+
+
+class CheckpointDir:
+    """runs/<name>/checkpoint/: epoch_NNNN[_step_SSSSSS].safetensors files and latest.json listing them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.index = self.folder / "latest.json"
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.index.exists():
+            return []
+        try:
+            return json.loads(self.index.read_text())["checkpoints"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ImoodError(f"{self.index} is corrupt; remove it to restart the run from scratch") from None
+
+    def save(self, epoch: int, state: dict[str, Any], meta: dict[str, Any], step: int = 0) -> Path:
+        """Save after `epoch` complete epochs and `step` steps of the next one."""
+        name = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "")
+        path = self.folder / f"{name}.safetensors"
+        entry = {**save_state(path, state, meta), "epoch": epoch, "step": step}
+        entries = [e for e in self.entries() if (e["epoch"], e.get("step", 0)) != (epoch, step)] + [entry]
+        entries.sort(key=lambda e: (e["epoch"], e.get("step", 0)))
+        keep, drop = entries[-KEEP_CHECKPOINTS:], entries[:-KEEP_CHECKPOINTS]
+        atomic_write_text(self.index, json.dumps({"checkpoints": keep}, indent=2))
+        for e in drop:  # only after the index no longer names them
+            (self.folder / e["file"]).unlink(missing_ok=True)
+        return path
+
+    def latest_good(self) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
+        """The newest checkpoint whose size and sha256 match the index, or None if there is none."""
+        problems = []
+        for e in reversed(self.entries()):
+            path = self.folder / e["file"]
+            if not path.exists() or path.stat().st_size != e["size"] or sha256_file(path) != e["sha256"]:
+                problems.append(e["file"])
+                continue
+            state, meta = load_state(path)
+            return state, meta, path
+        if problems:
+            raise ImoodError(f"no intact checkpoint in {self.folder}: {', '.join(problems)} fail their checksum")
+        return None
+
+    def last_path(self) -> Path | None:
+        entries = self.entries()
+        return self.folder / entries[-1]["file"] if entries else None

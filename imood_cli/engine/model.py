@@ -1,0 +1,109 @@
+"""A timm backbone plus the ImOOD heads (SPEC §3).
+
+backbone → feature f → classifier (K classes + extra outputs), aux_linear (scalar statistic → logit),
+projection (MLP d → d → 128, L2-normalised), lambda_head (λ(x) = exp(·) ≥ 1e-4, zero-init bias).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from timm.models.resnet import BasicBlock, ResNet
+from torch import nn
+
+from imood_cli.engine.outputs import ModelOutputs
+from imood_cli.errors import ImoodError, unknown_name
+
+PROJECTION_DIM = 128
+LAMBDA_MIN = 1e-4
+
+
+@register_model
+def imood_resnet_micro(pretrained: bool = False, **kwargs) -> ResNet:
+    """A 4-stage ResNet with one BasicBlock per stage and widths 16-128, for 8×8 inputs (digits)."""
+    if pretrained:
+        raise ImoodError("imood_resnet_micro has no pretrained weights")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)  # timm passes its config plumbing to every entry function
+    kwargs.setdefault("stem_width", 16)
+    return ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), **kwargs)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything needed to rebuild a model; stored in every checkpoint's metadata."""
+
+    backbone: str
+    num_classes: int
+    extra_outputs: int = 0
+    in_chans: int = 3
+    cifar_stem: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Architecture":
+        known = {k: d[k] for k in ("backbone", "num_classes", "extra_outputs", "in_chans", "cifar_stem") if k in d}
+        return cls(**known)
+
+
+def apply_cifar_stem(backbone: nn.Module, in_chans: int) -> None:
+    """3×3 stride-1 first convolution and no max-pool, for 32×32 (and smaller) images."""
+    conv = getattr(backbone, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(backbone, "maxpool"):
+        raise ImoodError(
+            f"--cifar-stem needs a ResNet-style backbone with a single conv1 and a maxpool; "
+            f"{type(backbone).__name__} has another stem (use --no-cifar-stem)"
+        )
+    backbone.conv1 = nn.Conv2d(in_chans, conv.out_channels, 3, stride=1, padding=1, bias=False)
+    backbone.maxpool = nn.Identity()
+
+
+def create_backbone(name: str, in_chans: int, cifar_stem: bool, pretrained: bool = False) -> nn.Module:
+    if not timm.is_model(name):
+        raise unknown_name("timm model", name, timm.list_models())
+    try:
+        backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    except ImoodError:
+        raise
+    except Exception as exc:
+        if pretrained:
+            raise ImoodError(
+                f"cannot load pretrained weights for {name} ({type(exc).__name__}); they come from the "
+                "Hugging Face hub: go online once, or drop --pretrained"
+            ) from None
+        raise
+    if cifar_stem:
+        apply_cifar_stem(backbone, in_chans)
+    return backbone
+
+
+class ImOODModel(nn.Module):
+    def __init__(self, arch: Architecture, pretrained: bool = False) -> None:
+        super().__init__()
+        self.arch = arch
+        self.backbone = create_backbone(arch.backbone, arch.in_chans, arch.cifar_stem, pretrained)
+        d = self.backbone.num_features
+        self.feature_dim = d
+        self.classifier = nn.Linear(d, arch.num_classes + arch.extra_outputs)
+        self.aux_linear = nn.Linear(1, 1)
+        self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, PROJECTION_DIM))
+        self.lambda_head = nn.Linear(d, arch.num_classes)
+        nn.init.zeros_(self.lambda_head.bias)
+
+    def forward(self, x: torch.Tensor, projections: bool = False, lambdas: bool = False) -> ModelOutputs:
+        f = self.backbone(x)
+        out = self.classifier(f)
+        k = self.arch.num_classes
+        return ModelOutputs(
+            logits=out[:, :k],
+            extra=out[:, k:] if self.arch.extra_outputs else None,
+            features=f,
+            projections=F.normalize(self.projection(f).float(), dim=1) if projections else None,
+            lambdas=torch.exp(self.lambda_head(f).float()).clamp(min=LAMBDA_MIN) if lambdas else None,
+        )

@@ -1,0 +1,28 @@
+"""Class prior π, the adjusted prior π̃ = softmax(τ·log π), and log β̂ (SPEC §1-2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from imood_cli.errors import ImoodError
+
+
+def log_prior(class_counts: Sequence[int] | torch.Tensor, logit_adjust: float = 1.0) -> torch.Tensor:
+    """log π̃ with π̃_k ∝ π_k^τ; τ = 0 gives the uniform prior (every ImOOD term off)."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if counts.ndim != 1 or counts.numel() == 0:
+        raise ImoodError("class counts must be a non-empty list of numbers")
+    if (counts <= 0).any():
+        raise ImoodError("every class needs at least one training image to define the class prior")
+    log_pi = torch.log(counts / counts.sum())
+    return torch.log_softmax(logit_adjust * log_pi, dim=0)
+
+
+def log_beta(logits: torch.Tensor, log_prior_adj: torch.Tensor) -> torch.Tensor:
+    """log β̂(x) = log((1/K) Σ_k p_k(x) / π̃_k), computed with logsumexp for stability."""
+    k = logits.shape[1]
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    lp = log_prior_adj.to(device=logits.device, dtype=log_p.dtype)
+    return torch.logsumexp(log_p - lp, dim=1) - torch.log(torch.tensor(float(k), device=logits.device))

@@ -1,0 +1,76 @@
+"""Where the work runs: device choice, bf16 autocast, and the torchrun process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from imood_cli.errors import ImoodError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    amp: bool = False
+    channels_last: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if spec.replace(",", "").isdigit():  # the reference's --gpu 0 / --gpu 0,1
+        ids = [int(s) for s in spec.split(",")]
+        spec = f"cuda:{ids[local_rank % len(ids)]}"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ImoodError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ImoodError(f"device {spec} asked for, but this machine has no CUDA GPU (use --device cpu)")
+    return device
+
+
+def setup(device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> Runtime:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    on_cuda = dev.type == "cuda"
+    use_amp = {"auto": on_cuda, "bf16": True, "off": False}[amp]
+    use_cl = {"auto": on_cuda, "on": True, "off": False}[channels_last]
+    return Runtime(dev, rank, world, local_rank, use_amp, use_cl)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

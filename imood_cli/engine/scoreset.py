@@ -1,0 +1,78 @@
+"""The score file: the contract between `imood score` and `imood eval` (README "File formats").
+
+safetensors with `id.score`, `id.label`, `id.pred`, `ood.<set>.score` (and `ood.<set>.pred`), and
+JSON metadata with `class_counts`, `metric`, `score_direction` = "higher_is_ood", the dataset names
+and the checkpoint the scores came from. Scores from any tool can be evaluated this way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imood_cli.engine.checkpoint import load_tensors, save_tensors
+from imood_cli.errors import ImoodError
+
+DIRECTION = "higher_is_ood"
+
+
+@dataclass
+class ScoreSet:
+    metric: str
+    id_score: torch.Tensor
+    id_label: torch.Tensor
+    id_pred: torch.Tensor
+    ood_score: dict[str, torch.Tensor]
+    ood_pred: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_counts(self) -> list[int] | None:
+        return self.meta.get("class_counts")
+
+    def save(self, path: Path) -> None:
+        tensors = {"id.score": self.id_score, "id.label": self.id_label, "id.pred": self.id_pred}
+        for name, s in self.ood_score.items():
+            tensors[f"ood.{name}.score"] = s
+            if name in self.ood_pred:
+                tensors[f"ood.{name}.pred"] = self.ood_pred[name]
+        meta = {**self.meta, "metric": self.metric, "score_direction": DIRECTION, "ood_sets": list(self.ood_score)}
+        save_tensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: Path) -> "ScoreSet":
+        tensors, meta = load_tensors(path, "score file")
+        where = f"score file {path}"
+        if meta.get("score_direction", DIRECTION) != DIRECTION:
+            raise ImoodError(f"{where}: score_direction must be {DIRECTION!r}, got {meta['score_direction']!r}")
+        if "id.score" not in tensors:
+            raise ImoodError(f"{where} has no 'id.score' tensor")
+        ood_names = sorted({k.split(".", 1)[1].rsplit(".", 1)[0] for k in tensors if k.startswith("ood.")})
+        order = [n for n in meta.get("ood_sets", []) if n in ood_names] + [n for n in ood_names if n not in meta.get("ood_sets", [])]
+        missing = [n for n in meta.get("ood_sets", []) if n not in ood_names]
+        if missing:
+            raise ImoodError(f"{where}: OOD set {missing[0]!r} is listed in the metadata but has no scores")
+        if not order:
+            raise ImoodError(f"{where} has no OOD set (no 'ood.<set>.score' tensor)")
+        id_score = tensors["id.score"]
+        n = id_score.shape[0]
+        for key in ("id.label", "id.pred"):
+            if key in tensors and tensors[key].shape[0] != n:
+                raise ImoodError(f"{where}: {key} has {tensors[key].shape[0]} entries but id.score has {n}")
+        ood_score, ood_pred = {}, {}
+        for name in order:
+            if f"ood.{name}.score" not in tensors:
+                raise ImoodError(f"{where}: OOD set {name!r} has predictions but no scores")
+            ood_score[name] = tensors[f"ood.{name}.score"]
+            if f"ood.{name}.pred" in tensors:
+                ood_pred[name] = tensors[f"ood.{name}.pred"]
+                if ood_pred[name].shape[0] != ood_score[name].shape[0]:
+                    raise ImoodError(f"{where}: ood.{name}.pred and ood.{name}.score differ in length")
+        for k, t in tensors.items():
+            if t.ndim != 1:
+                raise ImoodError(f"{where}: {k} must be one-dimensional, got shape {tuple(t.shape)}")
+        return cls(meta.get("metric", path.stem), id_score, tensors.get("id.label"), tensors.get("id.pred"),
+                   ood_score, ood_pred, meta)

@@ -1,0 +1,413 @@
+"""The ImOOD training loop (SPEC §3): one forward pass over [2N ID views ; M auxiliary OOD],
+L = L_in + Lambda · L_ood + Lambda2 · L_aux, checkpoints every epoch, exact resume, torchrun DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from imood_cli import __version__
+from imood_cli.data.augment import AugmentSpec, augment
+from imood_cli.data.base import Benchmark, ImageSet
+from imood_cli.data.batches import InMemoryEpoch, epoch_seed
+from imood_cli.data.load import load_benchmark
+from imood_cli.engine.checkpoint import CheckpointDir, atomic_write_text, save_tensors
+from imood_cli.engine.config import TrainConfig
+from imood_cli.engine.model import Architecture, ImOODModel
+from imood_cli.engine.prior import log_prior
+from imood_cli.engine.runtime import Runtime
+from imood_cli.errors import ImoodError, TrainingDiverged
+from imood_cli.losses.base import AuxBatch
+from imood_cli.losses.la_ce import logit_adjusted_ce
+from imood_cli.metrics.ada import Ada
+from imood_cli.metrics.base import LossContext
+from imood_cli.plugins import registry
+
+LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux")
+
+
+class Interrupted(ImoodError):
+    exit_code = 130
+
+
+class TrainObserver:
+    """Progress hooks; the CLI draws a progress bar, a notebook may print or ignore them."""
+
+    def start(self, cfg: TrainConfig, bench: Benchmark, start_epoch: int, steps_per_epoch: int) -> None: ...
+
+    def epoch_start(self, epoch: int, steps: int, start_step: int) -> None: ...
+
+    def step(self, epoch: int, step: int, images: int) -> None: ...
+
+    def log(self, record: dict[str, Any]) -> None: ...
+
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def augment_spec(cfg: TrainConfig, bench: Benchmark) -> AugmentSpec:
+    spec = bench.augment
+    over = {
+        "crop_padding": cfg.crop_padding, "flip": cfg.flip, "jitter_p": cfg.jitter_p, "grayscale_p": cfg.grayscale_p,
+        "jitter": tuple(cfg.color_jitter) if cfg.color_jitter is not None else None,
+    }
+    return AugmentSpec(**{**spec.to_dict(), **{k: v for k, v in over.items() if v is not None}})
+
+
+def architecture(cfg: TrainConfig, bench: Benchmark, extra_outputs: int) -> Architecture:
+    return Architecture(cfg.model, bench.num_classes, extra_outputs, bench.channels, cfg.cifar_stem)
+
+
+def model_metadata(cfg: TrainConfig, arch: Architecture, class_counts: list[int], epochs_done: int) -> dict[str, Any]:
+    return {
+        "format": "imood-model", "imood_version": __version__, "architecture": arch.to_dict(),
+        "class_counts": class_counts, "metric": cfg.ood_metric, "aux_loss": cfg.aux_ood_loss,
+        "dataset": cfg.dataset, "logit_adjust": cfg.logit_adjust, "epochs": epochs_done, "config": cfg.to_dict(),
+    }
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if cfg.schedule == "multisteps":
+            epoch = step // steps_per_epoch
+            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        return 1.0
+
+    return factor
+
+
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, **fused)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def used_heads(metric, aux, cfg: TrainConfig) -> dict[str, bool]:
+    """Heads that receive gradients; the rest are frozen so DDP needs no unused-parameter search."""
+    ada = isinstance(metric, Ada) and cfg.Lambda > 0
+    return {
+        "projection": bool(getattr(aux, "needs_projections", True)) and cfg.Lambda2 > 0,
+        "lambda_head": ada,
+        "aux_linear": ada and not metric.idness_is_logit,
+    }
+
+
+class _StopFlag:
+    """First Ctrl-C: stop at the next step boundary after saving; second: the usual KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, rt: Runtime, observer: TrainObserver | None = None,
+                 bench: Benchmark | None = None) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.obs = observer or TrainObserver()
+        reg = registry()
+        self.metric = reg.metric(cfg.ood_metric)
+        self.aux = reg.aux_loss(cfg.aux_ood_loss, k=cfg.pascl_k, T=cfg.temperature)
+        self.bench = bench or load_benchmark(cfg.dataset, cfg.data_root, imbalance_ratio=cfg.imbalance_ratio,
+                                             num_ood_samples=cfg.num_ood_samples)
+        b = self.bench
+        if b.aux_ood is None or len(b.aux_ood) == 0:
+            if cfg.Lambda > 0 and self.metric.has_loss:
+                raise ImoodError(f"{cfg.dataset} has no auxiliary OOD training data, which {cfg.ood_metric} needs "
+                                 "(or pass --Lambda 0)")
+        if not b.train.in_memory:
+            raise ImoodError(f"{cfg.dataset}: training from image files is not supported by this loop yet")
+        self.spec = augment_spec(cfg, b)
+        self.arch = architecture(cfg, b, self.metric.extra_outputs)
+        self.class_counts = list(b.class_counts)
+        self.log_prior = log_prior(self.class_counts, cfg.logit_adjust).float().to(rt.device)
+        self.counts_t = torch.tensor(self.class_counts, device=rt.device)
+
+        torch.manual_seed(cfg.seed)
+        self.core = ImOODModel(self.arch, pretrained=cfg.pretrained).to(rt.device)
+        if rt.channels_last:
+            self.core = self.core.to(memory_format=torch.channels_last)
+        self.heads = used_heads(self.metric, self.aux, cfg)
+        for head, used in self.heads.items():
+            getattr(self.core, head).requires_grad_(used)
+        params = [p for p in self.core.parameters() if p.requires_grad]
+        self.opt = _optimizer(cfg, params, rt.device)
+        self.train_set = ImageSet(b.train.name, b.train.labels.to(rt.device), b.train.images.to(rt.device))
+        self.aux_set = (ImageSet(b.aux_ood.name, b.aux_ood.labels, b.aux_ood.images.to(rt.device))
+                        if b.aux_ood is not None and len(b.aux_ood) else None)
+        self.steps_per_epoch = len(self._epoch(0))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, self.steps_per_epoch))
+        self.model = self.core
+        if rt.distributed:
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.epoch = 0  # completed epochs
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.ckpt = CheckpointDir(cfg.run_dir / "checkpoint")
+
+    # ---- data
+    def _epoch(self, epoch: int) -> InMemoryEpoch:
+        ood_bs = self.cfg.batch_size if self.cfg.ood_batch_size is None else self.cfg.ood_batch_size
+        return InMemoryEpoch(self.train_set, self.aux_set, self.cfg.batch_size, ood_bs, self.cfg.seed, epoch,
+                             self.rt.rank, self.rt.world_size)
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator(device=self.rt.device).manual_seed(epoch_seed(self.cfg.seed, epoch, 2 + self.rt.rank))
+
+    # ---- one step
+    def loss_parts(self, view1, view2, labels, ood, gen) -> torch.Tensor:
+        cfg = self.cfg
+        n, m = labels.shape[0], ood.shape[0]
+        x = torch.cat([augment(view1, self.spec, gen), augment(view2, self.spec, gen), augment(ood, self.spec, gen)])
+        if self.rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.rt.autocast():
+            out = self.model(x, projections=self.heads["projection"], lambdas=self.heads["lambda_head"])
+        out = out.float()
+        labels2 = torch.cat([labels, labels])
+        is_id = torch.arange(2 * n + m, device=x.device) < 2 * n
+        l_in = logit_adjusted_ce(out.logits[: 2 * n], labels2, self.log_prior)
+        zero = l_in.new_zeros(())
+        l_ood = l_aux = zero
+        ctx = LossContext(is_id=is_id, labels=labels2, log_prior=self.log_prior, aux_linear=self.core.aux_linear)
+        self.metric.train_update(out, ctx)
+        if cfg.Lambda > 0 and self.metric.has_loss:
+            l_ood = self.metric.loss(out, ctx)
+        if self.heads["projection"]:
+            rows = torch.arange(2 * n + m, device=x.device)
+            pair = torch.where(rows < n, rows + n, torch.where(rows < 2 * n, rows - n, -1))
+            full_labels = torch.cat([labels2, labels2.new_full((m,), -1)])
+            l_aux = self.aux(AuxBatch(out.projections, full_labels, is_id, pair, self.counts_t))
+        loss = l_in + cfg.Lambda * l_ood + cfg.Lambda2 * l_aux
+        return torch.stack([loss, l_in, l_ood, l_aux])
+
+    # ---- state
+    def state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if self.rt.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+        return {
+            "model": self.core.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "generator": self._gen.get_state() if self.step_in_epoch else None,
+            "rng": rng, "metric": self.metric.fit_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.core.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ImoodError(f"checkpoint does not fit this model: {str(exc).splitlines()[0]}") from None
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self._resume_generator = state.get("generator")
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.rt.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
+        if state.get("metric"):
+            self.metric.load_fit_state({k: v.to(self.rt.device) for k, v in state["metric"].items()})
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.rt.is_main:
+            return None
+        meta = {"format": "imood-checkpoint", "config": self.cfg.to_dict(), "architecture": self.arch.to_dict(),
+                "class_counts": self.class_counts}
+        return self.ckpt.save(self.epoch, self.state(), meta, step=self.step_in_epoch)
+
+    def save_model(self) -> Path:
+        path = self.cfg.run_dir / "model.safetensors"
+        if self.rt.is_main:
+            save_tensors(path, self.core.state_dict(), model_metadata(self.cfg, self.arch, self.class_counts, self.epoch))
+        return path
+
+    def _log_record(self, sums: torch.Tensor, count: torch.Tensor, images: int, seconds: float, kind: str) -> dict:
+        if self.rt.distributed:
+            packed = torch.cat([sums, count.view(1).float()])
+            dist.all_reduce(packed)
+            sums, count = packed[:-1], packed[-1]
+        values = (sums / count.clamp(min=1)).tolist()
+        record = {"kind": kind, "epoch": self.epoch + 1, "step": self.global_step,
+                  **{k: round(v, 6) for k, v in zip(LOSS_PARTS, values)},
+                  "lr": self.opt.param_groups[0]["lr"], "images_per_s": round(images * self.rt.world_size / max(seconds, 1e-9), 1)}
+        if not all(math.isfinite(v) for v in values):
+            last = self.ckpt.last_path()
+            parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_PARTS, values))
+            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss is not finite at epoch {self.epoch + 1}, step {self.global_step} ({parts}); {keep}")
+        if self.rt.is_main:
+            with open(self.cfg.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        return record
+
+    # ---- the loop
+    def run(self) -> TrainResult:
+        cfg, rt = self.cfg, self.rt
+        self.obs.start(cfg, self.bench, self.epoch, self.steps_per_epoch)
+        last: dict[str, Any] = {}
+        self.core.train()
+        with _StopFlag() as stop:
+            while self.epoch < cfg.epochs:
+                batches = self._epoch(self.epoch)
+                self._gen = self._generator(self.epoch)
+                start_step = self.step_in_epoch
+                if start_step and getattr(self, "_resume_generator", None) is not None:
+                    self._gen.set_state(self._resume_generator.to(self._gen.get_state().device))
+                self._resume_generator = None
+                self.obs.epoch_start(self.epoch + 1, len(batches), start_step)
+                sums = torch.zeros(len(LOSS_PARTS), device=rt.device)
+                ep_sums = torch.zeros_like(sums)
+                count = torch.zeros((), device=rt.device)
+                ep_count = torch.zeros_like(count)
+                images, t0 = 0, time.perf_counter()
+                ep_images, ep_t0 = 0, t0
+                for step in range(start_step, len(batches)):
+                    b = batches.batch(step)
+                    parts = self.loss_parts(b.view1, b.view2, b.labels, b.ood, self._gen)
+                    self.opt.zero_grad(set_to_none=True)
+                    parts[0].backward()
+                    self.opt.step()
+                    self.sched.step()
+                    self.global_step += 1
+                    self.step_in_epoch = step + 1
+                    d = parts.detach()
+                    sums += d
+                    ep_sums += d
+                    count += 1
+                    ep_count += 1
+                    n_img = 2 * b.labels.shape[0] + b.ood.shape[0]
+                    images += n_img
+                    ep_images += n_img
+                    self.obs.step(self.epoch + 1, step + 1, n_img * rt.world_size)
+                    if self.global_step % cfg.log_every == 0:
+                        rec = self._log_record(sums, count, images, time.perf_counter() - t0, "log")
+                        self.obs.log(rec)
+                        sums.zero_(), count.zero_()
+                        images, t0 = 0, time.perf_counter()
+                    if stop.set and self.step_in_epoch < len(batches):
+                        path = self.save_checkpoint()
+                        raise Interrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
+                                          f"saved {path}; continue with: imood train --resume {cfg.run_dir}")
+                last = self._log_record(ep_sums, ep_count, ep_images, time.perf_counter() - ep_t0, "epoch")
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.save_checkpoint()
+                self.obs.epoch_end(last)
+                if stop.set and self.epoch < cfg.epochs:
+                    raise Interrupted(f"interrupted after epoch {self.epoch}; continue with: imood train --resume {cfg.run_dir}")
+        self.save_model()
+        rt.barrier()
+        return TrainResult(cfg.run_dir, self.epoch, last)
+
+
+def prepare_run_dir(cfg: TrainConfig, rt: Runtime, force: bool = False) -> None:
+    run = cfg.run_dir
+    if rt.is_main:
+        if run.exists() and any(run.iterdir()) and not force:
+            raise ImoodError(f"run folder {run} already exists; continue it with --resume {run}, "
+                             "or pick another --name (or --force to start over)")
+        run.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.jsonl", "model.safetensors"):
+            (run / stale).unlink(missing_ok=True)
+        if (run / "checkpoint").exists():
+            for f in (run / "checkpoint").iterdir():
+                f.unlink()
+        atomic_write_text(run / "config.json", cfg.to_json())
+    rt.barrier()
+
+
+def read_run_config(run: Path) -> TrainConfig:
+    path = Path(run) / "config.json"
+    if not path.exists():
+        raise ImoodError(f"no config.json in {run}: not an imood run folder")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError:
+        raise ImoodError(f"{path} is corrupt") from None
+
+
+def train(cfg: TrainConfig, rt: Runtime, observer: TrainObserver | None = None, force: bool = False,
+          bench: Benchmark | None = None) -> TrainResult:
+    """Train a new run in cfg.run_dir."""
+    trainer = Trainer(cfg, rt, observer, bench)
+    prepare_run_dir(cfg, rt, force)
+    return trainer.run()
+
+
+def resume(run: Path, rt: Runtime, observer: TrainObserver | None = None, epochs: int | None = None,
+           bench: Benchmark | None = None) -> TrainResult:
+    """Continue a run from its newest intact checkpoint (or from scratch if it never saved one)."""
+    run = Path(run)
+    cfg = read_run_config(run)
+    cfg.save_root, cfg.name = str(run.parent), run.name
+    if epochs is not None:
+        cfg.epochs = epochs
+    trainer = Trainer(cfg, rt, observer, bench)
+    found = trainer.ckpt.latest_good()
+    if found is not None:
+        state, _, path = found
+        trainer.load_state(state)
+        if rt.is_main:
+            _truncate_metrics(run / "metrics.jsonl", trainer.global_step)
+            atomic_write_text(run / "config.json", cfg.to_json())
+        trainer.obs.message(f"resuming from {path} (epoch {trainer.epoch}, step {trainer.step_in_epoch})")
+    elif rt.is_main:
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+    return trainer.run()
+
+
+def _truncate_metrics(path: Path, global_step: int) -> None:
+    """Drop records written after the checkpoint, so the resumed run does not log them twice."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= global_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break  # a torn last line from a kill
+    atomic_write_text(path, "".join(l + "\n" for l in keep))

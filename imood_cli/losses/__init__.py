@@ -1,0 +1,1 @@
+"""Training losses: logit-adjusted cross-entropy and the auxiliary (contrastive) losses."""

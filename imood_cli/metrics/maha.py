@@ -1,0 +1,95 @@
+"""Mahalanobis distance to the nearest class mean (Lee et al., 2018), tied covariance.
+
+Larger distance means more OOD (the reference code had the sign reversed). Fitted on ID training
+features only. During ImOOD training the class means and covariance track the ID features of each
+batch as an exponential moving average, since no fitted statistics exist yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from imood_cli.engine.outputs import ModelOutputs
+from imood_cli.errors import ImoodError
+from imood_cli.metrics.base import LossContext, OODMetric
+
+RIDGE = 1e-4
+
+
+def fit_gaussian(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means [K, d] and tied covariance [d, d] (+ RIDGE·I), in float64."""
+    f = features.double()
+    d = f.shape[1]
+    means = torch.zeros(num_classes, d, dtype=torch.float64, device=f.device)
+    present = torch.bincount(labels, minlength=num_classes)
+    if (present == 0).any():
+        missing = torch.nonzero(present == 0).flatten().tolist()
+        raise ImoodError(f"cannot fit class means: no training features for classes {missing}")
+    means.index_add_(0, labels, f)
+    means /= present[:, None].double()
+    centred = f - means[labels]
+    cov = centred.T @ centred / f.shape[0] + RIDGE * torch.eye(d, dtype=torch.float64, device=f.device)
+    return means, cov
+
+
+class Mahalanobis(OODMetric):
+    needs_features = True
+    needs_fit = True
+    ada_scale = 0.01
+    momentum = 0.9
+
+    def __init__(self) -> None:
+        self.means: torch.Tensor | None = None
+        self.whiten: torch.Tensor | None = None  # W with Σ⁻¹ = W Wᵀ
+
+    def _set(self, means: torch.Tensor, cov: torch.Tensor) -> None:
+        self.means = means
+        self.cov = cov
+        precision = torch.linalg.inv(cov)
+        precision = (precision + precision.T) / 2
+        self.whiten = torch.linalg.cholesky(precision)
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        self._set(*fit_gaussian(features, labels, num_classes))
+
+    def fit_state(self) -> dict[str, torch.Tensor]:
+        if self.means is None:
+            return {}
+        return {"means": self.means.cpu(), "cov": self.cov.cpu()}
+
+    def load_fit_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._set(state["means"].double(), state["cov"].double())
+
+    def distances(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of each row to each class mean, [N, K]."""
+        if self.whiten is None:
+            raise ImoodError("maha is not fitted: fit it on ID training features first")
+        w = self.whiten.to(features.device)
+        fw = features.double() @ w
+        mw = self.means.to(features.device) @ w
+        return torch.cdist(fw, mw).pow(2)
+
+    def idness(self, out: ModelOutputs) -> torch.Tensor:
+        if out.features is None:
+            raise ImoodError("maha needs penultimate features; the outputs carry none")
+        return -self.distances(out.features).amin(dim=1).to(out.features.dtype)
+
+    def train_update(self, out: ModelOutputs, ctx: LossContext) -> None:
+        feats = out.features[ctx.is_id].detach()  # ID rows only: OOD never enters the class statistics
+        k = out.num_classes
+        with torch.no_grad():
+            f = feats.double()
+            counts = torch.bincount(ctx.labels, minlength=k)
+            sums = torch.zeros(k, f.shape[1], dtype=torch.float64, device=f.device).index_add_(0, ctx.labels, f)
+            if self.means is None:
+                base = f.mean(0, keepdim=True).expand(k, -1)
+                means = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None].double(), base).clone()
+            else:
+                seen = counts[:, None] > 0
+                batch_means = sums / counts.clamp(min=1)[:, None].double()
+                means = torch.where(seen, self.momentum * self.means + (1 - self.momentum) * batch_means, self.means)
+            centred = f - means[ctx.labels]
+            cov = centred.T @ centred / max(f.shape[0], 1)
+            eye = RIDGE * torch.eye(f.shape[1], dtype=torch.float64, device=f.device)
+            cov = cov + eye if self.means is None else self.momentum * (self.cov - eye) + (1 - self.momentum) * cov + eye
+            self._set(means, cov)
