@@ -6,7 +6,8 @@ import os
 import sys
 import warnings
 
-import click
+import importlib
+
 import typer
 
 from imood_cli import __version__
@@ -45,6 +46,26 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Out-of-distribution detection on long-tailed data with ImOOD."""
 
 
+def _classes(*names: str) -> tuple[type, ...]:
+    """Exception classes by dotted name, skipping modules this Typer does not have.
+
+    Typer up to 0.2x raises click's exceptions; newer Typer vendors click as typer._click.
+    """
+    found = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(dict.fromkeys(found))
+
+
+EXITS = _classes("typer.Exit", "click.exceptions.Exit", "typer._click.exceptions.Exit")
+ABORTS = _classes("typer.Abort", "click.exceptions.Abort", "typer._click.exceptions.Abort")
+CLICK_ERRORS = _classes("click.exceptions.ClickException", "typer._click.exceptions.ClickException")
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -56,18 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="imood", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except EXITS as exc:
         code = exc.exit_code
-    except click.UsageError as exc:
-        print(f"imood: error: {_one_line(exc.format_message())}", file=sys.stderr)
-        code = 2
-    except click.ClickException as exc:
+    except CLICK_ERRORS as exc:
         print(f"imood: error: {_one_line(exc.format_message())}", file=sys.stderr)
         code = 2
     except ImoodError as exc:
         print(f"imood: error: {_one_line(exc)}", file=sys.stderr)
         code = exc.exit_code
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, *ABORTS):
         print("imood: interrupted", file=sys.stderr)
         code = 130
     finally:

@@ -23,7 +23,7 @@ def prepare(
     name: str = typer.Argument(..., help="Benchmark: digits, cifar10, cifar100, imagenet, or a plugin's."),
     data_root: Path = DRP,
     imbalance_ratio: Optional[float] = typer.Option(None, "--imbalance-ratio", "--imbalance_ratio",
-                                                    help="ρ of the long-tail split, in (0, 1]. [default: the benchmark's]"),
+                                                    help="ρ of the long-tail split, in (0, 1]. (default: the benchmark's)"),
     num_ood_samples: Optional[int] = typer.Option(None, "--num-ood-samples", "--num_ood_samples",
                                                   help="Auxiliary OOD images to use (CIFAR: the first 30,000 of 300K)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check checksums of the known files."),

@@ -19,9 +19,9 @@ FORMATS = ("terminal", "md", "latex", "json", "csv")
 
 def report(
     runs: list[Path] = typer.Argument(..., help="Run folders (or scores folders); several are shown side by side."),
-    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="Detectors to include, comma-separated. [default: all scored]"),
+    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="Detectors to include, comma-separated. (default: all scored)"),
     fmt: str = typer.Option("terminal", "--format", "-f", help="terminal | md | latex | json | csv."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Where to write report.html. [default: <first run>/report.html]"),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Where to write report.html. (default: <first run>/report.html)"),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write report.html."),
     bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap rounds for confidence intervals in JSON output."),
 ) -> None:

@@ -25,11 +25,13 @@ class TrainProgress(TrainObserver):
         self.started = time.perf_counter()
 
     def start(self, cfg, bench, start_epoch, steps_per_epoch) -> None:
+        self.total = self.bar.add_task("total", total=cfg.epochs * steps_per_epoch,
+                                       completed=start_epoch * steps_per_epoch, info="")
+        if not is_main_process():
+            return
         err_console.print(f"[bold]{cfg.run_name}[/]: {bench.name} ({len(bench.train):,} ID images, "
                           f"{bench.num_classes} classes), {cfg.model}, {cfg.ood_metric} + {cfg.aux_ood_loss}, "
                           f"{cfg.epochs} epochs × {steps_per_epoch} steps")
-        self.total = self.bar.add_task("total", total=cfg.epochs * steps_per_epoch,
-                                       completed=start_epoch * steps_per_epoch, info="")
 
     def epoch_start(self, epoch, steps, start_step) -> None:
         if self.task is not None:
@@ -51,7 +53,8 @@ class TrainProgress(TrainObserver):
         self.bar.update(self.total, info=f"epoch {r['epoch']}: loss {r['loss']:.3f}")
 
     def message(self, text: str) -> None:
-        err_console.print(text)
+        if is_main_process():
+            err_console.print(text)
 
 
 def _opt(*names: str, help: str, **kw) -> Any:
@@ -60,51 +63,51 @@ def _opt(*names: str, help: str, **kw) -> Any:
 
 def train(
     resume_run: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
-    config: Optional[Path] = typer.Option(None, "--config", help="A TOML (or JSON) file of option values ([train] table or top level)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML (or JSON) file of option values (a \\[train] table or top-level keys)."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing run folder."),
     # what
-    dataset: Optional[str] = _opt("--dataset", "--ds", help="Benchmark: digits | cifar10 | cifar100 | imagenet. [default: digits]"),
-    data_root: Optional[str] = _opt("--data-root", "--drp", "--data_root_path", help="Dataset folder ($DATA). [default: data]"),
-    save_root: Optional[str] = _opt("--save-root", "--srp", "--save_root_path", help="Where run folders go. [default: runs]"),
-    name: Optional[str] = _opt("--name", help="Run folder name. [default: <dataset>-<metric>-<aux loss>]"),
-    model: Optional[str] = _opt("--model", "--md", help="Any timm model name. [default: resnet18 (CIFAR), resnet50 (ImageNet), imood_resnet_micro (digits)]"),
-    cifar_stem: Optional[bool] = _opt("--cifar-stem/--no-cifar-stem", help="3×3 stride-1 first conv, no max-pool. [default: on except ImageNet]"),
-    pretrained: Optional[bool] = _opt("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (needs the network once). [default: off]"),
+    dataset: Optional[str] = _opt("--dataset", "--ds", help="Benchmark: digits | cifar10 | cifar100 | imagenet. (default: digits)"),
+    data_root: Optional[str] = _opt("--data-root", "--drp", "--data_root_path", help="Dataset folder ($DATA). (default: data)"),
+    save_root: Optional[str] = _opt("--save-root", "--srp", "--save_root_path", help="Where run folders go. (default: runs)"),
+    name: Optional[str] = _opt("--name", help="Run folder name. (default: <dataset>-<metric>-<aux loss>)"),
+    model: Optional[str] = _opt("--model", "--md", help="Any timm model name. (default: resnet18 (CIFAR), resnet50 (ImageNet), imood_resnet_micro (digits))"),
+    cifar_stem: Optional[bool] = _opt("--cifar-stem/--no-cifar-stem", help="3×3 stride-1 first conv, no max-pool. (default: on except ImageNet)"),
+    pretrained: Optional[bool] = _opt("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (needs the network once). (default: off)"),
     # method
-    ood_metric: Optional[str] = _opt("--ood-metric", "--ood_metric", help="OOD training loss: oe energy bin_disc maha msp gradnorm, or ada_<name> for ImOOD. [default: ada_bin_disc]"),
-    aux_ood_loss: Optional[str] = _opt("--aux-ood-loss", "--aux_ood_loss", help="Auxiliary loss: pascl | simclr | none | a plugin's. [default: pascl]"),
-    Lambda: Optional[float] = _opt("--Lambda", "--lambda-ood", help="Weight of the OOD loss. [default: 0.5]"),
-    Lambda2: Optional[float] = _opt("--Lambda2", "--lambda-aux", help="Weight of the aux loss. [default: 0.05]"),
-    logit_adjust: Optional[float] = _opt("--logit-adjust", "--logit_adjust", help="τ: prior π̃ ∝ π^τ for logit-adjusted CE and every ada_ term; 0 = uniform prior, which turns ImOOD off. [default: 1.0]"),
-    imbalance_ratio: Optional[float] = _opt("--imbalance-ratio", "--imbalance_ratio", help="ρ = n_min/n_max of the long-tailed split, in (0, 1]. [default: 0.01; digits 0.1]"),
-    num_ood_samples: Optional[int] = _opt("--num-ood-samples", "--num_ood_samples", help="Auxiliary OOD images used. [default: 30000 (CIFAR)]"),
-    pascl_k: Optional[float] = _opt("--k", help="PASCL: fraction of classes counted as tail. [default: 0.4]"),
-    temperature: Optional[float] = _opt("--T", help="Contrastive temperature. [default: 0.07]"),
+    ood_metric: Optional[str] = _opt("--ood-metric", "--ood_metric", help="OOD training loss: oe energy bin_disc maha msp gradnorm, or ada_<name> for ImOOD. (default: ada_bin_disc)"),
+    aux_ood_loss: Optional[str] = _opt("--aux-ood-loss", "--aux_ood_loss", help="Auxiliary loss: pascl | simclr | none | a plugin's. (default: pascl)"),
+    Lambda: Optional[float] = _opt("--Lambda", "--lambda-ood", help="Weight of the OOD loss. (default: 0.5)"),
+    Lambda2: Optional[float] = _opt("--Lambda2", "--lambda-aux", help="Weight of the aux loss. (default: 0.05)"),
+    logit_adjust: Optional[float] = _opt("--logit-adjust", "--logit_adjust", help="τ: prior π̃ ∝ π^τ for logit-adjusted CE and every ada_ term; 0 = uniform prior, which turns ImOOD off. (default: 1.0)"),
+    imbalance_ratio: Optional[float] = _opt("--imbalance-ratio", "--imbalance_ratio", help="ρ = n_min/n_max of the long-tailed split, in (0, 1]. (default: 0.01; digits 0.1)"),
+    num_ood_samples: Optional[int] = _opt("--num-ood-samples", "--num_ood_samples", help="Auxiliary OOD images used. (default: 30000 (CIFAR))"),
+    pascl_k: Optional[float] = _opt("--k", help="PASCL: fraction of classes counted as tail. (default: 0.4)"),
+    temperature: Optional[float] = _opt("--T", help="Contrastive temperature. (default: 0.07)"),
     # optimisation
-    epochs: Optional[int] = _opt("--epochs", "-e", "--e", help="Epochs. [default: 180 CIFAR, 100 ImageNet, 30 digits]"),
-    batch_size: Optional[int] = _opt("--batch-size", "-b", help="ID images per step and process (each seen in two views). [default: 256; digits 64]"),
-    ood_batch_size: Optional[int] = _opt("--ood-batch-size", help="Auxiliary OOD images per step. [default: = batch size]"),
-    optimizer: Optional[str] = _opt("--optimizer", "--opt", help="adam | sgd | adamw. [default: adam; ImageNet sgd]"),
-    lr: Optional[float] = _opt("--lr", help="Learning rate. [default: 1e-3; ImageNet 0.1]"),
-    weight_decay: Optional[float] = _opt("--weight-decay", "--wd", help="Weight decay. [default: 5e-4; ImageNet 5e-5]"),
-    momentum: Optional[float] = _opt("--momentum", help="SGD momentum. [default: 0.9]"),
-    schedule: Optional[str] = _opt("--schedule", "--decay", help="cosine (cos) | multisteps | constant. [default: cosine; ImageNet multisteps]"),
-    milestones: Optional[str] = _opt("--milestones", help="Epochs of the ×gamma steps for multisteps. [default: 60,80]"),
+    epochs: Optional[int] = _opt("--epochs", "-e", "--e", help="Epochs. (default: 180 CIFAR, 100 ImageNet, 30 digits)"),
+    batch_size: Optional[int] = _opt("--batch-size", "-b", help="ID images per step and process (each seen in two views). (default: 256; digits 64)"),
+    ood_batch_size: Optional[int] = _opt("--ood-batch-size", help="Auxiliary OOD images per step. (default: = batch size)"),
+    optimizer: Optional[str] = _opt("--optimizer", "--opt", help="adam | sgd | adamw. (default: adam; ImageNet sgd)"),
+    lr: Optional[float] = _opt("--lr", help="Learning rate. (default: 1e-3; ImageNet 0.1)"),
+    weight_decay: Optional[float] = _opt("--weight-decay", "--wd", help="Weight decay. (default: 5e-4; ImageNet 5e-5)"),
+    momentum: Optional[float] = _opt("--momentum", help="SGD momentum. (default: 0.9)"),
+    schedule: Optional[str] = _opt("--schedule", "--decay", help="cosine (cos) | multisteps | constant. (default: cosine; ImageNet multisteps)"),
+    milestones: Optional[str] = _opt("--milestones", help="Epochs of the ×gamma steps for multisteps. (default: 60,80)"),
     # augmentation
-    crop_padding: Optional[int] = _opt("--crop-padding", help="Random-crop padding. [default: 4 CIFAR, 1 digits]"),
-    flip: Optional[bool] = _opt("--flip/--no-flip", help="Random horizontal flip. [default: on CIFAR/ImageNet]"),
-    color_jitter: Optional[str] = _opt("--color-jitter", help="brightness,contrast,saturation,hue. [default: 0.4,0.4,0.4,0.1]"),
-    jitter_p: Optional[float] = _opt("--jitter-p", help="Probability of color jitter. [default: 0.8]"),
-    grayscale_p: Optional[float] = _opt("--grayscale-p", help="Probability of grayscale. [default: 0.2]"),
+    crop_padding: Optional[int] = _opt("--crop-padding", help="Random-crop padding. (default: 4 CIFAR, 1 digits)"),
+    flip: Optional[bool] = _opt("--flip/--no-flip", help="Random horizontal flip. (default: on CIFAR/ImageNet)"),
+    color_jitter: Optional[str] = _opt("--color-jitter", help="brightness,contrast,saturation,hue. (default: 0.4,0.4,0.4,0.1)"),
+    jitter_p: Optional[float] = _opt("--jitter-p", help="Probability of color jitter. (default: 0.8)"),
+    grayscale_p: Optional[float] = _opt("--grayscale-p", help="Probability of grayscale. (default: 0.2)"),
     # machinery
-    seed: Optional[int] = _opt("--seed", help="Random seed; same seed, same machine, same numbers. [default: 0]"),
-    device: Optional[str] = _opt("--device", "--gpu", help="auto | cpu | cuda | cuda:N | a GPU id as in --gpu 0. [default: auto]"),
-    amp: Optional[str] = _opt("--amp", help="auto (bf16 on CUDA) | bf16 | off. [default: auto]"),
-    channels_last: Optional[str] = _opt("--channels-last", help="auto (on CUDA) | on | off. [default: auto]"),
-    compile_model: Optional[bool] = _opt("--compile/--no-compile", help="torch.compile the model. [default: off]"),
-    workers: Optional[int] = _opt("--workers", help="Data-loader workers for image-file datasets. [default: 8]"),
-    log_every: Optional[int] = _opt("--log-every", help="Steps between loss records in metrics.jsonl. [default: 50]"),
-    test_batch_size: Optional[int] = _opt("--test-batch-size", "--tb", help="Batch size when scoring. [default: 512]"),
+    seed: Optional[int] = _opt("--seed", help="Random seed; same seed, same machine, same numbers. (default: 0)"),
+    device: Optional[str] = _opt("--device", "--gpu", help="auto | cpu | cuda | cuda:N | a GPU id as in --gpu 0. (default: auto)"),
+    amp: Optional[str] = _opt("--amp", help="auto (bf16 on CUDA) | bf16 | off. (default: auto)"),
+    channels_last: Optional[str] = _opt("--channels-last", help="auto (on CUDA) | on | off. (default: auto)"),
+    compile_model: Optional[bool] = _opt("--compile/--no-compile", help="torch.compile the model. (default: off)"),
+    workers: Optional[int] = _opt("--workers", help="Data-loader workers for image-file datasets. (default: 8)"),
+    log_every: Optional[int] = _opt("--log-every", help="Steps between loss records in metrics.jsonl. (default: 50)"),
+    test_batch_size: Optional[int] = _opt("--test-batch-size", "--tb", help="Batch size when scoring. (default: 512)"),
     ddp: bool = typer.Option(False, "--ddp", help="Reference-style multi-GPU flag: use torchrun --nproc-per-node N -m imood_cli train ..."),
     dist_url: Optional[str] = typer.Option(None, "--dist-url", "--dist_url", help="Accepted for the reference's command lines; torchrun sets the rendezvous."),
 ) -> None:

@@ -77,15 +77,21 @@ def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
 
 
 def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Name what does not fit: a missing head, a wrong class count, another architecture."""
+    """Name what does not fit: another architecture, a missing head, a wrong class count."""
     want = model.state_dict()
+    arch = getattr(model, "arch", None)
+    name = arch.backbone if arch is not None else type(model).__name__
     missing = [k for k in want if k not in tensors]
     extra = [k for k in tensors if k not in want]
+    if any(k.startswith("backbone.") for k in missing + extra):
+        example = next(k for k in missing + extra if k.startswith("backbone."))
+        raise ImoodError(f"{path}: the weights do not fit the architecture {name} it declares "
+                         f"({len(missing)} missing, {len(extra)} unexpected tensors, e.g. {example})")
     if missing:
         heads = sorted({k.split(".")[0] for k in missing})
-        raise ImoodError(f"{path} is missing weights for {', '.join(heads)} ({len(missing)} tensors, e.g. {missing[0]})")
+        raise ImoodError(f"{path} is missing the {', '.join(heads)} head ({len(missing)} tensors, e.g. {missing[0]})")
     if extra:
-        raise ImoodError(f"{path} holds weights this architecture does not have (e.g. {extra[0]}): another architecture?")
+        raise ImoodError(f"{path} holds weights the architecture {name} does not have (e.g. {extra[0]})")
     for k, t in want.items():
         if tuple(tensors[k].shape) != tuple(t.shape):
             what = "number of classes" if k.startswith(("classifier", "lambda_head")) else "architecture"

@@ -34,7 +34,10 @@ class ScoreSet:
         return self.meta.get("class_counts")
 
     def save(self, path: Path) -> None:
-        tensors = {"id.score": self.id_score, "id.label": self.id_label, "id.pred": self.id_pred}
+        tensors = {"id.score": self.id_score}
+        for key, value in (("id.label", self.id_label), ("id.pred", self.id_pred)):
+            if value is not None:  # scores from another tool may come without labels
+                tensors[key] = value
         for name, s in self.ood_score.items():
             tensors[f"ood.{name}.score"] = s
             if name in self.ood_pred:
