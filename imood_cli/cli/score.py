@@ -8,12 +8,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from imood_cli.cli.common import console, progress, split_list
+from imood_cli.cli.common import ScoreProgress, console, progress, split_list
 from imood_cli.data.load import load_benchmark
 from imood_cli.engine import runtime
 from imood_cli.engine.evaluate import evaluate
 from imood_cli.engine.score import ScoreRequest, load_model, model_config, score as score_run, write_scores
-from imood_cli.cli.common import ScoreProgress
 from imood_cli.errors import ImoodError
 
 DEFAULT_METRICS = "msp,energy,ada_msp,ada_energy"
@@ -57,6 +56,8 @@ def score(
     run_dir = loaded.path.parent
     with progress() as bar:
         results = score_run(loaded, bench, req, rt, ScoreProgress(bar), cache_dir=run_dir / "fits")
+    if not rt.is_main:
+        return  # under torchrun every process scored a shard; rank 0 holds them all and writes
     folder = out or run_dir / "scores"
     paths = write_scores(results, folder)
     table = Table(title=f"{bench.name}: mean over {len(bench.ood_tests) + len(extra)} OOD sets", title_justify="left")

@@ -201,6 +201,10 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
     keep_features = any(m.needs_features for m in metrics)
 
     def run(s: ImageSet):
+        full = s
+        if rt.distributed:  # each process scores one contiguous shard; rank 0 gathers them in order
+            bounds = torch.linspace(0, len(s), rt.world_size + 1).long().tolist()
+            s = s.subset(torch.arange(bounds[rt.rank], bounds[rt.rank + 1]), name=s.name)
         scores = {m.name: [] for m in metrics}
         preds = []
 
@@ -210,12 +214,13 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
             preds.append(out.logits.argmax(dim=1).cpu())
 
         if observer:
-            observer.start_set(s.name, len(s))
+            observer.start_set(full.name, len(s))
         infer(model, s, rt, req.batch_size, spec, keep_features, observer, req.workers, each=each)
         if observer:
-            observer.end_set(s.name)
+            observer.end_set(full.name)
         cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)  # noqa: E731
-        return {k: cat(v) for k, v in scores.items()}, cat(preds).long()
+        result = {k: cat(v) for k, v in scores.items()}, cat(preds).long()
+        return gather_shards(result, rt) if rt.distributed else result
 
     id_scores, id_pred = run(bench.test)
     id_label = bench.test.labels.clone()
@@ -249,6 +254,16 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         out[m.name] = ScoreSet(m.name, id_scores[m.name], id_label, id_pred, ood_scores[m.name], dict(ood_preds),
                                {**meta, **extra})
     return out
+
+
+def gather_shards(result, rt: Runtime):
+    """Concatenate every rank's (scores, preds) in rank order, on every rank."""
+    import torch.distributed as dist
+
+    parts = [None] * rt.world_size
+    dist.all_gather_object(parts, result)
+    scores = {k: torch.cat([p[0][k] for p in parts]) for k in result[0]}
+    return scores, torch.cat([p[1] for p in parts])
 
 
 def write_scores(scoresets: dict[str, ScoreSet], folder: Path) -> dict[str, Path]:

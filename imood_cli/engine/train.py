@@ -19,7 +19,7 @@ import torch.distributed as dist
 from imood_cli import __version__
 from imood_cli.data.augment import AugmentSpec, augment
 from imood_cli.data.base import Benchmark, ImageSet
-from imood_cli.data.batches import InMemoryEpoch, epoch_seed
+from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.data.load import load_benchmark
 from imood_cli.engine.checkpoint import CheckpointDir, atomic_write_text, save_tensors
 from imood_cli.engine.config import TrainConfig
@@ -199,9 +199,14 @@ class Trainer:
 
     # ---- one step
     def loss_parts(self, view1, view2, labels, ood, gen) -> torch.Tensor:
-        cfg = self.cfg
-        n, m = labels.shape[0], ood.shape[0]
+        """Augment on the device, then the loss: [total, L_in, L_ood, L_aux] as one tensor."""
         x = torch.cat([augment(view1, self.spec, gen), augment(view2, self.spec, gen), augment(ood, self.spec, gen)])
+        return self.loss_on(x, labels, ood.shape[0])
+
+    def loss_on(self, x: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
+        """The loss of an already augmented batch [view 1 ; view 2 ; OOD] (N, N and m rows)."""
+        cfg = self.cfg
+        n = labels.shape[0]
         if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.rt.autocast():
@@ -212,7 +217,8 @@ class Trainer:
         l_in = logit_adjusted_ce(out.logits[: 2 * n], labels2, self.log_prior)
         zero = l_in.new_zeros(())
         l_ood = l_aux = zero
-        ctx = LossContext(is_id=is_id, labels=labels2, log_prior=self.log_prior, aux_linear=self.core.aux_linear)
+        ctx = LossContext(is_id=is_id, labels=labels2, log_prior=self.log_prior, aux_linear=self.core.aux_linear,
+                          num_id=2 * n)
         self.metric.train_update(out, ctx)
         if cfg.Lambda > 0 and self.metric.has_loss:
             l_ood = self.metric.loss(out, ctx)
@@ -223,6 +229,17 @@ class Trainer:
             l_aux = self.aux(AuxBatch(out.projections, full_labels, is_id, pair, self.counts_t))
         loss = l_in + cfg.Lambda * l_ood + cfg.Lambda2 * l_aux
         return torch.stack([loss, l_in, l_ood, l_aux])
+
+    def optimize(self, parts: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        parts[0].backward()
+        self.opt.step()
+        self.sched.step()
+
+    def train_step(self, b: Batch, gen: torch.Generator) -> torch.Tensor:
+        parts = self.loss_parts(b.view1, b.view2, b.labels, b.ood, gen)
+        self.optimize(parts)
+        return parts.detach()
 
     # ---- state
     def state(self) -> dict[str, Any]:
@@ -306,14 +323,9 @@ class Trainer:
                 ep_images, ep_t0 = 0, t0
                 for step in range(start_step, len(batches)):
                     b = batches.batch(step)
-                    parts = self.loss_parts(b.view1, b.view2, b.labels, b.ood, self._gen)
-                    self.opt.zero_grad(set_to_none=True)
-                    parts[0].backward()
-                    self.opt.step()
-                    self.sched.step()
+                    d = self.train_step(b, self._gen)
                     self.global_step += 1
                     self.step_in_epoch = step + 1
-                    d = parts.detach()
                     sums += d
                     ep_sums += d
                     count += 1

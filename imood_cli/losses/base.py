@@ -40,25 +40,24 @@ class AuxLoss:
         raise NotImplementedError
 
 
-def supervised_contrastive(
-    anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: torch.Tensor, candidate_labels: torch.Tensor,
-    self_index: torch.Tensor, temperature: float,
-) -> torch.Tensor:
-    """Mean over anchors of -mean_{positives} log softmax over candidates (self excluded).
+MASKED = -1e9  # finite, so a row with no candidate gives zeros, not NaN, in the backward pass
 
-    candidate_labels < 0 never count as positives (OOD negatives). self_index[i] is the column of
-    anchor i among the candidates. Anchors without a positive are left out of the mean.
+
+def masked_contrastive(z: torch.Tensor, anchors: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """Mean over anchors of -mean_{positives} log softmax over candidates, self always excluded.
+
+    z: [R, p] rows; anchors, candidates: bool [R]; positives: bool [R, R]. Anchors without a
+    positive are left out of the mean; with no anchor at all the loss is 0. Fixed shapes
+    throughout, so nothing waits on the host.
     """
-    logits = anchors.float() @ candidates.float().T / temperature
-    not_self = torch.ones_like(logits, dtype=torch.bool)
-    rows = torch.arange(anchors.shape[0], device=logits.device)
-    not_self[rows, self_index] = False
-    logits = logits.masked_fill(~not_self, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    positive = (anchor_labels[:, None] == candidate_labels[None, :]) & not_self & (candidate_labels[None, :] >= 0)
-    n_pos = positive.sum(dim=1)
-    has = n_pos > 0
-    if not has.any():
-        return anchors.sum() * 0.0
-    per_anchor = -(log_prob.masked_fill(~positive, 0.0)).sum(dim=1)[has] / n_pos[has]
-    return per_anchor.mean()
+    r = z.shape[0]
+    logits = z.float() @ z.float().T / temperature
+    eye = torch.eye(r, dtype=torch.bool, device=z.device)
+    valid = candidates[None, :] & ~eye
+    log_prob = torch.log_softmax(logits.masked_fill(~valid, MASKED), dim=1)
+    pos = positives & valid
+    n_pos = pos.sum(dim=1)
+    per_anchor = -log_prob.masked_fill(~pos, 0.0).sum(dim=1) / n_pos.clamp(min=1)
+    use = anchors & (n_pos > 0)
+    return (per_anchor * use).sum() / use.sum().clamp(min=1)

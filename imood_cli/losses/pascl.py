@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from imood_cli.losses.base import AuxBatch, AuxLoss, supervised_contrastive
+from imood_cli.losses.base import AuxBatch, AuxLoss, masked_contrastive
 
 
 def tail_threshold(num_classes: int, k: float) -> int:
@@ -22,11 +22,5 @@ class PASCL(AuxLoss):
 
     def __call__(self, batch: AuxBatch) -> torch.Tensor:
         tail = batch.is_id & (batch.labels >= tail_threshold(batch.num_classes, self.k))
-        if not tail.any():
-            return batch.projections.sum() * 0.0
-        ood = ~batch.is_id
-        anchors = batch.projections[tail]
-        candidates = torch.cat([anchors, batch.projections[ood]])
-        candidate_labels = torch.cat([batch.labels[tail], torch.full_like(batch.labels[ood], -1)])
-        self_index = torch.arange(anchors.shape[0], device=anchors.device)
-        return supervised_contrastive(anchors, batch.labels[tail], candidates, candidate_labels, self_index, self.T)
+        positives = (batch.labels[:, None] == batch.labels[None, :]) & tail[None, :]
+        return masked_contrastive(batch.projections, tail, tail | ~batch.is_id, positives, self.T)

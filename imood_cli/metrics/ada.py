@@ -27,9 +27,9 @@ def imood_training_loss(g: torch.Tensor, out: ModelOutputs, ctx: LossContext) ->
     k = out.num_classes
     is_id = ctx.is_id
     probs = torch.softmax(out.logits.float(), dim=1).detach()
-    smoothed = F.one_hot(ctx.labels, k).float() * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / k
-    q = probs.clone()
-    q[is_id] = smoothed
+    labels = F.pad(ctx.labels, (0, probs.shape[0] - ctx.labels.shape[0]))  # OOD rows: any class, unused
+    smoothed = F.one_hot(labels, k).float() * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / k
+    q = torch.where(is_id[:, None], smoothed, probs)
     prior = ctx.log_prior.to(q.device, torch.float32).exp()
     beta = (out.lambdas.float() * q / prior).mean(dim=1)
     g = g.float()

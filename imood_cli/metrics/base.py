@@ -26,6 +26,11 @@ class LossContext:
     labels: torch.Tensor  # long [N_id]
     log_prior: torch.Tensor  # log π̃ [K]
     aux_linear: Callable[[torch.Tensor], torch.Tensor] | None = None
+    num_id: int | None = None  # ID rows come first: rows [:num_id] are ID (slicing needs no host sync)
+
+    def __post_init__(self) -> None:
+        if self.num_id is None:
+            self.num_id = int(self.labels.shape[0])
 
 
 class OODMetric:

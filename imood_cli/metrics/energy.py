@@ -26,6 +26,6 @@ class Energy(OODMetric):
         # The margins of the energy paper's CIFAR recipe: -23 for 10 classes, -27 otherwise.
         m_in = -23.0 if out.num_classes == 10 else -27.0
         e = -self.idness(out)
-        l_in = _masked_mean(F.relu(e[ctx.is_id] - m_in) ** 2)
-        l_out = _masked_mean(F.relu(self.m_out - e[~ctx.is_id]) ** 2)
+        l_in = _masked_mean(F.relu(e[: ctx.num_id] - m_in) ** 2)
+        l_out = _masked_mean(F.relu(self.m_out - e[ctx.num_id:]) ** 2)
         return self.weight * (l_in + l_out)

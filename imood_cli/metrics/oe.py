@@ -23,4 +23,4 @@ class OE(MSP):
     ada_keeps_loss = True
 
     def loss(self, out: ModelOutputs, ctx: LossContext) -> torch.Tensor:
-        return oe_loss(out.logits[~ctx.is_id])
+        return oe_loss(out.logits[ctx.num_id:])

@@ -1,0 +1,74 @@
+"""Shared pieces of the benchmarks: synthetic CIFAR10-LT-shaped data, timing, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from imood_cli.data.augment import CIFAR_AUGMENT  # noqa: E402
+from imood_cli.data.base import Benchmark, ImageSet  # noqa: E402
+from imood_cli.data.longtail import longtail_counts  # noqa: E402
+
+
+def synthetic_cifar_lt(num_aux: int = 30000, size: int = 32, classes: int = 10, n_max: int = 5000,
+                       ratio: float = 0.01, seed: int = 0) -> Benchmark:
+    """Random uint8 images with CIFAR10-LT's class counts (12,406 images) and a 300K-style aux set."""
+    g = torch.Generator().manual_seed(seed)
+    counts = longtail_counts(n_max, classes, ratio)
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    images = torch.randint(0, 256, (len(labels), 3, size, size), dtype=torch.uint8, generator=g)
+    aux = torch.randint(0, 256, (num_aux, 3, size, size), dtype=torch.uint8, generator=g)
+    test = torch.randint(0, 256, (1000, 3, size, size), dtype=torch.uint8, generator=g)
+    minus = lambda n: torch.full((n,), -1, dtype=torch.long)  # noqa: E731
+    return Benchmark("synthetic-cifar10-lt", classes, counts, ImageSet("train", labels, images),
+                     ImageSet("test", torch.arange(1000) % classes, test), {"noise": ImageSet("noise", minus(1000), test)},
+                     ImageSet("aux", minus(num_aux), aux), 3, size, CIFAR_AUGMENT)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        info["commit"] = None
+    return info
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[str(c) for c in header]] + [[f"{c:,.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for j, r in enumerate(cells):
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"machine": machine(), **payload}, indent=2))
