@@ -14,6 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e ./plugins/imood-extras
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +32,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q plugins/imood-extras/tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -92,9 +92,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, pattern, capsys, tmp_path):
     one_line_error(code, err, pattern)
 
 
-def test_unknown_score_metric_suggests_nearest(run, capsys):
-    code, out, err = run_cli(["score", run, "--ood_metric", "ada_maxlogit"], capsys)
-    one_line_error(code, err, "unknown OOD metric 'ada_maxlogit'")
+def test_unknown_score_metric_suggests_nearest(run, capsys, monkeypatch):
+    from imood_cli.plugins import reset_registry
+
+    monkeypatch.setenv("IMOOD_PLUGINS", "")  # built-ins only, whatever is installed
+    old = reset_registry()
+    try:
+        code, out, err = run_cli(["score", run, "--ood_metric", "ada_enrgy"], capsys)
+    finally:
+        reset_registry(old)
+    one_line_error(code, err, "unknown OOD metric 'ada_enrgy'; did you mean 'ada_energy'")
 
 
 def test_nan_scores_and_empty_sets_are_refused(tmp_path, capsys):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
 import warnings
-
-import importlib
 
 import typer
 
@@ -70,10 +68,17 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Plugin warnings as one clean line; library warnings stay out of users' terminals."""
+    from imood_cli.plugins import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        print(f"imood: warning: {str(message).removeprefix('imood: ')}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # keep library warnings out of users' terminals
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch.*")
+    warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="imood", standalone_mode=False)

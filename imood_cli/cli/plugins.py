@@ -3,32 +3,55 @@
 from __future__ import annotations
 
 import json
+import os
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from imood_cli.cli.common import console
-from imood_cli.plugins import registry
+from imood_cli.plugins import ENV, LABELS, registry
 
 app = typer.Typer(help="OOD metrics, aux losses and datasets from installed plugins.", no_args_is_help=True)
 
 
-@app.command("list")
-def list_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Every metric, aux loss and dataset: where it comes from and whether it loaded."""
-    plugins = registry().plugins()
+def plugin_rows() -> list[dict]:
     rows = [{"name": p.name, "kind": p.kind, "distribution": p.distribution, "version": p.version,
-             "loaded": p.loaded, "error": p.error, "derived_from": p.derived_from, "target": p.target} for p in plugins]
+             "loaded": p.loaded, "status": p.status, "error": p.error, "derived_from": p.derived_from,
+             "target": p.target, "clash": p.clash}
+            for p in registry().plugins()]
+    kinds = list(LABELS)
+    # ada_x right after x
+    return sorted(rows, key=lambda r: (kinds.index(r["kind"]) if r["kind"] in kinds else len(kinds),
+                                       r["derived_from"] or r["name"], r["derived_from"] is not None, r["distribution"]))
+
+
+@app.command("list")
+def list_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per plugin.")) -> None:
+    """Every metric, aux loss and dataset: where it comes from and whether it loaded.
+
+    A plugin that failed to import, breaks the protocol or clashes with another one's name is listed
+    with its error; the other commands skip it with a warning.
+    """
+    rows = plugin_rows()
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="imood plugins", title_justify="left")
+    allow = os.environ.get(ENV)
+    title = "imood plugins" + (f" ({ENV}={allow!r})" if allow is not None else "")
+    table = Table(title=title, title_justify="left")
     for col in ("name", "kind", "distribution", "version", "status"):
-        table.add_column(col)
-    for r in sorted(rows, key=lambda r: (r["kind"], r["name"])):
+        table.add_column(col, overflow="fold")
+    for r in rows:
         if r["loaded"]:
-            status = "[green]loaded[/]" + (f" (ImOOD form of {r['derived_from']})" if r["derived_from"] else "")
+            status = "[green]loaded[/]" + (f" (ImOOD form of {escape(r['derived_from'])})" if r["derived_from"] else "")
+        elif r["status"] == "disabled":
+            status = f"[yellow]{escape(r['error'])}[/]"
         else:
-            status = f"[red]{r['error']}[/]"
-        table.add_row(r["name"], r["kind"], r["distribution"], r["version"], status)
+            status = f"[red]{escape(r['error'])}[/]"
+        table.add_row(escape(r["name"]), LABELS.get(r["kind"], r["kind"]), escape(r["distribution"]),
+                      escape(r["version"]), status)
     console.print(table)
+    bad = sum(r["status"] in ("error", "clash") and not r["derived_from"] for r in rows)
+    if bad:
+        console.print(f"[red]{bad} plugin(s) cannot be used[/]; every other name works.")

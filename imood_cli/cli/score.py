@@ -14,6 +14,7 @@ from imood_cli.engine import runtime
 from imood_cli.engine.evaluate import evaluate
 from imood_cli.engine.score import ScoreRequest, load_model, model_config, score as score_run, write_scores
 from imood_cli.errors import ImoodError
+from imood_cli.plugins import registry
 
 DEFAULT_METRICS = "msp,energy,ada_msp,ada_energy"
 
@@ -22,7 +23,7 @@ def score(
     run: Optional[Path] = typer.Argument(None, help="Run folder (or a model .safetensors file)."),
     ckpt_path: Optional[Path] = typer.Option(None, "--ckpt-path", "--ckpt_path", help="Same as RUN, in the reference's spelling."),
     ood_metric: Optional[str] = typer.Option(None, "--ood-metric", "--ood_metric", "-m",
-                                             help="Detectors, comma-separated: msp energy bin_disc maha gradnorm and their ada_ forms. (default: msp,energy,ada_msp,ada_energy (+bin_disc, ada_bin_disc when the model has the extra output))"),
+                                             help="Detectors, comma-separated: msp energy bin_disc maha gradnorm, their ada_ forms, or a plugin's (imood plugins list). (default: msp,energy,ada_msp,ada_energy (+bin_disc, ada_bin_disc when the model has the extra output))"),
     logit_adjust: float = typer.Option(1.0, "--logit-adjust", "--logit_adjust", help="τ of the prior π̃ ∝ π^τ used by ada_ scores; 0 turns the correction off (ada_x = x)."),
     ada_scale: Optional[float] = typer.Option(None, "--ada-scale", help="Override c in ood = -(g + c·log β̂). (default: the detector's own)"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "--ds", help="Benchmark. (default: the one the model was trained on)"),
@@ -38,6 +39,8 @@ def score(
     target = run or ckpt_path
     if target is None:
         raise ImoodError("give a run folder (imood score runs/NAME) or --ckpt_path")
+    for name in split_list(ood_metric):  # a typo fails before the model and the data are loaded
+        registry().find("metric", name)
     rt = runtime.setup(device)
     loaded = load_model(target, rt.device)
     cfg = model_config(loaded)

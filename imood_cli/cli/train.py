@@ -74,7 +74,7 @@ def train(
     cifar_stem: Optional[bool] = _opt("--cifar-stem/--no-cifar-stem", help="3×3 stride-1 first conv, no max-pool. (default: on except ImageNet)"),
     pretrained: Optional[bool] = _opt("--pretrained/--no-pretrained", help="Start from timm's pretrained weights (needs the network once). (default: off)"),
     # method
-    ood_metric: Optional[str] = _opt("--ood-metric", "--ood_metric", help="OOD training loss: oe energy bin_disc maha msp gradnorm, or ada_<name> for ImOOD. (default: ada_bin_disc)"),
+    ood_metric: Optional[str] = _opt("--ood-metric", "--ood_metric", help="OOD training loss: oe energy bin_disc maha msp gradnorm or a plugin's; ada_<name> for ImOOD. (default: ada_bin_disc)"),
     aux_ood_loss: Optional[str] = _opt("--aux-ood-loss", "--aux_ood_loss", help="Auxiliary loss: pascl | simclr | none | a plugin's. (default: pascl)"),
     Lambda: Optional[float] = _opt("--Lambda", "--lambda-ood", help="Weight of the OOD loss. (default: 0.5)"),
     Lambda2: Optional[float] = _opt("--Lambda2", "--lambda-aux", help="Weight of the aux loss. (default: 0.05)"),

@@ -155,8 +155,6 @@ class Trainer:
             if cfg.Lambda > 0 and self.metric.has_loss:
                 raise ImoodError(f"{cfg.dataset} has no auxiliary OOD training data, which {cfg.ood_metric} needs "
                                  "(or pass --Lambda 0)")
-        if not b.train.in_memory:
-            raise ImoodError(f"{cfg.dataset}: training from image files is not supported by this loop yet")
         self.spec = augment_spec(cfg, b)
         self.arch = architecture(cfg, b, self.metric.extra_outputs)
         self.class_counts = list(b.class_counts)
@@ -172,10 +170,17 @@ class Trainer:
             getattr(self.core, head).requires_grad_(used)
         params = [p for p in self.core.parameters() if p.requires_grad]
         self.opt = _optimizer(cfg, params, rt.device)
-        self.train_set = ImageSet(b.train.name, b.train.labels.to(rt.device), b.train.images.to(rt.device))
-        self.aux_set = (ImageSet(b.aux_ood.name, b.aux_ood.labels, b.aux_ood.images.to(rt.device))
-                        if b.aux_ood is not None and len(b.aux_ood) else None)
-        self.steps_per_epoch = len(self._epoch(0))
+        has_aux = b.aux_ood is not None and len(b.aux_ood) > 0
+        self.in_memory = b.train.in_memory
+        if self.in_memory:  # uint8 tensors held on the training device
+            self.train_set = ImageSet(b.train.name, b.train.labels.to(rt.device), b.train.images.to(rt.device))
+            self.aux_set = (ImageSet(b.aux_ood.name, b.aux_ood.labels, b.aux_ood.images.to(rt.device))
+                            if has_aux else None)
+        else:  # image files decoded by DataLoader workers (ImageNet-LT)
+            self.train_set, self.aux_set = b.train, (b.aux_ood if has_aux else None)
+        first = self._epoch(0)
+        self.steps_per_epoch = len(first)
+        _close(first)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, self.steps_per_epoch))
         self.model = self.core
         if rt.distributed:
@@ -189,10 +194,16 @@ class Trainer:
         self.ckpt = CheckpointDir(cfg.run_dir / "checkpoint")
 
     # ---- data
-    def _epoch(self, epoch: int) -> InMemoryEpoch:
-        ood_bs = self.cfg.batch_size if self.cfg.ood_batch_size is None else self.cfg.ood_batch_size
-        return InMemoryEpoch(self.train_set, self.aux_set, self.cfg.batch_size, ood_bs, self.cfg.seed, epoch,
-                             self.rt.rank, self.rt.world_size)
+    def _epoch(self, epoch: int):
+        cfg, rt = self.cfg, self.rt
+        ood_bs = cfg.batch_size if cfg.ood_batch_size is None else cfg.ood_batch_size
+        if self.in_memory:
+            return InMemoryEpoch(self.train_set, self.aux_set, cfg.batch_size, ood_bs, cfg.seed, epoch,
+                                 rt.rank, rt.world_size)
+        from imood_cli.data.files import FileEpoch
+
+        return FileEpoch(self.train_set, self.aux_set, cfg.batch_size, ood_bs, cfg.seed, epoch, rt.rank,
+                         rt.world_size, workers=cfg.workers, pin_memory=rt.device.type == "cuda")
 
     def _generator(self, epoch: int) -> torch.Generator:
         return torch.Generator(device=self.rt.device).manual_seed(epoch_seed(self.cfg.seed, epoch, 2 + self.rt.rank))
@@ -237,6 +248,9 @@ class Trainer:
         self.sched.step()
 
     def train_step(self, b: Batch, gen: torch.Generator) -> torch.Tensor:
+        if not self.in_memory:  # file batches arrive on the host (pinned on CUDA)
+            dev = self.rt.device
+            b = Batch(*(t.to(dev, non_blocking=True) for t in (b.view1, b.view2, b.labels, b.ood)))
         parts = self.loss_parts(b.view1, b.view2, b.labels, b.ood, gen)
         self.optimize(parts)
         return parts.detach()
@@ -343,6 +357,7 @@ class Trainer:
                         path = self.save_checkpoint()
                         raise Interrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
                                           f"saved {path}; continue with: imood train --resume {cfg.run_dir}")
+                _close(batches)
                 last = self._log_record(ep_sums, ep_count, ep_images, time.perf_counter() - ep_t0, "epoch")
                 self.epoch += 1
                 self.step_in_epoch = 0
@@ -353,6 +368,12 @@ class Trainer:
         self.save_model()
         rt.barrier()
         return TrainResult(cfg.run_dir, self.epoch, last)
+
+
+def _close(batches) -> None:
+    close = getattr(batches, "close", None)  # file epochs own DataLoader workers
+    if close is not None:
+        close()
 
 
 def prepare_run_dir(cfg: TrainConfig, rt: Runtime, force: bool = False) -> None:
