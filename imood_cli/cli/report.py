@@ -12,7 +12,7 @@ from imood_cli.engine.checkpoint import atomic_write_text
 from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.report import formats
 from imood_cli.report.results import collect
-from imood_cli.report.terminal import group_table, per_set_table, summary_table
+from imood_cli.report.terminal import gains_table, group_tables, id_table, per_set_table, summary_table
 
 FORMATS = ("terminal", "md", "latex", "json", "csv")
 
@@ -32,9 +32,10 @@ def report(
         raise ImoodError("--bootstrap must be >= 0")
     entries = collect(runs, split_list(metric) or None, bootstrap)
     if fmt == "terminal":
-        console.print(summary_table(entries))
-        console.print(per_set_table(entries))
-        console.print(group_table(entries))
+        for table in (summary_table(entries), gains_table(entries), id_table(entries), per_set_table(entries),
+                      *group_tables(entries)):
+            if table is not None:
+                console.print(table)
     else:
         text = {"md": formats.markdown, "latex": formats.latex, "json": formats.as_json, "csv": formats.as_csv}[fmt](entries)
         print(text, end="" if text.endswith("\n") else "\n")

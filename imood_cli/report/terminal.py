@@ -49,33 +49,62 @@ def eval_tables(title: str, r: dict) -> list[Table]:
     return out
 
 
-def _delta(v: float, base: float, key: str) -> str:
-    d = 100 * (v - base)
-    good = d > 0 if HIGHER_BETTER[key] else d < 0
-    color = "green" if good else ("red" if d != 0 else "dim")
-    return f" [{color}]({d:+.2f})[/]"
+def _label_column(t: Table, title: str = "run · detector") -> None:
+    t.add_column(title, no_wrap=True)
 
 
 def summary_table(entries: list[Entry]) -> Table:
-    t = Table(title="mean over OOD sets (%); (±) = change of the ada_ form over its base", title_justify="left")
-    t.add_column("run · detector")
+    t = Table(title="OOD detection, mean over OOD sets (%)", title_justify="left")
+    _label_column(t)
     for key in NAMES:
         t.add_column(NAMES[key], justify="right")
-    for col in ("ID acc", "many", "medium", "few"):
-        t.add_column(col, justify="right")
     for e in entries:
         m = e.result["ood"]["mean"]
-        base = base_of(e, entries)
-        cells = [pct(m[k]) + (_delta(m[k], base.result["ood"]["mean"][k], k) if base else "") for k in NAMES]
-        idr = e.result.get("id", {})
-        t.add_row(e.label, *cells, pct(idr.get("acc")), pct(idr.get("many")), pct(idr.get("medium")), pct(idr.get("few")))
+        t.add_row(e.label, *[pct(m[k]) for k in NAMES])
     return t
+
+
+def gains_table(entries: list[Entry]) -> Table | None:
+    """What the ImOOD correction changes: each ada_<m> against <m> of the same run, in points."""
+    rows = [(e, base_of(e, entries)) for e in entries]
+    rows = [(e, b) for e, b in rows if b is not None]
+    if not rows:
+        return None
+    t = Table(title="gain of the ada_ form over its base (points; green = better)", title_justify="left")
+    _label_column(t)
+    for key in NAMES:
+        t.add_column(f"Δ{NAMES[key]}", justify="right")
+    for e, b in rows:
+        cells = []
+        for key in NAMES:
+            d = 100 * (e.result["ood"]["mean"][key] - b.result["ood"]["mean"][key])
+            good = d > 0 if HIGHER_BETTER[key] else d < 0
+            cells.append(f"[{'green' if good else 'red' if d else 'dim'}]{d:+.2f}[/]")
+        t.add_row(e.label, *cells)
+    return t
+
+
+def id_table(entries: list[Entry]) -> Table | None:
+    """ID accuracy is a property of the model, so one row per run."""
+    seen, t = set(), Table(title="ID classification (%)", title_justify="left")
+    _label_column(t, "run")
+    for col in ("accuracy", "many-shot", "medium-shot", "few-shot"):
+        t.add_column(col, justify="right")
+    for e in entries:
+        idr = e.result.get("id")
+        key = e.scores.meta.get("checkpoint_sha256") or e.run
+        if idr is None or key in seen:
+            continue
+        seen.add(key)
+        t.add_row(e.run or e.scores.meta.get("dataset", "model"), pct(idr["acc"]), pct(idr["many"]), pct(idr["medium"]),
+                  pct(idr["few"]))
+    return t if seen else None
 
 
 def per_set_table(entries: list[Entry]) -> Table:
     sets = [s for s in entries[0].result["ood"] if s != "mean"]
     t = Table(title="per OOD set: AUROC / FPR95 (%)", title_justify="left")
-    t.add_column("run · detector")
+    _label_column(t)
     for s in sets:
         t.add_column(s, justify="right")
     for e in entries:
@@ -84,14 +113,16 @@ def per_set_table(entries: list[Entry]) -> Table:
     return t
 
 
-def group_table(entries: list[Entry]) -> Table:
-    t = Table(title="at the FPR95 threshold, mean over OOD sets (%): tail ID flagged as OOD, OOD taken as head",
-              title_justify="left")
-    t.add_column("run · detector")
-    for grp in ("many", "medium", "few"):
-        t.add_column(f"ID {grp} → OOD", justify="right")
-    for grp in ("many", "medium", "few"):
-        t.add_column(f"OOD → {grp}", justify="right")
+def group_tables(entries: list[Entry]) -> list[Table]:
+    """The paper's Fig. 1 at the FPR95 threshold, averaged over OOD sets: which ID images are lost,
+    and which classes absorb the OOD images that get through."""
+    flagged = Table(title="ID images flagged as OOD at the FPR95 threshold, by shot group (%)", title_justify="left")
+    taken = Table(title="OOD images accepted as ID, by the shot group of their predicted class (%)",
+                  title_justify="left")
+    for t in (flagged, taken):
+        _label_column(t)
+        for grp in ("many", "medium", "few"):
+            t.add_column(grp, justify="right")
     for e in entries:
         groups = e.result.get("groups", {})
         if not groups:
@@ -101,6 +132,6 @@ def group_table(entries: list[Entry]) -> Table:
             vals = [g[part].get(grp) for g in groups.values() if g[part].get(grp) is not None]
             return sum(vals) / len(vals) if vals else None
 
-        t.add_row(e.label, *[pct(mean("id_flagged_as_ood", g)) for g in ("many", "medium", "few")],
-                  *[pct(mean("ood_accepted_as", g)) for g in ("many", "medium", "few")])
-    return t
+        flagged.add_row(e.label, *[pct(mean("id_flagged_as_ood", g)) for g in ("many", "medium", "few")])
+        taken.add_row(e.label, *[pct(mean("ood_accepted_as", g)) for g in ("many", "medium", "few")])
+    return [flagged, taken] if flagged.row_count else []
