@@ -100,11 +100,15 @@ def per_class(entries: list[Entry]) -> bytes | None:
     if not usable:
         return None
     fig, (acc_ax, fpr_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    models = set()
     for e in usable:
         counts = np.asarray(e.scores.class_counts)
-        acc = np.array([np.nan if a is None else a for a in e.result["id"]["per_class"]])
         order = np.argsort(-counts)
-        acc_ax.plot(counts[order], acc[order], marker="o", ms=3, label=e.label)
+        model = e.scores.meta.get("checkpoint_sha256") or e.run
+        if model not in models:  # accuracy belongs to the model, not the detector: one line per run
+            models.add(model)
+            acc = np.array([np.nan if a is None else a for a in e.result["id"]["per_class"]])
+            acc_ax.plot(counts[order], acc[order], marker="o", ms=3, label=e.run or "model")
         labels, id_s = e.scores.id_label.numpy(), e.scores.id_score.numpy()
         thresholds = [g["threshold"] for g in e.result.get("groups", {}).values()]
         if thresholds:
