@@ -11,6 +11,7 @@ import typer
 from imood_cli import __version__
 from imood_cli.cli import data as data_cmd
 from imood_cli.cli import eval as eval_cmd
+from imood_cli.cli import import_ckpt as import_ckpt_cmd
 from imood_cli.cli import plugins as plugins_cmd
 from imood_cli.cli import report as report_cmd
 from imood_cli.cli import score as score_cmd
@@ -31,6 +32,7 @@ app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(t
 app.command("score")(score_cmd.score)
 app.command("eval")(eval_cmd.eval_scores)
 app.command("report")(report_cmd.report)
+app.command("import-ckpt")(import_ckpt_cmd.import_ckpt)
 
 
 def _version(value: bool) -> None:
@@ -93,8 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, *ABORTS):
         print("imood: interrupted", file=sys.stderr)
         code = 130
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"imood: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
+        code = 2
     finally:
         from imood_cli.engine.runtime import teardown
 
-        teardown()
+        try:
+            teardown()
+        except KeyboardInterrupt:  # a second Ctrl-C while leaving: the files are already complete
+            code = 130
     sys.exit(code if isinstance(code, int) else 0)

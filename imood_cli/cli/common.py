@@ -31,7 +31,7 @@ def progress(transient: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=transient,
-        disable=not is_main_process(),
+        disable=not is_main_process() or not err_console.is_terminal,  # no bar lines in logs and pipes
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -39,14 +40,25 @@ def score(
     target = run or ckpt_path
     if target is None:
         raise ImoodError("give a run folder (imood score runs/NAME) or --ckpt_path")
-    for name in split_list(ood_metric):  # a typo fails before the model and the data are loaded
+    if batch_size < 1:
+        raise ImoodError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ImoodError(f"--workers must be >= 0, got {workers}")
+    if not (math.isfinite(logit_adjust) and logit_adjust >= 0):
+        raise ImoodError(f"--logit_adjust must be a finite number >= 0, got {logit_adjust}")
+    if ada_scale is not None and not math.isfinite(ada_scale):
+        raise ImoodError(f"--ada-scale must be a finite number, got {ada_scale}")
+    requested = list(dict.fromkeys(split_list(ood_metric)))  # a name given twice is scored once
+    for name in requested:  # a typo fails before the model and the data are loaded
         registry().find("metric", name)
     rt = runtime.setup(device)
     loaded = load_model(target, rt.device)
     cfg = model_config(loaded)
     ds = dataset or loaded.meta.get("dataset") or cfg.get("dataset")
+    if not isinstance(ds, str) or not ds:
+        raise ImoodError(f"{loaded.path} does not say which benchmark it was trained on: pass --ds")
     root = data_root or Path(cfg.get("data_root", "data"))
-    metrics = split_list(ood_metric) or split_list(DEFAULT_METRICS) + (
+    metrics = requested or split_list(DEFAULT_METRICS) + (
         ["bin_disc", "ada_bin_disc"] if loaded.model.arch.extra_outputs else [])
     bench = load_benchmark(ds, root, imbalance_ratio=cfg.get("imbalance_ratio"), num_ood_samples=0)
     extra = {}

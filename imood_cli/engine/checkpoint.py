@@ -56,14 +56,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as exc:
+        raise ImoodError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (safetensors itself has no checksum)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
-    """Write a safetensors file atomically; `meta` is stored as one JSON string. Returns the bytes."""
+    """Write a safetensors file atomically; `meta` is stored as one JSON string, with a digest of the
+    tensor data so damaged bytes are caught on load. Returns the bytes written."""
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {**meta, "tensors_sha256": tensors_digest(clean)}
     data = st_save_bytes(clean, metadata={META_KEY: json.dumps(meta)})
-    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise ImoodError(f"cannot write {path}: {exc.strerror or exc}") from None
     return data
 
 
@@ -80,6 +98,11 @@ def load_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor
         meta = _read_metadata(data)
     except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
         raise ImoodError(f"{what} {path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(meta, dict):
+        raise ImoodError(f"{what} {path} has malformed metadata (not a JSON object)")
+    expected = meta.pop("tensors_sha256", None)
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise ImoodError(f"{what} {path} is corrupt: its tensor data does not match the checksum written with it")
     return tensors, meta
 
 

@@ -30,7 +30,13 @@ class Curve:
 
 
 def _check(scores: np.ndarray, what: str) -> np.ndarray:
-    a = np.asarray(scores, dtype=np.float64).ravel()
+    try:
+        a = np.asarray(scores)
+        if np.iscomplexobj(a):
+            raise TypeError("complex")
+        a = a.astype(np.float64).ravel()
+    except (TypeError, ValueError):
+        raise ImoodError(f"{what}: scores must be real numbers") from None
     if a.size == 0:
         raise ImoodError(f"{what} has no scores")
     if not np.isfinite(a).all():
@@ -80,9 +86,41 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
 
 
 # ---- ID accuracy and shot groups
+def check_class_counts(class_counts) -> list[int]:
+    """Class counts as a list of whole numbers >= 0 (at least one class), or an ImoodError."""
+    ok = isinstance(class_counts, (list, tuple, np.ndarray)) and len(class_counts) > 0
+    if ok:
+        for c in class_counts:
+            if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, float, np.integer, np.floating)):
+                ok = False
+            elif not math.isfinite(c) or c < 0 or c != int(c):
+                ok = False
+            if not ok:
+                break
+    if not ok:
+        shown = repr(class_counts)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ImoodError(f"class counts must be a non-empty list of whole numbers >= 0, got {shown}")
+    return [int(c) for c in class_counts]
+
+
+def class_indices(values, what: str) -> np.ndarray:
+    """Labels or predictions as int64; whole numbers only."""
+    a = np.asarray(values).ravel()
+    if a.dtype.kind in "iub":
+        return a.astype(np.int64)
+    try:
+        f = a.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ImoodError(f"{what} must be class indices (whole numbers)") from None
+    if f.size and (not np.isfinite(f).all() or (f != np.round(f)).any() or np.abs(f).max() > 2.0**62):
+        raise ImoodError(f"{what} must be class indices (whole numbers)")
+    return f.astype(np.int64)
+
+
 def shot_groups(class_counts) -> dict[str, np.ndarray]:
     """Many / medium / few-shot classes (SPEC §5)."""
-    counts = np.asarray(class_counts)
+    counts = np.asarray(check_class_counts(class_counts))
     k = counts.size
     if k > 100:
         many, few = counts > 100, counts < 20
@@ -95,7 +133,8 @@ def shot_groups(class_counts) -> dict[str, np.ndarray]:
 
 
 def id_accuracy(labels, preds, class_counts) -> dict:
-    labels, preds = np.asarray(labels), np.asarray(preds)
+    labels, preds = class_indices(labels, "ID labels"), class_indices(preds, "ID predictions")
+    class_counts = check_class_counts(class_counts)
     k = len(class_counts)
     if labels.size == 0:
         raise ImoodError("the ID set is empty")
@@ -123,14 +162,18 @@ def group_errors(id_scores, id_labels, ood_scores, ood_preds, threshold: float, 
     group_of = np.empty(k, dtype=object)
     for name, classes in groups.items():
         group_of[classes] = name
-    id_scores, id_labels = np.asarray(id_scores), np.asarray(id_labels)
+    id_scores, id_labels = np.asarray(id_scores, np.float64).ravel(), class_indices(id_labels, "ID labels")
+    if id_labels.size != id_scores.size:
+        raise ImoodError(f"ID labels ({id_labels.size}) and ID scores ({id_scores.size}) differ in length")
     flagged = id_scores >= threshold
     out = {"threshold": float(threshold), "id_flagged_as_ood": {}, "ood_accepted_as": {}}
     for name, classes in groups.items():
         in_group = np.isin(id_labels, classes)
         out["id_flagged_as_ood"][name] = float(flagged[in_group].mean()) if in_group.any() else None
     if ood_preds is not None:
-        ood_scores, ood_preds = np.asarray(ood_scores), np.asarray(ood_preds)
+        ood_scores, ood_preds = np.asarray(ood_scores, np.float64).ravel(), class_indices(ood_preds, "OOD predictions")
+        if ood_preds.size != ood_scores.size:
+            raise ImoodError(f"OOD predictions ({ood_preds.size}) and OOD scores ({ood_scores.size}) differ in length")
         accepted = ood_scores < threshold
         n_ood = max(ood_scores.size, 1)
         for name, classes in groups.items():
@@ -138,10 +181,18 @@ def group_errors(id_scores, id_labels, ood_scores, ood_preds, threshold: float, 
     return out
 
 
+def _check_bootstrap(rounds, seed) -> None:
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
+        raise ImoodError(f"bootstrap rounds must be a whole number >= 0, got {rounds!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ImoodError(f"the bootstrap seed must be a whole number >= 0, got {seed!r}")
+
+
 def bootstrap_ci(id_scores, ood_scores, rounds: int, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
     """Percentile intervals of each metric over `rounds` resamplings of the ID and the OOD scores."""
+    _check_bootstrap(rounds, seed)
     rng = np.random.default_rng(seed)
-    id_s, ood_s = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
+    id_s, ood_s = _check(id_scores, "the ID set"), _check(ood_scores, "the OOD set")
     samples = {k: [] for k in METRIC_KEYS}
     for _ in range(rounds):
         m = ood_metrics(id_s[rng.integers(0, id_s.size, id_s.size)], ood_s[rng.integers(0, ood_s.size, ood_s.size)])
@@ -156,6 +207,9 @@ def evaluate(id_scores, ood_scores_by_set: dict, *, id_labels=None, id_preds=Non
     """The `imood eval --json` document: per-set metrics and their unweighted mean, ID accuracy."""
     if not ood_scores_by_set:
         raise ImoodError("no OOD set to evaluate against")
+    if "mean" in ood_scores_by_set:
+        raise ImoodError("an OOD set may not be named 'mean': that key holds the average over the sets")
+    _check_bootstrap(bootstrap, seed)
     id_s = _check(id_scores, "the ID set")
     result: dict = {"ood": {}, "fpr95_convention": FPR95_CONVENTION, "score_direction": "higher_is_ood"}
     for name, scores in ood_scores_by_set.items():

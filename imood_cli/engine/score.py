@@ -17,6 +17,7 @@ import torch
 from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.engine.checkpoint import load_tensors, save_tensors, sha256_file
+from imood_cli.engine.evaluate import check_class_counts
 from imood_cli.engine.model import Architecture, ImOODModel
 from imood_cli.engine.outputs import ModelOutputs
 from imood_cli.engine.prior import log_prior
@@ -66,14 +67,42 @@ def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
     tensors, meta = load_tensors(path, "model file")
     if "skeleton" in meta:  # a training checkpoint: its model weights are under s.0.
         raise ImoodError(f"{path} is a training checkpoint; score the run folder or its model.safetensors")
-    if "architecture" not in meta or "class_counts" not in meta:
-        raise ImoodError(f"{path} is not an imood model file (no architecture or class counts in its metadata)")
-    arch = Architecture.from_dict(meta["architecture"])
+    arch = check_model_metadata(meta, path)
     model = ImOODModel(arch)
     check_state_dict(model, tensors, path)
     model.load_state_dict(tensors)
     model.to(device).eval()
     return LoadedModel(model, meta, path, sha256_file(path))
+
+
+def check_model_metadata(meta: dict[str, Any], path: Path) -> Architecture:
+    """The architecture a model file declares, after checking every field scoring relies on."""
+    if "architecture" not in meta or "class_counts" not in meta:
+        raise ImoodError(f"{path} is not an imood model file (no architecture or class counts in its metadata)")
+    a = meta["architecture"]
+
+    def bad(what: str) -> ImoodError:
+        return ImoodError(f"{path} has malformed metadata: {what}")
+
+    if not isinstance(a, dict):
+        raise bad("architecture is not a JSON object")
+    whole = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low  # noqa: E731
+    if not isinstance(a.get("backbone"), str):
+        raise bad("architecture.backbone is not a model name")
+    if not whole(a.get("num_classes"), 1):
+        raise bad(f"architecture.num_classes must be a whole number >= 1, got {a.get('num_classes')!r}")
+    if not whole(a.get("extra_outputs", 0), 0) or not whole(a.get("in_chans", 3), 1):
+        raise bad("architecture.extra_outputs / in_chans must be whole numbers")
+    if not isinstance(a.get("cifar_stem", False), bool):
+        raise bad("architecture.cifar_stem must be true or false")
+    counts = check_class_counts(meta["class_counts"])
+    if len(counts) != a["num_classes"] or min(counts) < 1:
+        raise bad(f"{len(counts)} class counts for {a['num_classes']} classes: wrong number of classes, or a class "
+                  "without training images")
+    meta["class_counts"] = counts
+    if not isinstance(meta.get("config", {}), dict):
+        meta["config"] = {}
+    return Architecture.from_dict(a)
 
 
 def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -264,6 +264,7 @@ class Trainer:
             "model": self.core.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "generator": self._gen.get_state() if self.step_in_epoch else None,
+            "running": self.running if self.step_in_epoch else None,
             "rng": rng, "metric": self.metric.fit_state(),
         }
 
@@ -276,6 +277,9 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self._resume_generator = state.get("generator")
+        running = state.get("running")
+        self._resume_running = ({k: v.to(self.rt.device) if isinstance(v, torch.Tensor) else v
+                                 for k, v in running.items()} if running else None)
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.rt.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
@@ -315,6 +319,12 @@ class Trainer:
         return record
 
     # ---- the loop
+    def _fresh_running(self) -> dict[str, Any]:
+        zeros = torch.zeros(len(LOSS_PARTS), device=self.rt.device)
+        one = torch.zeros((), device=self.rt.device)
+        return {"sums": zeros, "count": one, "images": 0, "ep_sums": zeros.clone(), "ep_count": one.clone(),
+                "ep_images": 0}
+
     def run(self) -> TrainResult:
         cfg, rt = self.cfg, self.rt
         self.obs.start(cfg, self.bench, self.epoch, self.steps_per_epoch)
@@ -328,44 +338,47 @@ class Trainer:
                 if start_step and getattr(self, "_resume_generator", None) is not None:
                     self._gen.set_state(self._resume_generator.to(self._gen.get_state().device))
                 self._resume_generator = None
+                # Loss sums since the last record and since the epoch began: part of a mid-epoch
+                # checkpoint, so the records after a resume equal those of an uninterrupted run.
+                run = getattr(self, "_resume_running", None) if start_step else None
+                self.running = run or self._fresh_running()
+                self._resume_running = None
                 self.obs.epoch_start(self.epoch + 1, len(batches), start_step)
-                sums = torch.zeros(len(LOSS_PARTS), device=rt.device)
-                ep_sums = torch.zeros_like(sums)
-                count = torch.zeros((), device=rt.device)
-                ep_count = torch.zeros_like(count)
-                images, t0 = 0, time.perf_counter()
-                ep_images, ep_t0 = 0, t0
+                r = self.running
+                t0 = ep_t0 = time.perf_counter()
                 for step in range(start_step, len(batches)):
                     b = batches.batch(step)
                     d = self.train_step(b, self._gen)
                     self.global_step += 1
                     self.step_in_epoch = step + 1
-                    sums += d
-                    ep_sums += d
-                    count += 1
-                    ep_count += 1
+                    r["sums"] += d
+                    r["ep_sums"] += d
+                    r["count"] += 1
+                    r["ep_count"] += 1
                     n_img = 2 * b.labels.shape[0] + b.ood.shape[0]
-                    images += n_img
-                    ep_images += n_img
+                    r["images"] += n_img
+                    r["ep_images"] += n_img
                     self.obs.step(self.epoch + 1, step + 1, n_img * rt.world_size)
                     if self.global_step % cfg.log_every == 0:
-                        rec = self._log_record(sums, count, images, time.perf_counter() - t0, "log")
+                        rec = self._log_record(r["sums"], r["count"], r["images"], time.perf_counter() - t0, "log")
                         self.obs.log(rec)
-                        sums.zero_(), count.zero_()
-                        images, t0 = 0, time.perf_counter()
+                        r["sums"].zero_(), r["count"].zero_()
+                        r["images"], t0 = 0, time.perf_counter()
                     if stop.set and self.step_in_epoch < len(batches):
+                        _close(batches)
                         path = self.save_checkpoint()
                         raise Interrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
                                           f"saved {path}; continue with: imood train --resume {cfg.run_dir}")
                 _close(batches)
-                last = self._log_record(ep_sums, ep_count, ep_images, time.perf_counter() - ep_t0, "epoch")
+                last = self._log_record(r["ep_sums"], r["ep_count"], r["ep_images"], time.perf_counter() - ep_t0,
+                                        "epoch")
                 self.epoch += 1
                 self.step_in_epoch = 0
                 self.save_checkpoint()
                 self.obs.epoch_end(last)
                 if stop.set and self.epoch < cfg.epochs:
                     raise Interrupted(f"interrupted after epoch {self.epoch}; continue with: imood train --resume {cfg.run_dir}")
-        self.save_model()
+            self.save_model()  # still under the stop flag: a Ctrl-C now waits for the model file
         rt.barrier()
         return TrainResult(cfg.run_dir, self.epoch, last)
 
@@ -419,6 +432,9 @@ def resume(run: Path, rt: Runtime, observer: TrainObserver | None = None, epochs
     if epochs is not None:
         cfg.epochs = epochs
     trainer = Trainer(cfg, rt, observer, bench)
+    if rt.is_main:
+        remove_partial_files(run)
+    rt.barrier()
     found = trainer.ckpt.latest_good()
     if found is not None:
         state, _, path = found
@@ -430,6 +446,14 @@ def resume(run: Path, rt: Runtime, observer: TrainObserver | None = None, epochs
     elif rt.is_main:
         (run / "metrics.jsonl").unlink(missing_ok=True)
     return trainer.run()
+
+
+def remove_partial_files(run: Path) -> None:
+    """Temporary files of writes cut short by a kill: never read, safe to delete (one writer per run)."""
+    for folder in (run, run / "checkpoint", run / "scores", run / "fits", run / "eval"):
+        if folder.is_dir():
+            for f in folder.glob(".*.tmp"):
+                f.unlink(missing_ok=True)
 
 
 def _truncate_metrics(path: Path, global_step: int) -> None:

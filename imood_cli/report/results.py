@@ -5,18 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from imood_cli.engine.evaluate import evaluate
 from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A tensor of any dtype as numpy (numpy has no bfloat16 or float8: those become float64)."""
+    t = t.detach().cpu()
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float64)
+    return t.numpy()
+
+
 def evaluate_scoreset(ss: ScoreSet, bootstrap: int = 0, seed: int = 0) -> dict:
     has_id = ss.id_label is not None and ss.id_pred is not None and ss.class_counts is not None
     result = evaluate(
-        ss.id_score.numpy(), {k: v.numpy() for k, v in ss.ood_score.items()},
-        id_labels=ss.id_label.numpy() if has_id else None, id_preds=ss.id_pred.numpy() if has_id else None,
+        _np(ss.id_score), {k: _np(v) for k, v in ss.ood_score.items()},
+        id_labels=_np(ss.id_label) if has_id else None, id_preds=_np(ss.id_pred) if has_id else None,
         class_counts=ss.class_counts if has_id else None,
-        ood_preds_by_set={k: v.numpy() for k, v in ss.ood_pred.items()}, bootstrap=bootstrap, seed=seed,
+        ood_preds_by_set={k: _np(v) for k, v in ss.ood_pred.items()}, bootstrap=bootstrap, seed=seed,
     )
     result["metric"] = ss.metric
     for key in ("dataset", "checkpoint", "logit_adjust", "ada_scale", "moved_to_id", "trained_with"):
@@ -72,6 +83,8 @@ def collect(runs: list[Path], metrics: list[str] | None = None, bootstrap: int =
     if metrics:
         order = {m: i for i, m in enumerate(metrics)}
         entries.sort(key=lambda e: (e.run, order.get(e.metric, len(order))))
+    else:  # each base detector, then its ada_ form
+        entries.sort(key=lambda e: (e.run, e.metric.removeprefix("ada_"), e.metric.startswith("ada_")))
     return entries
 
 
