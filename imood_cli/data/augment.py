@@ -4,6 +4,10 @@ Random crop with zero padding, horizontal flip, color jitter (brightness, contra
 hue in a random order per image, applied with probability p) and random grayscale, with
 per-sample randomness drawn from one generator. The formulas are torchvision's, so the same
 draws give the same pixels as torchvision's per-image transforms (tested).
+
+The whole batch goes through every op with per-sample parameters (identity where an op does not
+apply), so shapes never depend on the data and the host never waits for the device. The op count
+is kept low on purpose: at CIFAR sizes a training step is bound by kernel launches, not arithmetic.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
 @dataclass(frozen=True)
@@ -47,22 +52,22 @@ class Draws:
 
 
 def draw(spec: AugmentSpec, batch: int, device: torch.device, generator: torch.Generator | None) -> Draws:
-    def rand(*shape):
-        return torch.rand(*shape, device=device, generator=generator)
-
+    """Every random number of a batch from one uniform draw."""
+    u = torch.rand(batch, 13, device=device, generator=generator)
     span = 2 * spec.crop_padding + 1
-    offset_y = torch.randint(0, span, (batch,), device=device, generator=generator)
-    offset_x = torch.randint(0, span, (batch,), device=device, generator=generator)
-    flip = rand(batch) < (0.5 if spec.flip else 0.0)
-    jitter = rand(batch) < spec.jitter_p
+    offsets = (u[:, :2] * span).long().clamp_(max=span - 1)  # uniform integers in [0, 2·pad]
+    flip = u[:, 2] < (0.5 if spec.flip else 0.0)
+    jitter = u[:, 3] < spec.jitter_p
+    gray = u[:, 4] < spec.grayscale_p
+    # (1 - a) + 2a·u per factor, hue: -h + 2h·u; built from Python floats, as a tensor literal on the
+    # device would be a blocking host copy.
     b, c, s, h = spec.jitter
-    u = rand(batch, 4)
-    # Built from Python floats: a tensor literal on the device would be a blocking host copy.
-    factors = torch.stack([(1 - b) + 2 * b * u[:, 0], (1 - c) + 2 * c * u[:, 1], (1 - s) + 2 * s * u[:, 2],
-                           -h + 2 * h * u[:, 3]], dim=1)
-    order = torch.argsort(rand(batch, 4), dim=1)
-    gray = rand(batch) < spec.grayscale_p
-    return Draws(offset_y, offset_x, flip, jitter, factors, order, gray)
+    cols = torch.arange(4, device=device)
+    width = torch.where(cols == 0, 2 * b, torch.where(cols == 1, 2 * c, torch.where(cols == 2, 2 * s, 2 * h)))
+    low = torch.where(cols == 0, 1 - b, torch.where(cols == 1, 1 - c, torch.where(cols == 2, 1 - s, -h)))
+    factors = low + width * u[:, 5:9]
+    order = torch.argsort(u[:, 9:13], dim=1)
+    return Draws(offsets[:, 0], offsets[:, 1], flip, jitter, factors, order, gray)
 
 
 def random_crop(images: torch.Tensor, pad: int, offset_y: torch.Tensor, offset_x: torch.Tensor) -> torch.Tensor:
@@ -103,9 +108,10 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(x, grayscale(x), factor)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torchvision's conversion (same branches, same divisions), returning h, s, v of [B, H, W]."""
     r, g, b = x.unbind(dim=1)
-    maxc, _ = x.max(dim=1)
+    maxc = x.amax(dim=1)
     minc = x.amin(dim=1)
     eqc = maxc == minc
     cr = maxc - minc
@@ -115,56 +121,54 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     rc = (maxc - r) / cr_divisor
     gc = (maxc - g) / cr_divisor
     bc = (maxc - b) / cr_divisor
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = (hr + hg + hb) / 6.0 + 1.0
-    h = torch.fmod(h, 1.0)
-    return torch.stack((h, s, maxc), dim=1)
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    h = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    return h, s, maxc
 
 
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(dim=1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int32)
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    i = i % 6
-    mask = i.unsqueeze(1) == torch.arange(6, device=i.device).view(-1, 1, 1)  # [B, 6, H, W]
-    a1 = torch.stack((v, q, p, p, t, v), dim=1)
-    a2 = torch.stack((t, v, v, q, p, p), dim=1)
-    a3 = torch.stack((p, p, t, v, v, q), dim=1)
-    a4 = torch.stack((a1, a2, a3), dim=1)  # [B, 3, 6, H, W]
-    return torch.einsum("...ijk, ...xijk -> ...xjk", mask.to(x.dtype), a4)
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The branch-free form of the sector formula: channel n = v − v·s·clamp(min(k, 4 − k), 0, 1),
+    k = (n + 6h) mod 6 with n = 5, 3, 1 for r, g, b (the same values as torchvision's six cases)."""
+    n = torch.arange(5, 0, -2, device=h.device, dtype=h.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
+    v, s = v.unsqueeze(1), s.unsqueeze(1)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    hsv = _rgb_to_hsv(x)
-    h = hsv[:, 0] + shift.view(-1, 1, 1)
-    h = h - torch.floor(h)  # wrap into [0, 1)
-    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
-
-
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    h, s, v = _rgb_to_hsv(x)
+    h = h + shift.view(-1, 1, 1)
+    return _hsv_to_rgb(h - torch.floor(h), s, v)
 
 
 def color_jitter(x: torch.Tensor, d: Draws, spec: AugmentSpec) -> torch.Tensor:
     """Each image applies the active ops in its own random order, or none when its jitter draw fails.
 
-    Every op runs on the whole batch and `torch.where` keeps it where it applies: more arithmetic,
-    but no data-dependent shapes, so the step never waits on the host.
+    Brightness, contrast and saturation are all blends f·x + (1 − f)·other (other = 0, the mean
+    luma, the luma), so each of the four rounds is one blend with per-image f and `other` (f = 1
+    is exact identity) plus, when hue is on, one hue rotation with a per-image shift (0 elsewhere).
     """
-    active = [i for i, amount in enumerate(spec.jitter) if amount > 0]
-    if not active or spec.jitter_p <= 0:
+    b, c, s, h = spec.jitter
+    if spec.jitter_p <= 0 or not any(a > 0 for a in (b, c, s, h)):
         return x
+    rgb = x.shape[1] == 3
+    enabled = {BRIGHTNESS: b > 0, CONTRAST: c > 0, SATURATION: s > 0 and rgb, HUE: h > 0 and rgb}
     for step in range(4):
-        for op in active:
-            use = (d.jitter & (d.order[:, step] == op)).view(-1, 1, 1, 1)
-            x = torch.where(use, _JITTER_OPS[op](x, d.factors[:, op]), x)
+        op = torch.where(d.jitter, d.order[:, step], -1)  # -1: this image does nothing this round
+        if enabled[BRIGHTNESS] or enabled[CONTRAST] or enabled[SATURATION]:
+            blends = (op == BRIGHTNESS) & enabled[BRIGHTNESS] | (op == CONTRAST) & enabled[CONTRAST] \
+                | (op == SATURATION) & enabled[SATURATION]
+            f = torch.where(blends, d.factors.gather(1, op.clamp(min=0, max=2)[:, None])[:, 0], 1.0)
+            lum = grayscale(x) if rgb else x
+            other = torch.where((op == CONTRAST).view(-1, 1, 1, 1), lum.mean(dim=(1, 2, 3), keepdim=True),
+                                torch.where((op == SATURATION).view(-1, 1, 1, 1), lum, 0.0))
+            x = _blend(x, other, f)
+        if enabled[HUE]:
+            x = adjust_hue(x, torch.where(op == HUE, d.factors[:, HUE], 0.0))
     return x
 
 
@@ -172,8 +176,15 @@ def augment(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator 
             draws: Draws | None = None) -> torch.Tensor:
     """uint8 [B, C, H, W] → augmented float [B, C, H, W] in [0, 1] (then normalised if the spec says so)."""
     d = draws if draws is not None else draw(spec, images.shape[0], images.device, generator)
+    return apply(images, spec, d)
+
+
+def apply(images: torch.Tensor, spec: AugmentSpec, d: Draws) -> torch.Tensor:
+    """The deterministic part of `augment` (a pure function of the images and the draws, so it can be
+    handed to torch.compile)."""
     x = random_crop(images, spec.crop_padding, d.offset_y, d.offset_x)
-    x = torch.where(d.flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if spec.flip:
+        x = torch.where(d.flip.view(-1, 1, 1, 1), x.flip(-1), x)
     x = x.float().div_(255.0)
     x = color_jitter(x, d, spec)
     if spec.grayscale_p > 0 and x.shape[1] == 3:

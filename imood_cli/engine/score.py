@@ -237,17 +237,17 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         scores = {m.name: [] for m in metrics}
         preds = []
 
-        def each(out: ModelOutputs) -> None:
+        def each(out: ModelOutputs) -> None:  # results stay on the device: one copy per set, at the end
             for m in metrics:
-                scores[m.name].append(m.ood_score(out, lp).float().cpu())
-            preds.append(out.logits.argmax(dim=1).cpu())
+                scores[m.name].append(m.ood_score(out, lp).float())
+            preds.append(out.logits.argmax(dim=1))
 
         if observer:
             observer.start_set(full.name, len(s))
         infer(model, s, rt, req.batch_size, spec, keep_features, observer, req.workers, each=each)
         if observer:
             observer.end_set(full.name)
-        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)  # noqa: E731
+        cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)  # noqa: E731
         result = {k: cat(v) for k, v in scores.items()}, cat(preds).long()
         return gather_shards(result, rt) if rt.distributed else result
 

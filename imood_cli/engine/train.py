@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from imood_cli import __version__
-from imood_cli.data.augment import AugmentSpec, augment
+from imood_cli.data.augment import AugmentSpec, draw
+from imood_cli.data.augment import apply as augment_apply
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.data.load import load_benchmark
@@ -186,8 +187,10 @@ class Trainer:
         if rt.distributed:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.core, device_ids=ids)
+        self._apply = augment_apply
         if cfg.compile:
             self.model = torch.compile(self.model)
+            self._apply = torch.compile(augment_apply)  # fuses the elementwise chain into a few kernels
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0
         self.global_step = 0
@@ -211,7 +214,9 @@ class Trainer:
     # ---- one step
     def loss_parts(self, view1, view2, labels, ood, gen) -> torch.Tensor:
         """Augment on the device, then the loss: [total, L_in, L_ood, L_aux] as one tensor."""
-        x = torch.cat([augment(view1, self.spec, gen), augment(view2, self.spec, gen), augment(ood, self.spec, gen)])
+        # One call for all rows: the augmentation's cost is its op count, not the batch size.
+        images = torch.cat([view1, view2, ood])
+        x = self._apply(images, self.spec, draw(self.spec, images.shape[0], images.device, gen))
         return self.loss_on(x, labels, ood.shape[0])
 
     def loss_on(self, x: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:

@@ -28,7 +28,9 @@ def imood_training_loss(g: torch.Tensor, out: ModelOutputs, ctx: LossContext) ->
     is_id = ctx.is_id
     probs = torch.softmax(out.logits.float(), dim=1).detach()
     labels = F.pad(ctx.labels, (0, probs.shape[0] - ctx.labels.shape[0]))  # OOD rows: any class, unused
-    smoothed = F.one_hot(labels, k).float() * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / k
+    # A comparison, not F.one_hot: one_hot checks its input's range on the host, a sync per step.
+    onehot = (labels[:, None] == torch.arange(k, device=labels.device)).float()
+    smoothed = onehot * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / k
     q = torch.where(is_id[:, None], smoothed, probs)
     prior = ctx.log_prior.to(q.device, torch.float32).exp()
     beta = (out.lambdas.float() * q / prior).mean(dim=1)

@@ -79,7 +79,7 @@ class Mahalanobis(OODMetric):
         k = out.num_classes
         with torch.no_grad():
             f = feats.double()
-            counts = torch.nn.functional.one_hot(ctx.labels, k).sum(0)
+            counts = (ctx.labels[:, None] == torch.arange(k, device=f.device)).sum(0)  # no host sync
             sums = torch.zeros(k, f.shape[1], dtype=torch.float64, device=f.device).index_add_(0, ctx.labels, f)
             if self.means is None:
                 base = f.mean(0, keepdim=True).expand(k, -1)
