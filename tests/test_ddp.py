@@ -57,3 +57,31 @@ def test_two_process_training(tmp_path):
     assert meta["epochs"] == 2 and all(torch.isfinite(t.float()).all() for t in tensors.values())
     index = json.loads((run / "checkpoint" / "latest.json").read_text())["checkpoints"]
     assert [e["epoch"] for e in index] == [1, 2]
+
+
+def test_reference_style_ddp_flag_and_sharded_scoring(tmp_path):
+    """`imood train --ddp` starts the processes itself; `torchrun ... score` shards and gathers."""
+    imood = Path(sys.executable).parent / "imood"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [str(imood), "train", "--ddp", "--nproc", "2", "--dist_url", f"tcp://127.0.0.1:{_free_port()}",
+           "--ds", "digits", "--epochs", "1", "--srp", str(tmp_path), "--name", "d", "--device", "cpu",
+           "--batch-size", "32"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "epoch" and records[-1]["step"] == 296 // 64  # two processes × 32 per step
+    run = tmp_path / "d"
+    single = subprocess.run([str(imood), "score", str(run), "-m", "msp,maha", "--device", "cpu", "--out",
+                             str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    multi = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m",
+                            "imood_cli", "score", str(run), "-m", "msp,maha", "--device", "cpu", "--out",
+                            str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=240)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    for m in ("msp", "maha"):
+        a = load_tensors(tmp_path / "one" / f"{m}.safetensors")[0]
+        b = load_tensors(tmp_path / "two" / f"{m}.safetensors")[0]
+        assert a.keys() == b.keys()
+        for k in a:  # every image scored once, in order, whichever process scored it
+            assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-5, atol=1e-5), k

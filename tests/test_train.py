@@ -172,3 +172,56 @@ def test_config_file_precedence(tmp_path):
     f.write_text('epochz = 3\n')
     with pytest.raises(ImoodError, match="epochs"):
         resolve_config({}, f)
+
+
+def test_start_from_a_model_and_refuse_a_mismatch(tmp_path, bench):
+    rt = setup("cpu")
+    base = train(cfg_for(tmp_path, "base", epochs=1, ood_metric="energy"), rt, bench=bench)
+    tuned = train(cfg_for(tmp_path, "tuned", epochs=1, ood_metric="energy", init_from=str(base.run_dir), lr=1e-12),
+                  rt, bench=bench)
+    # with a vanishing learning rate the weights stay those it started from (BN statistics move)
+    a, b = weights(base.run_dir), weights(tuned.run_dir)
+    assert torch.allclose(a["classifier.weight"], b["classifier.weight"], atol=1e-6)
+    with pytest.raises(ImoodError, match="extra classifier output"):
+        train(cfg_for(tmp_path, "bd", epochs=1, ood_metric="ada_bin_disc", init_from=str(base.run_dir)), rt,
+              bench=bench)
+    assert not (tmp_path / "bd").exists()
+
+
+def test_reference_spelling_of_model_names(tmp_path, bench):
+    res = train(cfg_for(tmp_path, "caps", epochs=1, model="IMOOD_ResNet_Micro"), setup("cpu"), bench=bench)
+    assert json.loads((res.run_dir / "config.json").read_text())["model"] == "imood_resnet_micro"
+
+
+def test_fast_step_equals_a_per_image_torchvision_step(tmp_path):
+    """The device-batched training step against the plain one: per-image torchvision transforms with
+    the same random draws, then the same loss and optimizer; the weights after two steps agree."""
+    from test_augment import per_image
+
+    from imood_cli.data.augment import CIFAR_AUGMENT, draw
+    from imood_cli.data.base import Benchmark, ImageSet
+    from imood_cli.engine.train import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    minus = lambda k: torch.full((k,), -1)  # noqa: E731
+    images = torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8, generator=g)
+    aux = torch.randint(0, 256, (30, 3, 12, 12), dtype=torch.uint8, generator=g)
+    bench = Benchmark("tiny-rgb", 4, [16, 12, 8, 4], ImageSet("t", torch.arange(n) % 4, images),
+                      ImageSet("t", torch.arange(8) % 4, images[:8]), {"x": ImageSet("x", minus(8), aux[:8])},
+                      ImageSet("a", minus(30), aux), 3, 12, CIFAR_AUGMENT)
+    opts = dict(dataset="cifar10", model="imood_resnet_micro", batch_size=8, epochs=1, save_root=str(tmp_path),
+                device="cpu", ood_metric="ada_bin_disc", aux_ood_loss="pascl")
+    fast = Trainer(resolve_config({**opts, "name": "fast"}), setup("cpu"), bench=bench)
+    slow = Trainer(resolve_config({**opts, "name": "slow"}), setup("cpu"), bench=bench)
+    epoch = fast._epoch(0)
+    gen_fast, gen_slow = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for step in range(2):
+        b = epoch.batch(step)
+        fast.train_step(b, gen_fast)
+        rows = torch.cat([b.view1, b.view2, b.ood])
+        d = draw(CIFAR_AUGMENT, rows.shape[0], rows.device, gen_slow)
+        x = torch.stack([per_image(rows[i], d, i, CIFAR_AUGMENT) for i in range(rows.shape[0])])
+        slow.optimize(slow.loss_on(x, b.labels, b.ood.shape[0]))
+    for (k, a), (_, c) in zip(fast.core.state_dict().items(), slow.core.state_dict().items()):
+        assert torch.allclose(a.float(), c.float(), atol=1e-4), k

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 import warnings
 
@@ -16,6 +18,7 @@ from imood_cli.cli import plugins as plugins_cmd
 from imood_cli.cli import report as report_cmd
 from imood_cli.cli import score as score_cmd
 from imood_cli.cli import train as train_cmd
+from imood_cli.cli.common import DDP_ARGV, set_argv
 from imood_cli.errors import ImoodError
 
 app = typer.Typer(
@@ -80,6 +83,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    if not args and DDP_ARGV in os.environ and "WORLD_SIZE" in os.environ:
+        args = json.loads(os.environ[DDP_ARGV])  # a process started by `imood train --ddp`
+    set_argv(args)
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
     try:

@@ -15,6 +15,19 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+_ARGV: list[str] = []
+DDP_ARGV = "IMOOD_DDP_ARGV"  # `imood train --ddp` hands its command line to the processes it starts
+
+
+def set_argv(args: list[str]) -> None:
+    """The command line being run (for --ddp, which starts the same command once per process)."""
+    _ARGV[:] = args
+
+
+def current_argv() -> list[str]:
+    return list(_ARGV)
+
+
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -10,7 +16,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from imood_cli.cli.common import console, err_console, is_main_process, progress, split_list
+from imood_cli.cli.common import DDP_ARGV, console, current_argv, err_console, is_main_process, progress, split_list
 from imood_cli.engine import runtime
 from imood_cli.engine.config import TrainConfig, resolve_config
 from imood_cli.engine.train import TrainObserver, resume, train as train_run
@@ -55,6 +61,35 @@ class TrainProgress(TrainObserver):
     def message(self, text: str) -> None:
         if is_main_process():
             err_console.print(text)
+
+
+def default_nproc(device: str | None) -> int:
+    if device and device.replace(",", "").isdigit():
+        return len(device.split(","))
+    import torch
+
+    return torch.cuda.device_count() if device in (None, "auto", "cuda") else 1
+
+
+def launch_ddp(nproc: int, dist_url: str | None) -> int:
+    """The reference's `--ddp`: run this same command once per process under torchrun."""
+    host, port = "127.0.0.1", None
+    if dist_url:
+        m = re.fullmatch(r"(?:tcp://)?([^:/]+):(\d+)", dist_url.strip())
+        if not m:
+            raise ImoodError(f"--dist_url must look like tcp://HOST:PORT, got {dist_url!r}")
+        host, port = m.group(1), int(m.group(2))
+    if port is None:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    # The command line travels in the environment: torchrun's own parser would take imood's flags
+    # that abbreviate one of its options (--e is --event-log-handler to it) for its own.
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-addr={host}",
+           f"--master-port={port}", "-m", "imood_cli"]
+    env = {**os.environ, DDP_ARGV: json.dumps(current_argv())}
+    err_console.print(f"--ddp: {nproc} processes through torchrun (rendezvous {host}:{port})")
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _opt(*names: str, help: str, **kw) -> Any:
@@ -108,17 +143,21 @@ def train(
     workers: Optional[int] = _opt("--workers", help="Data-loader workers for image-file datasets. (default: 8)"),
     log_every: Optional[int] = _opt("--log-every", help="Steps between loss records in metrics.jsonl. (default: 50)"),
     test_batch_size: Optional[int] = _opt("--test-batch-size", "--tb", help="Batch size when scoring. (default: 512)"),
-    ddp: bool = typer.Option(False, "--ddp", help="Reference-style multi-GPU flag: use torchrun --nproc-per-node N -m imood_cli train ..."),
-    dist_url: Optional[str] = typer.Option(None, "--dist-url", "--dist_url", help="Accepted for the reference's command lines; torchrun sets the rendezvous."),
+    ckpt_path: Optional[str] = _opt("--ckpt-path", "--ckpt_path", help="Start from the weights of this imood model (run folder or model.safetensors; a reference .pth: imood import-ckpt it first)."),
+    ddp: bool = typer.Option(False, "--ddp", help="Train on several processes (one per GPU of --gpu): imood starts them through torchrun."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes for --ddp. (default: the GPUs named by --gpu, else every visible GPU)"),
+    dist_url: Optional[str] = typer.Option(None, "--dist-url", "--dist_url", help="Rendezvous for --ddp, as tcp://HOST:PORT. (default: localhost, a free port)"),
 ) -> None:
     """Train a classifier and OOD detector on long-tailed data with the ImOOD regularizer.
 
     L = logit-adjusted CE + Lambda · OOD loss + Lambda2 · aux loss, over two views of each ID image
     and a batch of auxiliary OOD images.
     """
+    if ddp and "WORLD_SIZE" not in os.environ:
+        n = nproc or default_nproc(device)
+        if n > 1:
+            raise typer.Exit(launch_ddp(n, dist_url))
     rt = runtime.setup(device or "auto", amp or "auto", channels_last or "auto")
-    if ddp and not rt.distributed:
-        raise ImoodError("--ddp needs a process per GPU: launch with torchrun --nproc-per-node N -m imood_cli train ...")
     bar = progress(transient=True)
     observer = TrainProgress(bar)
     started = time.perf_counter()
@@ -139,7 +178,7 @@ def train(
             color_jitter=[float(v) for v in split_list(color_jitter)] if color_jitter else None,
             jitter_p=jitter_p, grayscale_p=grayscale_p, seed=seed, device=device, amp=amp,
             channels_last=channels_last, compile=compile_model, workers=workers, log_every=log_every,
-            test_batch_size=test_batch_size,
+            test_batch_size=test_batch_size, init_from=ckpt_path,
         )
         cfg = resolve_config(cli, config)
         with bar:

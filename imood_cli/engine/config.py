@@ -26,6 +26,7 @@ class TrainConfig:
     model: str = "resnet18"
     cifar_stem: bool = True
     pretrained: bool = False
+    init_from: str | None = None  # start from the weights of an imood model (run folder or model file)
     # the method
     ood_metric: str = "ada_bin_disc"
     aux_ood_loss: str = "pascl"

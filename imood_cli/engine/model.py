@@ -64,6 +64,13 @@ def apply_cifar_stem(backbone: nn.Module, in_chans: int) -> None:
     backbone.maxpool = nn.Identity()
 
 
+def canonical_model_name(name: str) -> str:
+    """timm's spelling of a model name: the reference code's `--md ResNet50` is timm's `resnet50`."""
+    if timm.is_model(name) or not timm.is_model(name.lower()):
+        return name
+    return name.lower()
+
+
 def create_backbone(name: str, in_chans: int, cifar_stem: bool, pretrained: bool = False) -> nn.Module:
     if not timm.is_model(name):
         raise unknown_name("timm model", name, timm.list_models())

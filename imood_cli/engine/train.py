@@ -24,7 +24,7 @@ from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.data.load import load_benchmark
 from imood_cli.engine.checkpoint import CheckpointDir, atomic_write_text, save_tensors
 from imood_cli.engine.config import TrainConfig
-from imood_cli.engine.model import Architecture, ImOODModel
+from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name
 from imood_cli.engine.prior import log_prior
 from imood_cli.engine.runtime import Runtime
 from imood_cli.errors import ImoodError, TrainingDiverged
@@ -157,13 +157,17 @@ class Trainer:
                 raise ImoodError(f"{cfg.dataset} has no auxiliary OOD training data, which {cfg.ood_metric} needs "
                                  "(or pass --Lambda 0)")
         self.spec = augment_spec(cfg, b)
+        cfg.model = canonical_model_name(cfg.model)
         self.arch = architecture(cfg, b, self.metric.extra_outputs)
         self.class_counts = list(b.class_counts)
         self.log_prior = log_prior(self.class_counts, cfg.logit_adjust).float().to(rt.device)
         self.counts_t = torch.tensor(self.class_counts, device=rt.device)
 
         torch.manual_seed(cfg.seed)
-        self.core = ImOODModel(self.arch, pretrained=cfg.pretrained).to(rt.device)
+        self.core = ImOODModel(self.arch, pretrained=cfg.pretrained)
+        if cfg.init_from:
+            init_weights(self.core, Path(cfg.init_from), cfg.ood_metric)
+        self.core = self.core.to(rt.device)
         if rt.channels_last:
             self.core = self.core.to(memory_format=torch.channels_last)
         self.heads = used_heads(self.metric, self.aux, cfg)
@@ -386,6 +390,25 @@ class Trainer:
             self.save_model()  # still under the stop flag: a Ctrl-C now waits for the model file
         rt.barrier()
         return TrainResult(cfg.run_dir, self.epoch, last)
+
+
+def init_weights(model: ImOODModel, target: Path, metric_name: str) -> None:
+    """Start from an imood model's weights; any architecture difference is an error before training."""
+    from imood_cli.engine.checkpoint import load_tensors
+    from imood_cli.engine.score import check_model_metadata, check_state_dict, resolve_model_path
+
+    path = resolve_model_path(target)
+    tensors, meta = load_tensors(path, "model file")
+    theirs, ours = check_model_metadata(meta, path), model.arch
+    if theirs.extra_outputs < ours.extra_outputs:
+        raise ImoodError(f"{metric_name} needs {ours.extra_outputs} extra classifier output(s), but {path} has "
+                         f"{theirs.extra_outputs}: start from scratch, or train a metric without one")
+    for field in ("backbone", "num_classes", "in_chans", "cifar_stem", "extra_outputs"):
+        if getattr(theirs, field) != getattr(ours, field):
+            raise ImoodError(f"{path} has {field} = {getattr(theirs, field)!r}, this run needs "
+                             f"{getattr(ours, field)!r}")
+    check_state_dict(model, tensors, path)
+    model.load_state_dict(tensors)
 
 
 def _close(batches) -> None:
