@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from imood_cli.data.base import ImageSet
-from imood_cli.data.batches import Batch, epoch_seed
+from imood_cli.data.batches import Batch, EpochOrder, epoch_seed
 from imood_cli.errors import ImoodError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
@@ -285,21 +285,11 @@ class FileEpoch:
         self.size = size or train.files.size
         self.scale = tuple(scale)
         self.workers, self.pin_memory, self.prefetch_factor = workers, pin_memory, prefetch_factor
-        # The order below is InMemoryEpoch's, draw for draw.
-        n = len(train)
-        per_step = batch_size * world_size
-        self.batch_size = min(batch_size, n // world_size) if n < per_step else batch_size
-        if self.batch_size < 1:
-            raise ValueError(f"{n} training images cannot feed {world_size} processes")
-        self.steps = max(1, n // (self.batch_size * world_size))
-        g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        self.order = torch.randperm(n, generator=g)
-        self.ood_batch_size = ood_batch_size if aux is not None and len(aux) else 0
-        if self.ood_batch_size:
-            need = self.steps * self.ood_batch_size * world_size
-            reps = -(-need // len(aux))
-            go = torch.Generator().manual_seed(epoch_seed(seed, epoch, salt=1))
-            self.ood_order = torch.cat([torch.randperm(len(aux), generator=go) for _ in range(reps)])
+        # InMemoryEpoch's order, draw for draw.
+        plan = EpochOrder(len(train), len(aux) if aux is not None else 0, batch_size, ood_batch_size, seed, epoch,
+                          world_size)
+        self.batch_size, self.steps, self.ood_batch_size = plan.batch_size, plan.steps, plan.ood_batch_size
+        self.order, self.ood_order = plan.order, plan.ood_order
         self._iter: Iterator | None = None
         self._next_step: int | None = None
 

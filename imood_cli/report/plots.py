@@ -40,7 +40,8 @@ def _grid(n: int):
     return fig, axes.flat
 
 
-def roc_curves(entries: list[Entry]) -> bytes:
+def _curves(entries: list[Entry], roc: bool) -> bytes:
+    """One panel per OOD set, one line per (run, detector): ROC, or precision-recall with OOD positive."""
     sets = [s for s in entries[0].scores.ood_score]
     fig, axes = _grid(len(sets))
     for ax, s in zip(axes, sets):
@@ -48,30 +49,30 @@ def roc_curves(entries: list[Entry]) -> bytes:
             if s not in e.scores.ood_score:
                 continue
             c = curve(e.scores.id_score.numpy(), e.scores.ood_score[s].numpy())
-            fpr = np.r_[0.0, c.fps / c.n_id]
-            tpr = np.r_[0.0, c.tps / c.n_ood]
-            fpr, tpr = _thin(fpr, tpr)
-            ax.plot(fpr, tpr, label=f"{e.label} ({100 * e.result['ood'][s]['auroc']:.1f})")
-        ax.plot([0, 1], [0, 1], color="0.8", lw=0.8, ls="--")
-        ax.axhline(0.95, color="0.7", lw=0.6, ls=":")
-        ax.set(title=f"ROC: {s}", xlabel="ID flagged as OOD (FPR)", ylabel="OOD detected (TPR)", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(fontsize=7, loc="lower right")
+            if roc:
+                x, y = _thin(np.r_[0.0, c.fps / c.n_id], np.r_[0.0, c.tps / c.n_ood])
+                area = e.result["ood"][s]["auroc"]
+            else:
+                x, y = _thin(c.tps / c.n_ood, c.tps / (c.tps + c.fps))
+                area = e.result["ood"][s]["aupr_out"]
+            ax.plot(x, y, label=f"{e.label} ({100 * area:.1f})")
+        if roc:
+            ax.plot([0, 1], [0, 1], color="0.8", lw=0.8, ls="--")
+            ax.axhline(0.95, color="0.7", lw=0.6, ls=":")
+            ax.set(title=f"ROC: {s}", xlabel="ID flagged as OOD (FPR)", ylabel="OOD detected (TPR)")
+        else:
+            ax.set(title=f"PR (OOD positive): {s}", xlabel="recall", ylabel="precision")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="lower right" if roc else "lower left")
     return _png(fig)
+
+
+def roc_curves(entries: list[Entry]) -> bytes:
+    return _curves(entries, roc=True)
 
 
 def pr_curves(entries: list[Entry]) -> bytes:
-    sets = [s for s in entries[0].scores.ood_score]
-    fig, axes = _grid(len(sets))
-    for ax, s in zip(axes, sets):
-        for e in entries:
-            if s not in e.scores.ood_score:
-                continue
-            c = curve(e.scores.id_score.numpy(), e.scores.ood_score[s].numpy())
-            recall, precision = _thin(c.tps / c.n_ood, c.tps / (c.tps + c.fps))
-            ax.plot(recall, precision, label=f"{e.label} ({100 * e.result['ood'][s]['aupr_out']:.1f})")
-        ax.set(title=f"PR (OOD positive): {s}", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(fontsize=7, loc="lower left")
-    return _png(fig)
+    return _curves(entries, roc=False)
 
 
 def score_histograms(entry: Entry) -> bytes:
