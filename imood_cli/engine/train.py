@@ -459,6 +459,8 @@ def resume(run: Path, rt: Runtime, observer: TrainObserver | None = None, epochs
     cfg.save_root, cfg.name = str(run.parent), run.name
     if epochs is not None:
         cfg.epochs = epochs
+    if CheckpointDir(run / "checkpoint").entries():
+        cfg.init_from = None  # the checkpoint holds the weights; the starting model may be gone by now
     trainer = Trainer(cfg, rt, observer, bench)
     if rt.is_main:
         remove_partial_files(run)
