@@ -86,6 +86,7 @@ def one_line_error(code, err, pattern):
     (["eval", "/nonexistent/scores.safetensors"], "not found"),
     (["report", "/nonexistent/run"], "not found"),
     (["train", "--no-such-flag"], "No such option"),
+    (["train", "--md", "resnet18", "--pretrained", "--epochs", "1"], "pretrained weights"),  # offline in tests
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, pattern, capsys, tmp_path):
     code, out, err = run_cli(argv + (["--srp", tmp_path] if argv[0] == "train" else []), capsys)
