@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 from common import print_table, sync, synthetic_cifar_lt, write_json
 from PIL import Image
@@ -88,11 +87,12 @@ def images_per_step(trainer: Trainer) -> int:
 def bench_reference(trainer: Trainer, bench, steps: int, warmup: int, workers: int) -> float:
     tf = reference_transform()
     dev = trainer.rt.device
+    batch = trainer.cfg.batch_size
     pin = dev.type == "cuda"
-    id_loader = torch.utils.data.DataLoader(PILPairs(bench.train.images, bench.train.labels, tf, 2), batch_size=args.batch,
+    id_loader = torch.utils.data.DataLoader(PILPairs(bench.train.images, bench.train.labels, tf, 2), batch_size=batch,
                                             shuffle=True, drop_last=True, num_workers=workers, pin_memory=pin,
                                             persistent_workers=workers > 0)
-    ood_loader = torch.utils.data.DataLoader(PILPairs(bench.aux_ood.images, bench.aux_ood.labels, tf, 1), batch_size=args.batch,
+    ood_loader = torch.utils.data.DataLoader(PILPairs(bench.aux_ood.images, bench.aux_ood.labels, tf, 1), batch_size=batch,
                                              shuffle=True, drop_last=True, num_workers=workers, pin_memory=pin,
                                              persistent_workers=workers > 0)
 
@@ -118,11 +118,10 @@ def bench_reference(trainer: Trainer, bench, steps: int, warmup: int, workers: i
         parts = step()
     float(parts[0].detach())
     sync(dev)
-    return steps * 3 * args.batch / (time.perf_counter() - t)
+    return steps * 3 * batch / (time.perf_counter() - t)
 
 
 def main() -> None:
-    global args
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default="resnet18")
@@ -149,12 +148,10 @@ def main() -> None:
         except Exception as exc:  # a variant that fails (a compiler, say) must not hide the others
             print(f"  {name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
 
-    ref = make_trainer(bench, args, fast=False)
-    measure("reference_style_fp32", lambda: bench_reference(ref, bench, args.steps, args.warmup, args.workers))
-    del ref
-    fp32 = make_trainer(bench, args, fast=False)
-    measure("imood_device_aug_fp32", lambda: bench_imood(fp32, args.steps, args.warmup))
-    del fp32
+    # Each trainer is made inside its measurement and dropped after it, so only one holds memory.
+    measure("reference_style_fp32",
+            lambda: bench_reference(make_trainer(bench, args, fast=False), bench, args.steps, args.warmup, args.workers))
+    measure("imood_device_aug_fp32", lambda: bench_imood(make_trainer(bench, args, fast=False), args.steps, args.warmup))
     fast = make_trainer(bench, args, fast=True)
     measure("imood_bf16_channels_last", lambda: bench_imood(fast, args.steps, args.warmup))
     comp = None

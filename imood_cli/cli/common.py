@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from imood_cli.engine.score import ScoreObserver
-from imood_cli.errors import ImoodError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -61,12 +59,6 @@ class ScoreProgress(ScoreObserver):
 
     def end_set(self, name: str) -> None:
         self.bar.remove_task(self.task)
-
-
-def require_dir(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise ImoodError(f"{what} not found: {path}")
-    return path
 
 
 def warn(text: str) -> None:

@@ -72,11 +72,13 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], digest: bool = True) -> bytes:
     """Write a safetensors file atomically; `meta` is stored as one JSON string, with a digest of the
-    tensor data so damaged bytes are caught on load. Returns the bytes written."""
+    tensor data so damaged bytes are caught on load (training checkpoints skip it: latest.json
+    already holds the sha256 of the whole file). Returns the bytes written."""
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {**meta, "tensors_sha256": tensors_digest(clean)}
+    if digest:
+        meta = {**meta, "tensors_sha256": tensors_digest(clean)}
     data = st_save_bytes(clean, metadata={META_KEY: json.dumps(meta)})
     try:
         atomic_write_bytes(path, data)
@@ -164,7 +166,7 @@ def save_state(path: Path, state: dict[str, Any], meta: dict[str, Any]) -> dict[
     """Save a nested training state; returns {file, size, sha256} for the checkpoint list."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, "s", tensors)
-    data = save_tensors(path, tensors, {**meta, "skeleton": skeleton})
+    data = save_tensors(path, tensors, {**meta, "skeleton": skeleton}, digest=False)  # one hash per save
     return {"file": Path(path).name, "size": len(data), "sha256": sha256_bytes(data)}
 
 

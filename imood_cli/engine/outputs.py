@@ -33,10 +33,6 @@ class ModelOutputs:
         conv = lambda t: None if t is None else t.float()  # noqa: E731
         return ModelOutputs(*(conv(getattr(self, f)) for f in ("logits", "extra", "features", "projections", "lambdas")))
 
-    def select(self, index: torch.Tensor | slice) -> "ModelOutputs":
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return ModelOutputs(*(pick(getattr(self, f)) for f in ("logits", "extra", "features", "projections", "lambdas")))
-
     @staticmethod
     def cat(parts: list["ModelOutputs"]) -> "ModelOutputs":
         def join(name):

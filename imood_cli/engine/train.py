@@ -403,10 +403,10 @@ def init_weights(model: ImOODModel, target: Path, metric_name: str) -> None:
     if theirs.extra_outputs < ours.extra_outputs:
         raise ImoodError(f"{metric_name} needs {ours.extra_outputs} extra classifier output(s), but {path} has "
                          f"{theirs.extra_outputs}: start from scratch, or train a metric without one")
-    for field in ("backbone", "num_classes", "in_chans", "cifar_stem", "extra_outputs"):
-        if getattr(theirs, field) != getattr(ours, field):
-            raise ImoodError(f"{path} has {field} = {getattr(theirs, field)!r}, this run needs "
-                             f"{getattr(ours, field)!r}")
+    for name in ("backbone", "num_classes", "in_chans", "cifar_stem", "extra_outputs"):
+        if getattr(theirs, name) != getattr(ours, name):
+            raise ImoodError(f"{path} has {name} = {getattr(theirs, name)!r}, this run needs "
+                             f"{getattr(ours, name)!r}")
     check_state_dict(model, tensors, path)
     model.load_state_dict(tensors)
 
