@@ -9,7 +9,7 @@ DATA ?= data
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow lint bench clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(STAMP)
 	$(IMOOD) score $(RUNS)/digits-imood --ood_metric msp,energy
 	$(IMOOD) eval $(RUNS)/digits-imood/scores/msp.safetensors
 	$(IMOOD) report $(RUNS)/digits-baseline $(RUNS)/digits-imood
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-
 MAX_LISTED = 40  # timm knows ~1,200 models: past this, name the count instead of every one
 
 

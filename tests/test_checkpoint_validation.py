@@ -4,11 +4,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file, save_file
 
 from imood_cli.engine.checkpoint import load_tensors, save_tensors
-
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from imood_cli.engine.scoreset import ScoreSet
 
 
@@ -94,7 +94,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, pattern, capsys, tmp_path):
 
 
 def test_unknown_score_metric_suggests_nearest(run, capsys, monkeypatch):
-    from imood_cli.plugins import reset_registry
+    from imood_cli.registry import reset_registry
 
     monkeypatch.setenv("IMOOD_PLUGINS", "")  # built-ins only, whatever is installed
     old = reset_registry()
@@ -102,7 +102,7 @@ def test_unknown_score_metric_suggests_nearest(run, capsys, monkeypatch):
         code, out, err = run_cli(["score", run, "--ood_metric", "ada_enrgy"], capsys)
     finally:
         reset_registry(old)
-    one_line_error(code, err, "unknown OOD metric 'ada_enrgy'; did you mean 'ada_energy'")
+    one_line_error(code, err, "unknown detector 'ada_enrgy'; did you mean 'ada_energy'")
 
 
 def test_nan_scores_and_empty_sets_are_refused(tmp_path, capsys):

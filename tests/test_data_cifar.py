@@ -11,9 +11,9 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
 from fixtures_data import dump_batch, write_cifar, write_cifar_benchmark
+
 from imood_cli.data import cifar
 from imood_cli.data.augment import CIFAR_AUGMENT
 from imood_cli.data.cifar import CIFAR10, CIFAR100, Cifar10, Cifar100, safe_load_pickle
@@ -33,7 +33,7 @@ def expected_split(labels: np.ndarray, counts: list[int]) -> list[int]:
 
 def with_fixture_md5s(folder, info):
     """The benchmark's file table with the MD5s of the fixture files (as if they were the published ones)."""
-    md5 = lambda f: hashlib.md5((folder / f).read_bytes()).hexdigest()  # noqa: E731
+    md5 = lambda f: hashlib.md5((folder / f).read_bytes()).hexdigest()
     return dataclasses.replace(info, train=tuple((f, md5(f)) for f, _ in info.train),
                                test=tuple((f, md5(f)) for f, _ in info.test), meta=(info.meta[0], md5(info.meta[0])))
 

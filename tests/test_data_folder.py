@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import run_cli
 from fixtures_data import random_png, solid_png
+from PIL import Image
+
 from imood_cli.data.folder import load_ood_folder
 from imood_cli.errors import ImoodError
 
@@ -34,7 +34,7 @@ def test_grayscale_conversion_uses_itu_luma(tmp_path):
     solid_png(folder / "rgba.png", (0, 255, 0, 10), size=(12, 12), mode="RGBA")
     s = load_ood_folder(folder, 8, 1)
     assert tuple(s.images.shape) == (2, 1, 8, 8)
-    luma = lambda r, g, b: r * 0.299 + g * 0.587 + b * 0.114  # noqa: E731
+    luma = lambda r, g, b: r * 0.299 + g * 0.587 + b * 0.114
     assert abs(int(s.images[0, 0, 3, 3]) - luma(200, 100, 50)) <= 1
     assert abs(int(s.images[1, 0, 0, 0]) - luma(0, 255, 0)) <= 1
 

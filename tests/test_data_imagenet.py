@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from fixtures_data import write_imagenet
 from PIL import Image
 
-from fixtures_data import write_imagenet
 from imood_cli.data.base import ImageSet
 from imood_cli.data.batches import InMemoryEpoch
 from imood_cli.data.files import FileEpoch, FileImages, file_image_set, random_resized_crop_params

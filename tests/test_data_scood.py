@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from fixtures_data import SCOOD_SETS, solid_png, write_scood
 from PIL import Image
 
-from fixtures_data import SCOOD_SETS, solid_png, write_scood
 from imood_cli.data import scood
 from imood_cli.errors import ImoodError
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -19,8 +20,6 @@ from safetensors.torch import save_file
 
 from imood_cli.engine.evaluate import METRIC_KEYS
 from imood_cli.engine.scoreset import ScoreSet
-
-from conftest import run_cli
 
 # IMOOD_FUZZ_EXAMPLES=1000 for a long hunt; the default keeps the file under 30 s.
 EXAMPLES = int(os.environ.get("IMOOD_FUZZ_EXAMPLES", "40"))
@@ -136,7 +135,7 @@ def scoresets(draw):
     meta = {}
     if counts is not None:
         meta["class_counts"] = counts
-    t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))
     ss = ScoreSet(draw(st.sampled_from(["msp", "ada_energy", ""])), t(id_s), t(id_label), t(id_pred),
                   {k: t(v) for k, v in ood.items()}, {k: t(v) for k, v in ood_pred.items()}, meta)
     return ss
@@ -242,8 +241,8 @@ def test_known_edge_cases(tmp_path, capsys):
                  kw.pop("ood"), kw.pop("ood_pred", {}), kw.pop("meta", {})).save(p)
         return p
 
-    f = lambda *v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
-    n = lambda *v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    f = lambda *v: torch.tensor(v, dtype=torch.float32)
+    n = lambda *v: torch.tensor(v, dtype=torch.long)
     # all tied: AUROC 0.5, FPR95 1
     p = write("tied", id_score=torch.zeros(5), ood={"a": torch.zeros(4)})
     assert eval_holds(p, capsys) == 0
@@ -343,8 +342,9 @@ def test_report_with_html(score_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A digits run folder with freshly initialized weights (what score needs, without training)."""
+    from imood_cli.core.atomic import atomic_write_text
     from imood_cli.data.digits import Digits
-    from imood_cli.engine.checkpoint import atomic_write_text, save_tensors
+    from imood_cli.engine.checkpoint import save_tensors
     from imood_cli.engine.config import resolve_config
     from imood_cli.engine.model import ImOODModel
     from imood_cli.engine.train import architecture, model_metadata

@@ -7,14 +7,13 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from torch import nn
 
 from imood_cli.engine.checkpoint import load_tensors
 from imood_cli.engine.import_reference import import_reference, load_reference, read_reference_file
 from imood_cli.engine.score import load_model
 from imood_cli.errors import ImoodError
-
-from conftest import run_cli
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -252,7 +251,7 @@ def test_mismatches_are_one_clear_error(tmp_path, capsys, reference_bin_disc):
     _expect_error(tmp_path, capsys, [1, 2, 3], "not a state dict")
     _expect_error(tmp_path, capsys, {"epoch": 3, "acc": 0.5}, "holds no state dict")
     _expect_error(tmp_path, capsys, sd, "extra classifier output", extra=("--ood_metric", "energy"))
-    _expect_error(tmp_path, capsys, sd, "unknown OOD metric", extra=("--ood_metric", "bogus"))
+    _expect_error(tmp_path, capsys, sd, "unknown detector", extra=("--ood_metric", "bogus"))
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, capsys, reference_file):

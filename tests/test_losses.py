@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.engine.prior import log_prior
-from imood_cli.losses.base import AuxBatch
+from imood_cli.core.contract import ModelOutputs
+from imood_cli.core.prior import log_prior
 from imood_cli.losses.la_ce import logit_adjusted_ce
 from imood_cli.losses.pascl import PASCL, tail_threshold
 from imood_cli.losses.simclr import SimCLR
-from imood_cli.metrics.base import LossContext
-from imood_cli.plugins import registry
+from imood_cli.plugin_api import AuxBatch, LossContext
+from imood_cli.registry import registry
 
 COUNTS = [300, 120, 50, 20, 8]
 K = len(COUNTS)
@@ -59,7 +58,7 @@ def test_logit_adjusted_ce():
 def test_oe_loss_is_cross_entropy_to_uniform_on_ood_rows():
     z, extra, lam, labels = make_batch()
     out = ModelOutputs(torch.tensor(z, dtype=torch.float32))
-    got = registry().metric("oe").loss(out, ctx_for(labels, len(z))).item()
+    got = registry().detector("oe").loss(out, ctx_for(labels, len(z))).item()
     ood = z[len(labels):]
     ref = np.mean([-np.mean(np.log(softmax(r))) for r in ood])
     assert math.isclose(got, ref, rel_tol=1e-5)
@@ -72,7 +71,7 @@ def test_energy_loss_margins(k):
     labels = rng.integers(0, k, 5)
     is_id = torch.arange(8) < 5
     ctx = LossContext(is_id, torch.tensor(labels), torch.zeros(k))
-    got = registry().metric("energy").loss(ModelOutputs(torch.tensor(z, dtype=torch.float32)), ctx).item()
+    got = registry().detector("energy").loss(ModelOutputs(torch.tensor(z, dtype=torch.float32)), ctx).item()
     m_in = -23.0 if k == 10 else -27.0
     e = -np.log(np.exp(z).sum(1))
     ref = 0.2 * (np.mean(np.maximum(e[:5] - m_in, 0) ** 2) + np.mean(np.maximum(-5.0 - e[5:], 0) ** 2))
@@ -82,7 +81,7 @@ def test_energy_loss_margins(k):
 def test_bin_disc_loss():
     z, extra, lam, labels = make_batch()
     out = ModelOutputs(torch.tensor(z, dtype=torch.float32), torch.tensor(extra, dtype=torch.float32))
-    got = registry().metric("bin_disc").loss(out, ctx_for(labels, len(z))).item()
+    got = registry().detector("bin_disc").loss(out, ctx_for(labels, len(z))).item()
     t = [1] * len(labels) + [0] * (len(z) - len(labels))
     ref = np.mean([bce(extra[i, 0], t[i]) for i in range(len(z))])
     assert math.isclose(got, ref, rel_tol=1e-5)
@@ -111,7 +110,7 @@ def imood_ref(g, z, lam, labels, counts, tau=1.0):
 
 
 def test_ada_bin_disc_loss_matches_reference_and_hits_every_clamp():
-    from imood_cli.metrics.ada import imood_training_loss
+    from imood_cli.core.ada import imood_training_loss
 
     labels = np.array([0, 4, 2, 4])
     # Rows chosen so that δ before the clamps falls below 0.1, above 10, inside, and the ID/OOD
@@ -142,7 +141,7 @@ def test_ada_bin_disc_loss_matches_reference_and_hits_every_clamp():
     cons, bce_v = imood_training_loss(torch.tensor(g, dtype=torch.float32), out, ctx_for(labels, 8))
     assert math.isclose(cons.item(), cons_ref, rel_tol=1e-5, abs_tol=1e-7)
     assert math.isclose(bce_v.item(), bce_ref, rel_tol=1e-5)
-    full = registry().metric("ada_bin_disc").loss(
+    full = registry().detector("ada_bin_disc").loss(
         ModelOutputs(out.logits, torch.tensor(g[:, None], dtype=torch.float32), lambdas=out.lambdas), ctx_for(labels, 8))
     assert math.isclose(full.item(), cons_ref + bce_ref, rel_tol=1e-5)
 
@@ -159,12 +158,12 @@ def test_ada_loss_uses_aux_linear_for_scalar_statistics_and_oe_adds_its_loss():
     oe_ref = np.mean([-np.mean(np.log(softmax(r))) for r in z[len(labels):]])
     out = ModelOutputs(torch.tensor(z, dtype=torch.float32), lambdas=torch.tensor(lam, dtype=torch.float32))
     ctx = ctx_for(labels, len(z), aux_linear=lin)
-    assert math.isclose(registry().metric("ada_msp").loss(out, ctx).item(), cons_ref + bce_ref, rel_tol=1e-5)
-    assert math.isclose(registry().metric("ada_oe").loss(out, ctx).item(), cons_ref + bce_ref + oe_ref, rel_tol=1e-5)
+    assert math.isclose(registry().detector("ada_msp").loss(out, ctx).item(), cons_ref + bce_ref, rel_tol=1e-5)
+    assert math.isclose(registry().detector("ada_oe").loss(out, ctx).item(), cons_ref + bce_ref + oe_ref, rel_tol=1e-5)
 
 
 def test_ada_constraint_trains_lambda_but_not_g():
-    from imood_cli.metrics.ada import imood_training_loss
+    from imood_cli.core.ada import imood_training_loss
 
     z, extra, lam, labels = make_batch(seed=4)
     lam_t = torch.tensor(lam, dtype=torch.float32, requires_grad=True)

@@ -5,12 +5,18 @@ import pytest
 import torch
 
 from imood_cli import api
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.engine.prior import log_prior
-from imood_cli.plugins import registry
+from imood_cli.core.contract import ModelOutputs, ModelView
+from imood_cli.core.prior import log_prior
+from imood_cli.registry import registry
 
 COUNTS = [500, 200, 80, 30, 10]
 K = len(COUNTS)
+
+
+def fit_view(features, labels, k):
+    """The view Detector.fit receives: ID training features and labels (logits unused here)."""
+    f = torch.as_tensor(features, dtype=torch.float32)
+    return ModelView(logits=torch.zeros(len(f), k), features=f, labels=torch.as_tensor(labels))
 
 
 def softmax(z):
@@ -34,12 +40,12 @@ def data():
 
 
 def outputs(z, extra=None, f=None):
-    t = lambda a: None if a is None else torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    t = lambda a: None if a is None else torch.tensor(a, dtype=torch.float32)
     return ModelOutputs(t(z), t(extra), t(f))
 
 
 def score(name, z, extra=None, f=None, tau=1.0, scale=None):
-    m = registry().metric(name, ada_scale=scale)
+    m = registry().detector(name, ada_scale=scale)
     return m.ood_score(outputs(z, extra, f), log_prior(COUNTS, tau).float()).double().numpy()
 
 
@@ -96,12 +102,12 @@ def test_maha_matches_numpy(data):
     prec = np.linalg.inv(cov)
     dist = np.stack([np.einsum("nd,de,ne->n", test_f - means[k], prec, test_f - means[k]) for k in range(K)], 1)
     z = rng.normal(size=(20, K))
-    m = registry().metric("maha")
-    m.fit(torch.tensor(train_f, dtype=torch.float32), torch.tensor(train_y), K)
+    m = registry().detector("maha")
+    m.fit(fit_view(train_f, train_y, K))
     got = m.ood_score(outputs(z, None, test_f), log_prior(COUNTS).float()).double().numpy()
     assert np.allclose(got, dist.min(1), rtol=1e-4)  # larger distance = more OOD
-    ada = registry().metric("ada_maha")
-    ada.fit(torch.tensor(train_f, dtype=torch.float32), torch.tensor(train_y), K)
+    ada = registry().detector("ada_maha")
+    ada.fit(fit_view(train_f, train_y, K))
     got = ada.ood_score(outputs(z, None, test_f), log_prior(COUNTS).float()).double().numpy()
     assert np.allclose(got, dist.min(1) - 0.01 * log_beta_ref(z, COUNTS), rtol=1e-4)
 
@@ -132,4 +138,4 @@ def test_unknown_metric_suggests_nearest():
     from imood_cli.errors import ImoodError
 
     with pytest.raises(ImoodError, match="did you mean 'ada_energy'"):
-        registry().metric("ada_enrgy")
+        registry().detector("ada_enrgy")

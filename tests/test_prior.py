@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from imood_cli.engine.prior import log_beta, log_prior
+from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.errors import ImoodError
 
 

@@ -61,7 +61,7 @@ def test_same_seed_same_numbers(tmp_path, bench):
     assert_same_weights(weights(a.run_dir), weights(b.run_dir))
     la = (a.run_dir / "metrics.jsonl").read_text().splitlines()
     lb = (b.run_dir / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]  # noqa: E731
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
     assert strip(la) == strip(lb)
     c = train(cfg_for(tmp_path, "c", epochs=2, seed=1), rt, bench=bench)
     assert not torch.equal(weights(a.run_dir)["classifier.weight"], weights(c.run_dir)["classifier.weight"])
@@ -115,7 +115,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, bench):
     resumed = resume(tmp_path / "int", rt, bench=bench)
     assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
     # the loss records, the mid-epoch ones included, are those of the uninterrupted run
-    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k != "images_per_s"}  # noqa: E731
+    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k != "images_per_s"}
                          for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert strip(tmp_path / "int") == strip(full.run_dir)
 
@@ -204,7 +204,7 @@ def test_fast_step_equals_a_per_image_torchvision_step(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     n = 40
-    minus = lambda k: torch.full((k,), -1)  # noqa: E731
+    minus = lambda k: torch.full((k,), -1)
     images = torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8, generator=g)
     aux = torch.randint(0, 256, (30, 3, 12, 12), dtype=torch.uint8, generator=g)
     bench = Benchmark("tiny-rgb", 4, [16, 12, 8, 4], ImageSet("t", torch.arange(n) % 4, images),

@@ -1,9 +1,9 @@
 """Training and scoring from image files (the ImageNet-LT path) on a tiny tree."""
 
 import torch
+from conftest import run_cli
 from fixtures_data import write_imagenet
 
-from conftest import run_cli
 from imood_cli.engine.checkpoint import load_tensors
 
 

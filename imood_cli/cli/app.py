@@ -75,7 +75,7 @@ def _one_line(text: str) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Plugin warnings as one clean line; library warnings stay out of users' terminals."""
-    from imood_cli.plugins import PluginWarning
+    from imood_cli.registry import PluginWarning
 
     if issubclass(category, PluginWarning):
         print(f"imood: warning: {str(message).removeprefix('imood: ')}", file=sys.stderr)

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from imood_cli.cli.common import console
-from imood_cli.data.load import dataset
-from imood_cli.plugins import registry
+from imood_cli.engine.benchmark import dataset
+from imood_cli.registry import registry
 
 app = typer.Typer(help="Prepare benchmarks and see which are present.", no_args_is_help=True)
 

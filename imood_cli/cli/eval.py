@@ -10,11 +10,11 @@ from pathlib import Path
 import typer
 
 from imood_cli.cli.common import console
-from imood_cli.engine.checkpoint import atomic_write_text
+from imood_cli.cli.tables import eval_tables
+from imood_cli.core.atomic import atomic_write_text
 from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
 from imood_cli.report.results import evaluate_scoreset, score_files
-from imood_cli.report.terminal import eval_tables
 
 
 def eval_scores(

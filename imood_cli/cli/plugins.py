@@ -10,15 +10,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from imood_cli.cli.common import console
-from imood_cli.plugins import ENV, LABELS, registry
+from imood_cli.registry import ENV, LABELS, registry
 
-app = typer.Typer(help="OOD metrics, aux losses and datasets from installed plugins.", no_args_is_help=True)
+app = typer.Typer(help="Detectors, aux losses and datasets: the built-ins and installed plugins.",
+                  no_args_is_help=True)
 
 
 def plugin_rows() -> list[dict]:
     rows = [{"name": p.name, "kind": p.kind, "distribution": p.distribution, "version": p.version,
              "loaded": p.loaded, "status": p.status, "error": p.error, "derived_from": p.derived_from,
-             "target": p.target, "clash": p.clash}
+             "target": p.target, "builtin": p.builtin}
             for p in registry().plugins()]
     kinds = list(LABELS)
     # ada_x right after x
@@ -28,7 +29,7 @@ def plugin_rows() -> list[dict]:
 
 @app.command("list")
 def list_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per plugin.")) -> None:
-    """Every metric, aux loss and dataset: where it comes from and whether it loaded.
+    """Every detector, aux loss and dataset: where it comes from and whether it loaded.
 
     A plugin that failed to import, breaks the protocol or clashes with another one's name is listed
     with its error; the other commands skip it with a warning.

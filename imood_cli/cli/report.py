@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 
 from imood_cli.cli.common import console, split_list
-from imood_cli.engine.checkpoint import atomic_write_text
+from imood_cli.cli.tables import gains_table, group_tables, id_table, per_set_table, summary_table
+from imood_cli.core.atomic import atomic_write_text
 from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.report import formats
 from imood_cli.report.results import collect
-from imood_cli.report.terminal import gains_table, group_tables, id_table, per_set_table, summary_table
 
 FORMATS = ("terminal", "md", "latex", "json", "csv")
 

@@ -10,12 +10,13 @@ import typer
 from rich.table import Table
 
 from imood_cli.cli.common import ScoreProgress, console, progress, split_list
-from imood_cli.data.load import load_benchmark
 from imood_cli.engine import runtime
+from imood_cli.engine.benchmark import load_benchmark
 from imood_cli.engine.evaluate import evaluate
-from imood_cli.engine.score import ScoreRequest, load_model, model_config, score as score_run, write_scores
+from imood_cli.engine.score import ScoreRequest, load_model, model_config, write_scores
+from imood_cli.engine.score import score as score_run
 from imood_cli.errors import ImoodError
-from imood_cli.plugins import registry
+from imood_cli.registry import registry
 
 DEFAULT_METRICS = "msp,energy,ada_msp,ada_energy"
 
@@ -50,7 +51,7 @@ def score(
         raise ImoodError(f"--ada-scale must be a finite number, got {ada_scale}")
     requested = list(dict.fromkeys(split_list(ood_metric)))  # a name given twice is scored once
     for name in requested:  # a typo fails before the model and the data are loaded
-        registry().find("metric", name)
+        registry().get("detector", name)
     rt = runtime.setup(device)
     loaded = load_model(target, rt.device)
     cfg = model_config(loaded)

@@ -19,7 +19,8 @@ from rich.table import Table
 from imood_cli.cli.common import DDP_ARGV, console, current_argv, err_console, is_main_process, progress, split_list
 from imood_cli.engine import runtime
 from imood_cli.engine.config import resolve_config
-from imood_cli.engine.train import TrainObserver, resume, train as train_run
+from imood_cli.engine.train import TrainObserver, resume
+from imood_cli.engine.train import train as train_run
 from imood_cli.errors import ImoodError
 
 SCHEDULE_ALIASES = {"cos": "cosine", "multistep": "multisteps", "step": "multisteps", "const": "constant"}

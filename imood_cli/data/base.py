@@ -38,7 +38,7 @@ class ImageSet:
     def in_memory(self) -> bool:
         return self.images is not None
 
-    def subset(self, index: torch.Tensor, name: str | None = None) -> "ImageSet":
+    def subset(self, index: torch.Tensor, name: str | None = None) -> ImageSet:
         files = self.files.subset(index) if self.files is not None else None
         images = self.images[index] if self.images is not None else None
         return ImageSet(name or self.name, self.labels[index], images, files)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from imood_cli.data import scood, tinyimages
-from imood_cli.data.archive import check_md5, download as fetch, safe_extract
+from imood_cli.data.archive import check_md5, safe_extract
+from imood_cli.data.archive import download as fetch
 from imood_cli.data.augment import CIFAR_AUGMENT
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet
 from imood_cli.data.longtail import check_imbalance_ratio, longtail_counts, longtail_indices

@@ -108,7 +108,7 @@ class Digits:
         aux = photo_patches(named["china.jpg"], NUM_AUX, SEED + 1)
         flower = photo_patches(named["flower.jpg"], NUM_FLOWER, SEED + 2)
         ood_digits = torch.from_numpy(np.nonzero(~is_id)[0])
-        minus = lambda n: torch.full((n,), -1, dtype=torch.long)  # noqa: E731
+        minus = lambda n: torch.full((n,), -1, dtype=torch.long)
         return Benchmark(
             name=self.name,
             num_classes=ID_CLASSES,

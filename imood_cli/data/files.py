@@ -159,7 +159,7 @@ class FileImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, index: torch.Tensor | Sequence[int]) -> "FileImages":
+    def subset(self, index: torch.Tensor | Sequence[int]) -> FileImages:
         idx = index.tolist() if isinstance(index, torch.Tensor) else list(index)
         return FileImages([self.paths[i] for i in idx], self.size, self.mode, self.channels, self.name)
 
@@ -225,7 +225,7 @@ def step_seed(seed: int, epoch: int, rank: int, step: int) -> int:
 class _EpochSteps(torch.utils.data.Dataset):
     """Item `step` is that step's whole batch for one rank, decoded in one loader worker."""
 
-    def __init__(self, epoch: "FileEpoch") -> None:
+    def __init__(self, epoch: FileEpoch) -> None:
         e = epoch
         self.paths, self.labels = e.train.files.paths, e.train.labels
         self.ood_paths = e.aux.files.paths if e.ood_batch_size else []

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from imood_cli import __version__
+from imood_cli.core.atomic import atomic_write_text
 from imood_cli.data.base import Benchmark, ImageSet
-from imood_cli.engine.checkpoint import atomic_write_text
 
 
 def set_checksum(s: ImageSet) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,46 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
+from imood_cli.core.atomic import atomic_write_bytes, atomic_write_text
 from imood_cli.errors import ImoodError
 
 META_KEY = "imood"  # one metadata entry holding a JSON document
 KEEP_CHECKPOINTS = 2
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    try:
-        atomic_write_bytes(path, text.encode())
-    except OSError as exc:
-        raise ImoodError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from imood_cli.engine.checkpoint import atomic_write_text, save_tensors, sha256_file
+from imood_cli.core.atomic import atomic_write_text
+from imood_cli.engine.checkpoint import save_tensors, sha256_file
 from imood_cli.engine.config import resolve_config
 from imood_cli.engine.model import Architecture, ImOODModel
 from imood_cli.errors import ImoodError
@@ -281,7 +282,7 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
                      force: bool = False) -> ImportResult:
     """Turn a reference `.pth` into `<out>/model.safetensors` + `<out>/config.json` (a run folder)."""
     from imood_cli.engine.train import model_metadata
-    from imood_cli.plugins import registry
+    from imood_cli.registry import registry
 
     file, out = Path(file), Path(out).resolve()
     if out.exists() and not out.is_dir():
@@ -297,7 +298,7 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
     cfg = resolve_config(cli)
     obj = read_reference_file(file)
     if class_counts is None:
-        from imood_cli.data.load import load_benchmark
+        from imood_cli.engine.benchmark import load_benchmark
 
         bench = load_benchmark(cfg.dataset, cfg.data_root, imbalance_ratio=cfg.imbalance_ratio, num_ood_samples=0)
         class_counts = list(bench.class_counts)
@@ -306,7 +307,7 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
     if ood_metric is None:
         # The reference adds the extra output only for bin_disc; otherwise its default loss is oe.
         cfg.ood_metric = "bin_disc" if ref.arch.extra_outputs else "oe"
-    metric = registry().metric(cfg.ood_metric)
+    metric = registry().detector(cfg.ood_metric)
     if metric.extra_outputs != ref.arch.extra_outputs:
         raise ImoodError(f"--ood_metric {cfg.ood_metric} trains {metric.extra_outputs} extra classifier output(s), but "
                          f"{file}'s linear layer has {ref.arch.extra_outputs} beyond the {len(class_counts)} classes")

@@ -15,7 +15,7 @@ from timm.models import register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from imood_cli.engine.outputs import ModelOutputs
+from imood_cli.core.contract import ModelOutputs
 from imood_cli.errors import ImoodError, unknown_name
 
 PROJECTION_DIM = 128
@@ -47,7 +47,7 @@ class Architecture:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Architecture":
+    def from_dict(cls, d: dict) -> Architecture:
         known = {k: d[k] for k in ("backbone", "num_classes", "extra_outputs", "in_chans", "cifar_stem") if k in d}
         return cls(**known)
 

@@ -14,17 +14,18 @@ from typing import Any
 
 import torch
 
+from imood_cli.core.ada import Ada
+from imood_cli.core.contract import ModelOutputs, ModelView
+from imood_cli.core.prior import log_prior
 from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.engine.checkpoint import load_tensors, save_tensors, sha256_file
 from imood_cli.engine.evaluate import check_class_counts
 from imood_cli.engine.model import Architecture, ImOODModel
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.engine.prior import log_prior
 from imood_cli.engine.runtime import Runtime
 from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
-from imood_cli.plugins import registry
+from imood_cli.registry import registry
 
 
 class ScoreObserver:
@@ -86,7 +87,7 @@ def check_model_metadata(meta: dict[str, Any], path: Path) -> Architecture:
 
     if not isinstance(a, dict):
         raise bad("architecture is not a JSON object")
-    whole = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low  # noqa: E731
+    whole = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low
     if not isinstance(a.get("backbone"), str):
         raise bad("architecture.backbone is not a model name")
     if not whole(a.get("num_classes"), 1):
@@ -176,27 +177,28 @@ class ScoreRequest:
     extra_ood: dict[str, ImageSet] = field(default_factory=dict)
 
 
-def build_metrics(names: list[str], ada_scale: float | None, arch: Architecture) -> list:
+def build_metrics(names: list[str], ada_scale: float | None, arch: Architecture) -> dict:
+    """{name: detector instance} for the requested names."""
     reg = registry()
-    metrics = []
+    metrics = {}
     for name in names:
-        m = reg.metric(name, ada_scale=ada_scale if name.startswith("ada_") else None)
+        m = reg.detector(name, ada_scale=ada_scale if name.startswith("ada_") else None)
         if m.extra_outputs > arch.extra_outputs:
             raise ImoodError(f"{name} needs {m.extra_outputs} extra classifier output(s), but this checkpoint has "
                              f"{arch.extra_outputs}: train it with an --ood_metric that has one (e.g. bin_disc)")
-        metrics.append(m)
+        metrics[name] = m
     return metrics
 
 
 def fit_metrics(metrics, loaded: LoadedModel, bench: Benchmark, rt: Runtime, spec: AugmentSpec, req: ScoreRequest,
                 cache_dir: Path | None, observer: ScoreObserver | None) -> None:
-    need = [m for m in metrics if m.needs_fit]
+    need = {name: m for name, m in metrics.items() if m.needs_fit}
     if not need:
         return
     feats = None
-    for m in need:
-        base = getattr(m, "base", m)
-        cache = cache_dir / f"{base.name}-{loaded.sha256[:16]}.safetensors" if cache_dir else None
+    for name, m in need.items():
+        base_name = name.removeprefix("ada_")
+        cache = cache_dir / f"{base_name}-{loaded.sha256[:16]}.safetensors" if cache_dir else None
         if cache is not None and cache.exists():
             try:
                 state, meta = load_tensors(cache, "fit cache")
@@ -211,9 +213,9 @@ def fit_metrics(metrics, loaded: LoadedModel, bench: Benchmark, rt: Runtime, spe
             feats = infer(loaded.model, bench.train, rt, req.batch_size, spec, True, observer, req.workers)
             if observer:
                 observer.end_set("fit")
-        m.fit(feats.features.to(rt.device), bench.train.labels.to(rt.device), bench.num_classes)
+        m.fit(ModelView.of(feats, labels=bench.train.labels.to(rt.device)))
         if cache is not None:
-            save_tensors(cache, m.fit_state(), {"metric": base.name, "checkpoint_sha256": loaded.sha256})
+            save_tensors(cache, m.fit_state(), {"metric": base_name, "checkpoint_sha256": loaded.sha256})
 
 
 def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
@@ -227,19 +229,20 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
     fit_metrics(metrics, loaded, bench, rt, spec, req, cache_dir, observer)
     counts = loaded.class_counts
     lp = log_prior(counts, req.logit_adjust).float().to(rt.device)
-    keep_features = any(m.needs_features for m in metrics)
+    keep_features = any("features" in m.needs for m in metrics.values())
 
     def run(s: ImageSet):
         full = s
         if rt.distributed:  # each process scores one contiguous shard; rank 0 gathers them in order
             bounds = torch.linspace(0, len(s), rt.world_size + 1).long().tolist()
             s = s.subset(torch.arange(bounds[rt.rank], bounds[rt.rank + 1]), name=s.name)
-        scores = {m.name: [] for m in metrics}
+        scores = {name: [] for name in metrics}
         preds = []
 
         def each(out: ModelOutputs) -> None:  # results stay on the device: one copy per set, at the end
-            for m in metrics:
-                scores[m.name].append(m.ood_score(out, lp).float())
+            view = ModelView.of(out)
+            for name, m in metrics.items():
+                scores[name].append(m.ood_score(view, lp).float())
             preds.append(out.logits.argmax(dim=1))
 
         if observer:
@@ -247,14 +250,14 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         infer(model, s, rt, req.batch_size, spec, keep_features, observer, req.workers, each=each)
         if observer:
             observer.end_set(full.name)
-        cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)  # noqa: E731
+        cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)
         result = {k: cat(v) for k, v in scores.items()}, cat(preds).long()
         return gather_shards(result, rt) if rt.distributed else result
 
     id_scores, id_pred = run(bench.test)
     id_label = bench.test.labels.clone()
     ood_sets = {**bench.ood_tests, **req.extra_ood}
-    ood_scores, ood_preds, moved = {m.name: {} for m in metrics}, {}, {}
+    ood_scores, ood_preds, moved = {name: {} for name in metrics}, {}, {}
     for name, s in ood_sets.items():
         if len(s) == 0:
             raise ImoodError(f"OOD set {name!r} is empty")
@@ -263,14 +266,14 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         n_id = int((~is_ood).sum())
         if n_id:  # SCOOD: images of ID classes move into the ID set
             moved[name] = n_id
-            for m in metrics:
-                id_scores[m.name] = torch.cat([id_scores[m.name], sc[m.name][~is_ood]])
+            for name in metrics:
+                id_scores[name] = torch.cat([id_scores[name], sc[name][~is_ood]])
             id_label = torch.cat([id_label, s.labels[~is_ood]])
             id_pred = torch.cat([id_pred, pr[~is_ood]])
         if not is_ood.any():
             raise ImoodError(f"OOD set {name!r} holds no OOD image (every image belongs to an ID class)")
-        for m in metrics:
-            ood_scores[m.name][name] = sc[m.name][is_ood]
+        for m_name in metrics:
+            ood_scores[m_name][name] = sc[m_name][is_ood]
         ood_preds[name] = pr[is_ood]
     meta = {
         "class_counts": counts, "dataset": bench.name, "id_set": bench.test.name,
@@ -278,10 +281,10 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         "moved_to_id": moved, "num_classes": bench.num_classes, "trained_with": loaded.meta.get("metric"),
     }
     out = {}
-    for m in metrics:
-        extra = {"ada_scale": m.scale} if hasattr(m, "scale") else {}
-        out[m.name] = ScoreSet(m.name, id_scores[m.name], id_label, id_pred, ood_scores[m.name], dict(ood_preds),
-                               {**meta, **extra})
+    for name, m in metrics.items():
+        extra = {"ada_scale": m.scale} if isinstance(m, Ada) else {}
+        out[name] = ScoreSet(name, id_scores[name], id_label, id_pred, ood_scores[name], dict(ood_preds),
+                             {**meta, **extra, "detector_options": m.options()})
     return out
 
 

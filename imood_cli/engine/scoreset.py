@@ -47,7 +47,7 @@ class ScoreSet:
         save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: Path) -> "ScoreSet":
+    def load(cls, path: Path) -> ScoreSet:
         tensors, meta = load_tensors(path, "score file")
         where = f"score file {path}"
         if not isinstance(meta, dict):

@@ -17,22 +17,21 @@ import torch
 import torch.distributed as dist
 
 from imood_cli import __version__
+from imood_cli.core.atomic import atomic_write_text
+from imood_cli.core.contract import AuxBatch, LossContext, ModelView
+from imood_cli.core.prior import log_prior
 from imood_cli.data.augment import AugmentSpec, draw
 from imood_cli.data.augment import apply as augment_apply
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
-from imood_cli.data.load import load_benchmark
-from imood_cli.engine.checkpoint import CheckpointDir, atomic_write_text, save_tensors
+from imood_cli.engine.benchmark import load_benchmark
+from imood_cli.engine.checkpoint import CheckpointDir, save_tensors
 from imood_cli.engine.config import TrainConfig
 from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name
-from imood_cli.engine.prior import log_prior
 from imood_cli.engine.runtime import Runtime
 from imood_cli.errors import ImoodError, TrainingDiverged
-from imood_cli.losses.base import AuxBatch
 from imood_cli.losses.la_ce import logit_adjusted_ce
-from imood_cli.metrics.ada import Ada
-from imood_cli.metrics.base import LossContext
-from imood_cli.plugins import registry
+from imood_cli.registry import registry
 
 LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux")
 
@@ -108,13 +107,13 @@ def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
-def used_heads(metric, aux, cfg: TrainConfig) -> dict[str, bool]:
+def used_heads(detector, aux, cfg: TrainConfig) -> dict[str, bool]:
     """Heads that receive gradients; the rest are frozen so DDP needs no unused-parameter search."""
-    ada = isinstance(metric, Ada) and cfg.Lambda > 0
+    ood = cfg.Lambda > 0 and detector.has_loss
     return {
-        "projection": bool(getattr(aux, "needs_projections", True)) and cfg.Lambda2 > 0,
-        "lambda_head": ada,
-        "aux_linear": ada and not metric.idness_is_logit,
+        "projection": aux.needs_projections and cfg.Lambda2 > 0,
+        "lambda_head": ood and "lambda_head" in detector.heads,
+        "aux_linear": ood and "aux_linear" in detector.heads,
     }
 
 
@@ -147,7 +146,7 @@ class Trainer:
         self.cfg, self.rt = cfg, rt
         self.obs = observer or TrainObserver()
         reg = registry()
-        self.metric = reg.metric(cfg.ood_metric)
+        self.metric = reg.detector(cfg.ood_metric)
         self.aux = reg.aux_loss(cfg.aux_ood_loss, k=cfg.pascl_k, T=cfg.temperature)
         self.bench = bench or load_benchmark(cfg.dataset, cfg.data_root, imbalance_ratio=cfg.imbalance_ratio,
                                              num_ood_samples=cfg.num_ood_samples)
@@ -238,10 +237,11 @@ class Trainer:
         zero = l_in.new_zeros(())
         l_ood = l_aux = zero
         ctx = LossContext(is_id=is_id, labels=labels2, log_prior=self.log_prior, aux_linear=self.core.aux_linear,
-                          num_id=2 * n)
-        self.metric.train_update(out, ctx)
+                          num_id=2 * n, class_counts=self.counts_t)
+        view = ModelView.of(out)
+        self.metric.train_update(view, ctx)
         if cfg.Lambda > 0 and self.metric.has_loss:
-            l_ood = self.metric.loss(out, ctx)
+            l_ood = self.metric.loss(view, ctx)
         if self.heads["projection"]:
             rows = torch.arange(2 * n + m, device=x.device)
             pair = torch.where(rows < n, rows + n, torch.where(rows < 2 * n, rows - n, -1))

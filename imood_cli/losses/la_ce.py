@@ -1,4 +1,5 @@
-"""Logit-adjusted cross-entropy (Menon et al., 2021): CE(z + τ log π, y).
+"""Logit-adjusted cross-entropy (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021):
+CE(z + τ log π, y).
 
 log π̃ = τ log π - const, and a per-row constant leaves the softmax unchanged, so adding log π̃
 is the same loss. Evaluation always uses the raw logits.
@@ -6,9 +7,8 @@ is the same loss. Evaluation always uses the raw logits.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from imood_cli.plugin_api import F, torch
 
 
-def logit_adjusted_ce(logits: torch.Tensor, labels: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+def logit_adjusted_ce(logits, labels, log_prior):
     return F.cross_entropy(logits.float() + log_prior.to(logits.device, torch.float32), labels)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
-from imood_cli.losses.base import AuxBatch, AuxLoss
+from imood_cli.plugin_api import AuxBatch, AuxLoss
 
 
 class NoAuxLoss(AuxLoss):
     needs_projections = False
 
-    def __call__(self, batch: AuxBatch) -> torch.Tensor:
+    def __call__(self, batch: AuxBatch):
         return batch.projections.new_zeros(())

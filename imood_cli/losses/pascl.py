@@ -1,4 +1,5 @@
-"""PASCL (Wang et al., ICML 2022): partial and asymmetric supervised contrastive learning.
+"""PASCL (Wang et al., "Partial and Asymmetric Contrastive Learning for Out-of-Distribution Detection in
+Long-Tailed Recognition", ICML 2022): partial and asymmetric supervised contrastive learning.
 
 Anchors are the tail ID views only; positives are the other view and the other same-class tail
 views; negatives are the other tail views plus every auxiliary OOD projection (OOD never anchors).
@@ -6,9 +7,8 @@ views; negatives are the other tail views plus every auxiliary OOD projection (O
 
 from __future__ import annotations
 
-import torch
-
-from imood_cli.losses.base import AuxBatch, AuxLoss, masked_contrastive
+from imood_cli.losses.base import masked_contrastive
+from imood_cli.plugin_api import AuxBatch, AuxLoss, OptionError
 
 
 def tail_threshold(num_classes: int, k: float) -> int:
@@ -17,10 +17,15 @@ def tail_threshold(num_classes: int, k: float) -> int:
 
 
 class PASCL(AuxLoss):
+    hyperparameters = ("k", "T")
     k = 0.4  # fraction of classes counted as tail
     T = 0.07  # temperature
 
-    def __call__(self, batch: AuxBatch) -> torch.Tensor:
+    def check(self) -> None:
+        if not 0 < self.k <= 1 or not self.T > 0:
+            raise OptionError(f"PASCL needs 0 < k <= 1 and T > 0, got k={self.k}, T={self.T}")
+
+    def __call__(self, batch: AuxBatch):
         tail = batch.is_id & (batch.labels >= tail_threshold(batch.num_classes, self.k))
         positives = (batch.labels[:, None] == batch.labels[None, :]) & tail[None, :]
         return masked_contrastive(batch.projections, tail, tail | ~batch.is_id, positives, self.T)

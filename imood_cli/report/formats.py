@@ -45,7 +45,7 @@ def markdown(entries: list[Entry]) -> str:
 
 
 def latex(entries: list[Entry]) -> str:
-    esc = lambda s: s.replace("_", r"\_").replace("·", r"$\cdot$").replace("%", r"\%")  # noqa: E731
+    esc = lambda s: s.replace("_", r"\_").replace("·", r"$\cdot$").replace("%", r"\%")
     out = [r"\begin{tabular}{l" + "r" * (len(SUMMARY_HEAD) - 1) + "}", r"\toprule",
            " & ".join(esc(h) for h in SUMMARY_HEAD) + r" \\", r"\midrule"]
     out += [" & ".join(esc(c) for c in r) + r" \\" for r in _summary(entries)]

@@ -7,11 +7,11 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from imood_cli.engine.evaluate import curve, shot_groups  # noqa: E402
-from imood_cli.report.results import Entry  # noqa: E402
+from imood_cli.engine.evaluate import curve, shot_groups
+from imood_cli.report.results import Entry
 
 MAX_POINTS = 2000
 

@@ -8,17 +8,12 @@ imood's `needs_fit` protocol, so `imood score` fits it once per checkpoint and c
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.errors import ImoodError
-from imood_cli.metrics.base import LossContext, OODMetric
+from imood_cli.plugin_api import Detector, F, ImoodError, LossContext, ModelView, OptionError, torch
 
 CHUNK = 65536  # bank rows per similarity block, bounds memory on large training sets
 
 
-class KNN(OODMetric):
+class KNN(Detector):
     """ada_scale c = 0.1, the same as msp's. For unit vectors the distance lies in [0, 2], and the
     gap between ID and OOD distances is a few tenths: the range of msp's g = max p − 1/K, not the
     range of logits (energy, c = 1) or of squared Mahalanobis distances (c = 0.01). With c = 0.1,
@@ -26,28 +21,30 @@ class KNN(OODMetric):
     correction of the same relative weight as msp's, neither swamping the distance nor vanishing.
     """
 
-    needs_features = True
-    needs_fit = True
+    needs = frozenset({"features", "fit"})
     ada_scale = 0.1
+    hyperparameters = ("k",)
     k = 50
     train_bank_size = 8192  # ada_knn training: the ID features of the last steps stand in for the fit
 
-    def __init__(self, k: int | None = None) -> None:
-        if k is not None:
-            self.k = int(k)
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.bank = None  # [n, d] L2-normalized ID training features
+        self.pending = None  # training: this step's features, banked next step
+
+    def check(self) -> None:
         if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        self.bank: torch.Tensor | None = None  # [n, d] L2-normalized ID training features
-        self.pending: torch.Tensor | None = None  # training: this step's features, banked next step
+            raise OptionError(f"k must be >= 1, got {self.k}")
 
     # ---- fitting (scoring)
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    def fit(self, view: ModelView) -> None:
+        features = view.features
         if features.ndim != 2 or features.shape[0] == 0:
             raise ImoodError("knn needs at least one ID training feature to fit")
         self.bank = F.normalize(features.detach().float(), dim=1).contiguous()
         self.pending = None
 
-    def fit_state(self) -> dict[str, torch.Tensor]:
+    def fit_state(self):
         state = {}
         if self.bank is not None:
             state["bank"] = self.bank.detach().cpu().contiguous()
@@ -55,12 +52,12 @@ class KNN(OODMetric):
             state["pending"] = self.pending.detach().cpu().contiguous()
         return state
 
-    def load_fit_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_fit_state(self, state) -> None:
         self.bank = state["bank"].float() if "bank" in state else None
         self.pending = state["pending"].float() if "pending" in state else None
 
     # ---- the statistic
-    def kth_distance(self, features: torch.Tensor) -> torch.Tensor:
+    def kth_distance(self, features):
         """Distance of each row of `features` to its k-th nearest bank row (both L2-normalized), [N]."""
         if self.bank is None:
             raise ImoodError("knn is not fitted: fit it on ID training features first")
@@ -82,15 +79,12 @@ class KNN(OODMetric):
         diff = q - bank[kth]
         return diff.pow(2).sum(dim=1).clamp(min=1e-12).sqrt()  # clamp: no NaN gradient at distance 0
 
-    def idness(self, out: ModelOutputs) -> torch.Tensor:
-        if out.features is None:
-            raise ImoodError("knn needs penultimate features; the outputs carry none")
-        return -self.kth_distance(out.features)
+    def idness(self, view: ModelView):
+        return -self.kth_distance(view.features)
 
     # ---- ImOOD training (ada_knn): no fitted bank exists yet, so use the recent ID features
-    def train_update(self, out: ModelOutputs, ctx: LossContext) -> None:
-        num_id = getattr(ctx, "num_id", None)  # ID rows come first
-        feats = out.features[:num_id] if num_id is not None else out.features[ctx.is_id]
+    def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        feats = view.features[: ctx.num_id]  # ID rows come first
         feats = F.normalize(feats.detach().float(), dim=1)  # ID rows only: OOD never enters the bank
         banked = [t for t in (self.bank, self.pending) if t is not None]
         if self.pending is not None:

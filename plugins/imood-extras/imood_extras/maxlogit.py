@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.metrics.base import OODMetric
+from imood_cli.plugin_api import Detector, ModelView
 
 
-class MaxLogit(OODMetric):
+class MaxLogit(Detector):
     """g(x) = max_k z_k (higher = more ID); the vanilla OOD score is -max_k z_k.
 
     ada_scale c = 1.0, the same as energy: max z and energy's g = logsumexp z are on the same logit
@@ -20,5 +17,5 @@ class MaxLogit(OODMetric):
 
     ada_scale = 1.0
 
-    def idness(self, out: ModelOutputs) -> torch.Tensor:
-        return out.logits.float().amax(dim=1)
+    def idness(self, view: ModelView):
+        return view.logits.float().amax(dim=1)

@@ -12,17 +12,16 @@ i over ID views with at least one positive, A(i) = the other ID views, P(i) = th
 
 from __future__ import annotations
 
-import torch
-
-from imood_cli.losses.base import AuxBatch, AuxLoss
+from imood_cli.plugin_api import AuxBatch, AuxLoss, torch
 
 MASKED = -1e9  # finite: a row with no candidate gives zeros, not NaN, in the backward pass
 
 
 class SupCon(AuxLoss):
+    hyperparameters = ("T",)
     T = 0.07  # temperature; `imood train --T` sets it
 
-    def __call__(self, batch: AuxBatch) -> torch.Tensor:
+    def __call__(self, batch: AuxBatch):
         # Masks over all rows instead of boolean indexing: fixed shapes, no wait on the host.
         z = batch.projections.float()
         is_id = batch.is_id

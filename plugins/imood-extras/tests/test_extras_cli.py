@@ -35,7 +35,7 @@ def test_plugins_listed():
     r = imood("plugins", "list", "--json")
     assert r.returncode == 0, r.stderr
     rows = {(row["kind"], row["name"]): row for row in json.loads(r.stdout)}
-    for key in [("metric", "maxlogit"), ("metric", "ada_maxlogit"), ("metric", "knn"), ("metric", "ada_knn"),
+    for key in [("detector", "maxlogit"), ("detector", "ada_maxlogit"), ("detector", "knn"), ("detector", "ada_knn"),
                 ("aux_loss", "supcon")]:
         assert rows[key]["loaded"] and rows[key]["distribution"] == "imood-extras", rows[key]
 
@@ -50,7 +50,7 @@ def test_train_with_supcon_and_score_with_extras(run):
     assert len(cached) == 1  # the fitted bank is cached next to the checkpoint
 
     # The knn scores imood wrote equal an independent numpy k-NN over the model's own features.
-    from imood_cli.data.load import load_benchmark
+    from imood_cli.engine.benchmark import load_benchmark
     from imood_cli.engine.runtime import Runtime
     from imood_cli.engine.score import infer, load_model
     from imood_cli.engine.scoreset import ScoreSet
@@ -80,5 +80,5 @@ def test_left_out_by_imood_plugins(run):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "unknown OOD metric 'ada_maxlogit'; did you mean" in lines[0]
+    assert "unknown detector 'ada_maxlogit'; did you mean" in lines[0]
     assert "imood-extras" in lines[0]  # says which left-out distribution has it

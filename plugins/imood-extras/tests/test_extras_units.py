@@ -7,14 +7,13 @@ import importlib.metadata as md
 import numpy as np
 import pytest
 import torch
-from imood_cli import api
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.losses.base import AuxBatch
-from imood_cli.metrics.ada import Ada
-from imood_cli.metrics.base import LossContext
-from imood_cli.plugins import Registry
 
 import imood_extras.knn as knn_mod
+from imood_cli import api
+from imood_cli.core.ada import Ada
+from imood_cli.core.contract import ModelOutputs, ModelView
+from imood_cli.plugin_api import AuxBatch, LossContext
+from imood_cli.registry import Registry
 from imood_extras.knn import KNN
 from imood_extras.maxlogit import MaxLogit
 from imood_extras.supcon import SupCon
@@ -57,15 +56,15 @@ def test_registered_through_entry_points(reg):
                    ("imood.ood_metrics", "knn"): "imood_extras.knn:KNN",
                    ("imood.aux_losses", "supcon"): "imood_extras.supcon:SupCon"}
     by_name = {(p.kind, p.name): p for p in reg.plugins()}
-    for kind, name in [("metric", "maxlogit"), ("metric", "knn"), ("metric", "ada_maxlogit"), ("metric", "ada_knn"),
+    for kind, name in [("detector", "maxlogit"), ("detector", "knn"), ("detector", "ada_maxlogit"), ("detector", "ada_knn"),
                        ("aux_loss", "supcon")]:
         p = by_name[(kind, name)]
         assert p.loaded, p.error
         assert p.distribution == "imood-extras"
-    assert by_name[("metric", "ada_knn")].derived_from == "knn"
-    m = reg.metric("ada_maxlogit")
-    assert isinstance(m, Ada) and m.scale == 1.0 and m.name == "ada_maxlogit"
-    assert reg.metric("ada_knn").scale == 0.1
+    assert by_name[("detector", "ada_knn")].derived_from == "knn"
+    m = reg.detector("ada_maxlogit")
+    assert isinstance(m, Ada) and m.scale == 1.0
+    assert reg.detector("ada_knn").scale == 0.1
 
 
 def test_maxlogit_matches_numpy():
@@ -92,7 +91,7 @@ def test_knn_matches_numpy(n_train, k):
     queries = torch.cat([torch.randn(40, 16, generator=g), train[:5]])  # a training point: its own neighbour
     ref = np_kth_distance(queries.numpy(), train.numpy(), k)
     m = KNN(k=k)
-    m.fit(train, torch.zeros(n_train, dtype=torch.long), 4)
+    m.fit(ModelView(logits=torch.zeros(n_train, 4), features=train, labels=torch.zeros(n_train, dtype=torch.long)))
     got = -m.idness(ModelOutputs(torch.zeros(len(queries), 4), features=queries))
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5)
 
@@ -102,7 +101,7 @@ def test_knn_default_k_and_api(reg):
     train = torch.randn(120, 8, generator=g)
     feats = torch.randn(30, 8, generator=g)
     logits = torch.randn(30, 4, generator=g)
-    assert reg.metric("knn").k == 50
+    assert reg.detector("knn").k == 50
     ref = np_kth_distance(feats.numpy(), train.numpy(), 50)
     got = api.ood_scores("knn", logits, COUNTS, features=feats, fit_features=train,
                          fit_labels=torch.zeros(120, dtype=torch.long))
@@ -117,7 +116,7 @@ def test_knn_blocks_and_fit_state_round_trip(monkeypatch):
     g = torch.Generator().manual_seed(2)
     train, feats = torch.randn(257, 12, generator=g), torch.randn(20, 12, generator=g)
     m = KNN()
-    m.fit(train, torch.zeros(257, dtype=torch.long), 2)
+    m.fit(ModelView(logits=torch.zeros(257, 2), features=train, labels=torch.zeros(257, dtype=torch.long)))
     out = ModelOutputs(torch.zeros(20, 2), features=feats)
     whole = m.idness(out)
     monkeypatch.setattr(knn_mod, "CHUNK", 13)  # the bank searched in 20 blocks

@@ -1,4 +1,8 @@
-"""Mahalanobis distance to the nearest class mean (Lee et al., 2018), tied covariance.
+"""Mahalanobis distance to the nearest class mean (Lee et al., "A Simple Unified Framework for Detecting
+Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018), tied covariance.
+
+g(x) = −min_k (f−μ_k)ᵀ Σ⁻¹ (f−μ_k), class means μ_k and tied covariance Σ (+1e-4·I) of the ID training
+features; vanilla OOD score the min distance. c = 0.01: g is a squared distance (SPEC §2 table).
 
 Larger distance means more OOD (the reference code had the sign reversed). Fitted on ID training
 features only. During ImOOD training the class means and covariance track the ID features of each
@@ -7,16 +11,12 @@ batch as an exponential moving average, since no fitted statistics exist yet.
 
 from __future__ import annotations
 
-import torch
-
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.errors import ImoodError
-from imood_cli.metrics.base import LossContext, OODMetric
+from imood_cli.plugin_api import Detector, ImoodError, LossContext, ModelView, torch
 
 RIDGE = 1e-4
 
 
-def fit_gaussian(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_gaussian(features, labels, num_classes: int):
     """Class means [K, d] and tied covariance [d, d] (+ RIDGE·I), in float64."""
     f = features.double()
     d = f.shape[1]
@@ -32,35 +32,35 @@ def fit_gaussian(features: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return means, cov
 
 
-class Mahalanobis(OODMetric):
-    needs_features = True
-    needs_fit = True
+class Mahalanobis(Detector):
+    needs = frozenset({"features", "fit"})
     ada_scale = 0.01
     momentum = 0.9
 
-    def __init__(self) -> None:
-        self.means: torch.Tensor | None = None
-        self.whiten: torch.Tensor | None = None  # W with Σ⁻¹ = W Wᵀ
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.means = None  # [K, d] float64
+        self.whiten = None  # W with Σ⁻¹ = W Wᵀ
 
-    def _set(self, means: torch.Tensor, cov: torch.Tensor) -> None:
+    def _set(self, means, cov) -> None:
         self.means = means
         self.cov = cov
         precision, _ = torch.linalg.inv_ex(cov)  # the _ex forms skip the host-side error check
         precision = (precision + precision.T) / 2
         self.whiten, _ = torch.linalg.cholesky_ex(precision)
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
-        self._set(*fit_gaussian(features, labels, num_classes))
+    def fit(self, view: ModelView) -> None:
+        self._set(*fit_gaussian(view.features, view.labels, view.num_classes))
 
-    def fit_state(self) -> dict[str, torch.Tensor]:
+    def fit_state(self):
         if self.means is None:
             return {}
         return {"means": self.means.cpu(), "cov": self.cov.cpu()}
 
-    def load_fit_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_fit_state(self, state) -> None:
         self._set(state["means"].double(), state["cov"].double())
 
-    def distances(self, features: torch.Tensor) -> torch.Tensor:
+    def distances(self, features):
         """Squared Mahalanobis distance of each row to each class mean, [N, K]."""
         if self.whiten is None:
             raise ImoodError("maha is not fitted: fit it on ID training features first")
@@ -69,14 +69,12 @@ class Mahalanobis(OODMetric):
         mw = self.means.to(features.device) @ w
         return torch.cdist(fw, mw).pow(2)
 
-    def idness(self, out: ModelOutputs) -> torch.Tensor:
-        if out.features is None:
-            raise ImoodError("maha needs penultimate features; the outputs carry none")
-        return -self.distances(out.features).amin(dim=1).to(out.features.dtype)
+    def idness(self, view: ModelView):
+        return -self.distances(view.features).amin(dim=1).to(view.features.dtype)
 
-    def train_update(self, out: ModelOutputs, ctx: LossContext) -> None:
-        feats = out.features[: ctx.num_id].detach()  # ID rows only: OOD never enters the class statistics
-        k = out.num_classes
+    def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        feats = view.features[: ctx.num_id].detach()  # ID rows only: OOD never enters the class statistics
+        k = view.num_classes
         with torch.no_grad():
             f = feats.double()
             counts = (ctx.labels[:, None] == torch.arange(k, device=f.device)).sum(0)  # no host sync

@@ -1,11 +1,11 @@
-"""Load a benchmark by name through the dataset registry."""
+"""Benchmarks by name, through the dataset registry."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from imood_cli.data.base import Benchmark
-from imood_cli.plugins import registry
+from imood_cli.registry import registry
 
 
 def dataset(name: str):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-
+from imood_cli.core.lazy import torch
 from imood_cli.errors import ImoodError
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def log_prior(class_counts: Sequence[int] | torch.Tensor, logit_adjust: float = 1.0) -> torch.Tensor:
-    """log π̃ with π̃_k ∝ π_k^τ; τ = 0 gives the uniform prior (every ImOOD term off)."""
+
+def log_prior(class_counts: Sequence[int] | Tensor, logit_adjust: float = 1.0) -> Tensor:
+    """log π̃ [K] (float64) with π̃_k ∝ π_k^τ; τ = 0 gives the uniform prior (every ImOOD term off)."""
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
     if counts.ndim != 1 or counts.numel() == 0:
         raise ImoodError("class counts must be a non-empty list of numbers")
@@ -20,8 +23,11 @@ def log_prior(class_counts: Sequence[int] | torch.Tensor, logit_adjust: float = 
     return torch.log_softmax(logit_adjust * log_pi, dim=0)
 
 
-def log_beta(logits: torch.Tensor, log_prior_adj: torch.Tensor) -> torch.Tensor:
-    """log β̂(x) = log((1/K) Σ_k p_k(x) / π̃_k), computed with logsumexp for stability."""
+def log_beta(logits: Tensor, log_prior_adj: Tensor) -> Tensor:
+    """log β̂(x) = log((1/K) Σ_k p_k(x) / π̃_k) [N], computed with logsumexp for stability.
+
+    logits: [N, K] class logits; log_prior_adj: log π̃ [K] from `log_prior`.
+    """
     k = logits.shape[1]
     log_p = torch.log_softmax(logits.float(), dim=1)
     lp = log_prior_adj.to(device=logits.device, dtype=log_p.dtype)

@@ -1,0 +1,104 @@
+"""The ImOOD form `ada_<name>` of any detector that declares `ada_scale` (SPEC §2-3): the one place
+where it is derived.
+
+Post hoc:  ood(x) = -(g(x) + c · log β̂(x)),  β̂(x) = (1/K) Σ_k p_k(x) / π̃_k.
+Training:  the λ-head estimate β(x) = (1/K) Σ_k λ_k(x) q_k(x) / π̃_k, a constraint that trains λ,
+           and a BCE on g - log δ, which equals BCE on σ(g)/β before the δ clamps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from imood_cli.core.contract import Detector, LossContext, ModelView
+from imood_cli.core.lazy import F, torch
+from imood_cli.core.prior import log_beta
+from imood_cli.errors import ImoodError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+ADA_PREFIX = "ada_"
+LABEL_SMOOTHING = 0.2
+DELTA_MIN, DELTA_MAX = 0.1, 10.0
+EXP_CAP = 30.0  # e^g for g > 30 only pushes δ to a clamp; the cap avoids 0 · inf
+
+
+def imood_training_loss(g: Tensor, view: ModelView, ctx: LossContext) -> tuple[Tensor, Tensor]:
+    """(constraint, BCE) of the ImOOD regularizer for ID-vs-OOD logits g over all rows."""
+    if view.lambdas is None:
+        raise ImoodError("ImOOD training needs the λ head's outputs; the model produced none")
+    k = view.num_classes
+    is_id = ctx.is_id
+    probs = torch.softmax(view.logits.float(), dim=1).detach()
+    labels = F.pad(ctx.labels, (0, probs.shape[0] - ctx.labels.shape[0]))  # OOD rows: any class, unused
+    # A comparison, not F.one_hot: one_hot checks its input's range on the host, a sync per step.
+    onehot = (labels[:, None] == torch.arange(k, device=labels.device)).float()
+    smoothed = onehot * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / k
+    q = torch.where(is_id[:, None], smoothed, probs)
+    prior = ctx.log_prior.to(q.device, torch.float32).exp()
+    beta = (view.lambdas.float() * q / prior).mean(dim=1)
+    g = g.float()
+    constraint = F.relu(torch.log(beta) + F.logsigmoid(g.detach())).mean()
+    with torch.no_grad():
+        b, e = beta.detach(), g.detach().clamp(max=EXP_CAP).exp()
+        delta = (b + (b - 1) * e).clamp(DELTA_MIN, DELTA_MAX)
+        delta = torch.where(is_id, delta.clamp(min=1.0), delta.clamp(max=1.0))
+    bce = F.binary_cross_entropy_with_logits(g - torch.log(delta), is_id.float())
+    return constraint, bce
+
+
+class Ada(Detector):
+    """`ada_<base>`: the base detector with ImOOD's prior-aware correction (SPEC §2) and training (§3)."""
+
+    ada_scale = None  # no ada_ada_
+
+    def __init__(self, base: Detector, scale: float | None = None) -> None:
+        if type(base).ada_scale is None and scale is None:
+            raise ImoodError(f"{type(base).__name__} declares no ada_scale, so it has no ada_ form")
+        self.base = base
+        self.scale = float(type(base).ada_scale if scale is None else scale)
+        self.needs = base.needs
+        self.extra_outputs = base.extra_outputs
+        self.idness_is_logit = base.idness_is_logit
+        self.heads = frozenset({"lambda_head"} | (set() if base.idness_is_logit else {"aux_linear"}))
+
+    def options(self) -> dict:
+        return self.base.options()
+
+    def idness(self, view: ModelView) -> Tensor:
+        return self.base.idness(view)
+
+    def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
+        g = self.base.idness(view).float()
+        return -(g + self.scale * log_beta(view.logits, log_prior))
+
+    def train_logit(self, view: ModelView, ctx: LossContext) -> Tensor:
+        g = self.base.idness(view)
+        if self.base.idness_is_logit:
+            return g
+        if ctx.aux_linear is None:
+            raise ImoodError("ImOOD training needs the aux_linear head")
+        return ctx.aux_linear(g.float()[:, None])[:, 0]
+
+    def loss(self, view: ModelView, ctx: LossContext) -> Tensor:
+        constraint, bce = imood_training_loss(self.train_logit(view, ctx), view, ctx)
+        total = constraint + bce
+        if self.base.ada_keeps_loss:
+            total = total + self.base.loss(view, ctx)
+        return total
+
+    def fit(self, view: ModelView) -> None:
+        self.base.fit(view)
+
+    def fit_state(self) -> dict:
+        return self.base.fit_state()
+
+    def load_fit_state(self, state: dict) -> None:
+        self.base.load_fit_state(state)
+
+    def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        self.base.train_update(view, ctx)
+
+    def __repr__(self) -> str:
+        return f"Ada({self.base!r}, scale={self.scale})"

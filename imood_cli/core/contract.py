@@ -1,0 +1,321 @@
+"""The plugin contract: what a detector or an aux loss receives, declares and returns.
+
+Plugin authors import these names from `imood_cli.plugin_api`, which re-exports them; this module is
+the ground floor the engine, the built-in detectors and losses, and third-party plugins all stand on.
+
+Conventions everywhere: K ID classes; a batch has N rows; tensors handed to a detector are float32
+(whatever autocast ran the model in); an OOD score is higher for more OOD, an ID-ness g(x) higher for
+more ID.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from imood_cli.core.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# What a detector may declare in `needs` (logits are always supplied).
+NEEDS = {
+    "features": "penultimate features f [N, d] (pooled backbone output)",
+    "feature_map": "the backbone's last feature map before pooling [N, C, H, W] (transformers: tokens [N, L, D]) "
+                   "and ModelView.logits_from_feature_map",
+    "classifier": "the classifier's weight [K, d] and bias [K] (class outputs only) "
+                  "and ModelView.logits_from_features",
+    "input_grad": "the input images [N, C, H, W] as the model sees them and ModelView.logits_from_images, "
+                  "run with gradients enabled (an extra forward and backward pass per batch)",
+    "fit": "a fit on the ID training set before scoring: Detector.fit(view) with view.labels, cached per model",
+}
+
+
+@dataclass
+class ModelOutputs:
+    """One forward pass of the model over a batch of N images.
+
+    logits:      [N, K] float, the class logits z (never the extra outputs).
+    extra:       [N, E] float, extra classifier outputs (bin_disc's ID-vs-OOD logit is column 0), or None.
+    features:    [N, d] float, penultimate features f (the pooled backbone output), or None.
+    feature_map: the backbone output before pooling ([N, C, H, W] for CNNs), or None when not asked for.
+    projections: [N, p] float, L2-normalised projections for contrastive aux losses (training), or None.
+    lambdas:     [N, K] float, λ(x) of the ImOOD λ head (training with an ada_ loss), or None.
+    """
+
+    logits: Tensor
+    extra: Tensor | None = None
+    features: Tensor | None = None
+    projections: Tensor | None = None
+    lambdas: Tensor | None = None
+    feature_map: Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1]
+
+    def float(self) -> ModelOutputs:
+        """The same outputs with floating tensors in float32 (after bf16 autocast)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return type(self)(**{k: v.float() if _is_tensor(v) and v.is_floating_point() else v
+                             for k, v in values.items()})
+
+    @classmethod
+    def cat(cls, parts: list[ModelOutputs]) -> ModelOutputs:
+        """Row-wise concatenation of outputs of consecutive batches (fields absent in the first are absent)."""
+        out = {}
+        for f in fields(parts[0]):
+            values = [getattr(p, f.name) for p in parts]
+            if _is_tensor(values[0]):
+                out[f.name] = torch.cat(values)
+            else:
+                out[f.name] = values[0]
+        return cls(**out)
+
+
+def _is_tensor(value: Any) -> bool:
+    return value is not None and type(value).__module__.startswith("torch") and hasattr(value, "shape")
+
+
+def _unavailable(what: str, need: str) -> Callable[..., Tensor]:
+    def fail(*_: Any) -> Tensor:
+        raise RuntimeError(f"{what} is only available to a detector that declares {need!r} in `needs`")
+
+    return fail
+
+
+@dataclass
+class ModelView(ModelOutputs):
+    """What a detector sees: one batch's outputs, and the parts of the model it declared in `needs`.
+
+    Besides the fields of ModelOutputs (float32):
+    labels:  [N] long, the class of each row; set only in the view handed to `Detector.fit` (the ID
+             training set), None when scoring.
+    images:  [N, C, H, W] float, the inputs as the model sees them (after normalization); "input_grad" only.
+    weight:  [K, d] float, the classifier's weight for the K classes; "classifier" only.
+    bias:    [K] float, the classifier's bias; "classifier" only.
+
+    And the model's later stages as functions (float32 in and out, run under the engine's autocast):
+    logits_from_feature_map(m) -> [N, K]   pooling + classifier on a (modified) feature map; "feature_map".
+    logits_from_features(f)   -> [N, K]    the classifier on (modified) penultimate features; "classifier".
+    logits_from_images(x)     -> [N, K]    the whole model, gradients flowing back to x; "input_grad".
+    """
+
+    labels: Tensor | None = None
+    images: Tensor | None = None
+    weight: Tensor | None = None
+    bias: Tensor | None = None
+    _head_from_map: Callable[[Tensor], Tensor] | None = None
+    _head_from_features: Callable[[Tensor], Tensor] | None = None
+    _forward: Callable[[Tensor], Tensor] | None = None
+
+    def logits_from_feature_map(self, feature_map: Tensor) -> Tensor:
+        return (self._head_from_map or _unavailable("logits_from_feature_map", "feature_map"))(feature_map)
+
+    def logits_from_features(self, features: Tensor) -> Tensor:
+        return (self._head_from_features or _unavailable("logits_from_features", "classifier"))(features)
+
+    def logits_from_images(self, images: Tensor) -> Tensor:
+        return (self._forward or _unavailable("logits_from_images", "input_grad"))(images)
+
+    @classmethod
+    def of(cls, outputs: ModelOutputs, **more: Any) -> ModelView:
+        """A view of `outputs` (and, through `more`, of the model)."""
+        return cls(**{f.name: getattr(outputs, f.name) for f in fields(ModelOutputs)}, **more)
+
+
+@dataclass
+class LossContext:
+    """What a training loss may need beside the model's outputs.
+
+    Rows are [ID views (num_id rows) ; auxiliary OOD]; `labels` covers the ID rows only.
+    is_id:        [N] bool, True for ID rows.
+    labels:       [num_id] long, class of each ID row.
+    log_prior:    [K] float, log π̃ (τ-adjusted, SPEC §1).
+    class_counts: [K] long, training images per class (the raw prior π = counts / counts.sum()).
+    aux_linear:   the model's Linear(1, 1) head mapping a scalar statistic to an ID-vs-OOD logit.
+    generator:    a torch.Generator for random draws inside a loss: seeded per epoch and restored on
+                  resume, so a resumed run draws the same numbers.
+    num_id:       ID rows come first: rows [:num_id] are ID (slicing by it needs no host sync).
+    """
+
+    is_id: Tensor
+    labels: Tensor
+    log_prior: Tensor
+    aux_linear: Callable[[Tensor], Tensor] | None = None
+    num_id: int | None = None
+    class_counts: Tensor | None = None
+    generator: Any = None
+
+    def __post_init__(self) -> None:
+        if self.num_id is None:
+            self.num_id = int(self.labels.shape[0])
+
+
+@dataclass
+class AuxBatch:
+    """The projections of one training batch, rows [ID view 1 (N) ; ID view 2 (N) ; auxiliary OOD (M)].
+
+    projections:  [2N + M, p] float, L2-normalised.
+    labels:       [2N + M] long, class of each row, -1 for OOD rows.
+    is_id:        [2N + M] bool.
+    pair:         [2N + M] long, row index of the other view of the same image, -1 for OOD rows.
+    class_counts: [K] long, training images per class.
+    """
+
+    projections: Tensor
+    labels: Tensor
+    is_id: Tensor
+    pair: Tensor
+    class_counts: Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_counts.numel()
+
+
+class OptionError(ValueError):
+    """A hyperparameter that a detector or aux loss does not have, or a value it cannot take."""
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def coerce_option(owner: str, key: str, default: Any, value: Any) -> Any:
+    """`value` (as typed on the command line, or a Python value) as the type of `default`."""
+    kind = type(default)
+    bad = OptionError(f"{owner}: option {key} must be {kind.__name__}, got {value!r}")
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if kind is bool:
+            if text.lower() not in _TRUE | _FALSE:
+                raise bad
+            return text.lower() in _TRUE
+        try:
+            value = int(text) if kind is int else float(text)
+        except ValueError:
+            raise bad from None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise bad
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    if not isinstance(value, kind):
+        raise bad
+    return value
+
+
+class Configurable:
+    """Hyperparameters as typed class attributes with the papers' defaults.
+
+    A subclass lists them in `hyperparameters`; their type is that of the default. Values arrive as
+    keyword arguments (strings from `-m name:key=value` are converted), then `check()` validates them.
+    """
+
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **options: Any) -> None:
+        owner = type(self).__name__
+        for key, value in options.items():
+            if key not in self.hyperparameters:
+                known = ", ".join(self.hyperparameters) or "none"
+                raise OptionError(f"{owner} has no option {key!r} (options: {known})")
+            setattr(self, key, coerce_option(owner, key, getattr(type(self), key), value))
+        self.check()
+
+    def check(self) -> None:
+        """Raise OptionError for a hyperparameter value out of range."""
+
+    def options(self) -> dict[str, Any]:
+        """The current hyperparameter values (recorded in score files)."""
+        return {k: getattr(self, k) for k in self.hyperparameters}
+
+
+class Detector(Configurable):
+    """An OOD detector: an ID-ness statistic g(x), higher = more ID, one value per row.
+
+    Declarations (class attributes; the engine reads nothing else):
+    needs:           subset of NEEDS: what the engine must supply besides the logits.
+    extra_outputs:   extra classifier outputs the model must have (bin_disc: 1), read as view.extra.
+    ada_scale:       c of the ImOOD correction ood = -(g + c·log β̂) (SPEC §2), or None for no `ada_` form.
+                     A detector that declares it gets `ada_<name>` for scoring and ImOOD training.
+    idness_is_logit: g is already an ID-vs-OOD logit (bin_disc): ImOOD training uses it without aux_linear.
+    ada_keeps_loss:  the `ada_` training loss adds this detector's own loss (oe).
+    heads:           model heads its training loss uses besides the classifier ("lambda_head", "aux_linear").
+    hyperparameters: names of typed class attributes settable as `-m name:key=value` (see Configurable).
+
+    Methods: `idness(view)` is required. `ood_score` defaults to -idness. `loss(view, ctx)` makes the
+    detector trainable as `--ood_metric name` (else it is post hoc only). `fit`, `fit_state` and
+    `load_fit_state` go with "fit" in `needs`; `train_update` sees each training batch first.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+    extra_outputs: ClassVar[int] = 0
+    ada_scale: ClassVar[float | None] = None
+    idness_is_logit: ClassVar[bool] = False
+    ada_keeps_loss: ClassVar[bool] = False
+    heads: ClassVar[frozenset[str]] = frozenset()
+
+    def idness(self, view: ModelView) -> Tensor:
+        """g(x) [N], higher = more ID."""
+        raise NotImplementedError
+
+    def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
+        """The vanilla OOD score [N], higher = more OOD (log_prior, log π̃ [K], is for prior-aware scores)."""
+        return -self.idness(view)
+
+    def loss(self, view: ModelView, ctx: LossContext) -> Tensor:
+        """The OOD training loss (a scalar) over a batch [ID views ; auxiliary OOD]."""
+        raise NotImplementedError(f"{type(self).__name__} has no training loss")
+
+    @property
+    def has_loss(self) -> bool:
+        return type(self).loss is not Detector.loss
+
+    @property
+    def needs_fit(self) -> bool:
+        return "fit" in self.needs
+
+    def fit(self, view: ModelView) -> None:
+        """Fit on the ID training set: view.features / logits / labels / weight over every training image."""
+
+    def fit_state(self) -> dict[str, Tensor]:
+        """The fitted statistics as named tensors (cached next to the model as safetensors)."""
+        return {}
+
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what `fit_state` returned."""
+
+    def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        """Called each training step before `loss`, for statistics that track the batch (maha)."""
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+class AuxLoss(Configurable):
+    """An auxiliary training loss on the projection head: `loss(batch: AuxBatch) -> scalar Tensor`.
+
+    needs_projections: False when the loss ignores the projections (the head is then not trained).
+    Options such as `--k` and `--T` reach hyperparameters of the same name.
+    """
+
+    needs_projections: ClassVar[bool] = True
+
+    def __call__(self, batch: AuxBatch) -> Tensor:
+        raise NotImplementedError
+
+
+def class_probs(view: ModelOutputs) -> Tensor:
+    """softmax(z) [N, K] in float32."""
+    return torch.softmax(view.logits.float(), dim=1)

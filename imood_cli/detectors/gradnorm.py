@@ -1,0 +1,21 @@
+"""GradNorm (Huang et al., "On the Importance of Gradients for Detecting Distributional Shifts in the
+Wild", NeurIPS 2021), in closed form.
+
+The gradient of KL(u || softmax(W f + b)) with respect to W is (p - u) fᵀ, so its L1 norm is
+g(x) = ‖p - u‖₁ · ‖f‖₁: no backward pass, batched, and valid under no_grad for any backbone.
+c = 10: g is a product of a probability-scale and a feature-norm factor (SPEC §2 table).
+"""
+
+from __future__ import annotations
+
+from imood_cli.plugin_api import Detector, ModelView, class_probs
+
+
+class GradNorm(Detector):
+    needs = frozenset({"features"})
+    ada_scale = 10.0
+
+    def idness(self, view: ModelView):
+        p = class_probs(view)
+        u = 1.0 / view.num_classes
+        return (p - u).abs().sum(dim=1) * view.features.float().abs().sum(dim=1)

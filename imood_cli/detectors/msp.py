@@ -1,0 +1,21 @@
+"""Maximum softmax probability (Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and
+Out-of-Distribution Examples in Neural Networks", ICLR 2017).
+
+g(x) = max_k p_k(x) − 1/K; vanilla OOD score −max_k p_k(x). c = 0.1: g lives in [0, 1 − 1/K], a
+probability scale (SPEC §2).
+"""
+
+from __future__ import annotations
+
+from imood_cli.plugin_api import Detector, ModelView, class_probs
+
+
+class MSP(Detector):
+    ada_scale = 0.1
+
+    def idness(self, view: ModelView):
+        # Centred at 1/K so that g = 0 means "no class preferred"; the vanilla score is -max p.
+        return class_probs(view).amax(dim=1) - 1.0 / view.num_classes
+
+    def ood_score(self, view: ModelView, log_prior):
+        return -class_probs(view).amax(dim=1)

@@ -1,0 +1,23 @@
+"""Outlier exposure (Hendrycks et al., "Deep Anomaly Detection with Outlier Exposure", ICLR 2019):
+cross-entropy to the uniform distribution on auxiliary OOD data during training, MSP at test time.
+"""
+
+from __future__ import annotations
+
+from imood_cli.detectors.msp import MSP
+from imood_cli.plugin_api import LossContext, ModelView, torch
+
+
+def oe_loss(logits):
+    """Mean over rows of logsumexp z - mean_k z_k (cross-entropy to uniform)."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    z = logits.float()
+    return (torch.logsumexp(z, dim=1) - z.mean(dim=1)).mean()
+
+
+class OE(MSP):
+    ada_keeps_loss = True
+
+    def loss(self, view: ModelView, ctx: LossContext):
+        return oe_loss(view.logits[ctx.num_id:])

@@ -1,0 +1,41 @@
+"""imood's public plugin contract: a plugin imports this module and nothing else of imood.
+
+    from imood_cli.plugin_api import Detector, ModelView, torch
+
+    class LogitMargin(Detector):
+        \"\"\"Logit margin: how far the top class leads the runner-up.\"\"\"
+        ada_scale = 1.0                      # logit-scale g: c = 1 gives `ada_margin` for free
+
+        def idness(self, view: ModelView):   # [N], higher = more ID
+            top2 = view.logits.topk(2, dim=1).values
+            return top2[:, 0] - top2[:, 1]
+
+Entry-point groups (pyproject.toml): `imood.ood_metrics` names a Detector subclass, `imood.aux_losses`
+an AuxLoss subclass, `imood.datasets` a class with `load`, `status` and `prepare`. Every field's
+shape, dtype and meaning is documented on the classes below; `NEEDS` lists what a detector may ask for.
+
+`torch` and `F` (torch.nn.functional) here are imported on first use: a plugin that takes them from
+this module keeps `imood plugins list` and `imood --help` fast. Importing torch directly works too.
+"""
+
+from imood_cli.core.ada import ADA_PREFIX, Ada
+from imood_cli.core.contract import (
+    NEEDS,
+    AuxBatch,
+    AuxLoss,
+    Configurable,
+    Detector,
+    LossContext,
+    ModelOutputs,
+    ModelView,
+    OptionError,
+    class_probs,
+)
+from imood_cli.core.lazy import F, torch
+from imood_cli.core.prior import log_beta, log_prior
+from imood_cli.errors import ImoodError
+
+__all__ = [
+    "NEEDS", "ADA_PREFIX", "Ada", "AuxBatch", "AuxLoss", "Configurable", "Detector", "LossContext", "ModelOutputs",
+    "ModelView", "OptionError", "ImoodError", "class_probs", "log_beta", "log_prior", "torch", "F",
+]

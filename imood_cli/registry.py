@@ -1,0 +1,254 @@
+"""Plugin discovery: entry points → a dict of classes (DESIGN.md "Plugin contract").
+
+Every entry point names a class: a `Detector` (group `imood.ood_metrics`), an `AuxLoss`
+(`imood.aux_losses`) or a dataset with load/status/prepare (`imood.datasets`). Built-ins are
+registered the same way and recognised by their module (`imood_cli.*`), never by a distribution
+name, which anyone can claim. Built-ins always load and always win a name; `IMOOD_PLUGINS=a,b` limits
+which third-party distributions load (set but empty: none). A plugin that fails to import or breaks
+the contract is kept with its error, shown by `imood plugins list`, and skipped elsewhere. The
+`ada_<name>` form of a detector that declares `ada_scale` is derived at lookup (`core.ada`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from imood_cli.errors import ImoodError, unknown_name
+
+GROUPS = {"detector": "imood.ood_metrics", "aux_loss": "imood.aux_losses", "dataset": "imood.datasets"}
+LABELS = {"detector": "detector", "aux_loss": "aux loss", "dataset": "dataset"}
+ADA_PREFIX = "ada_"
+ENV = "IMOOD_PLUGINS"
+OWN_PACKAGE = "imood_cli"
+
+
+class PluginWarning(UserWarning):
+    """A plugin was skipped: it failed to import, breaks the contract, or its name is taken."""
+
+
+@dataclass
+class Plugin:
+    name: str
+    kind: str  # detector | aux_loss | dataset
+    distribution: str
+    version: str
+    target: str  # "module:Class"
+    cls: Any = None
+    error: str | None = None
+    status: str = "loaded"  # loaded | error | disabled | shadowed | clash
+    derived_from: str | None = None  # ada_ forms name their base
+
+    @property
+    def builtin(self) -> bool:
+        return self.target.split(":")[0].split(".")[0] == OWN_PACKAGE
+
+    @property
+    def loaded(self) -> bool:
+        return self.status == "loaded"
+
+
+def normalize_dist(name: str) -> str:
+    """PEP 503 normalization: IMOOD_PLUGINS=imood_extras matches the distribution imood-extras."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def entry_points() -> list[tuple[str, str, str, str, str]]:
+    """(kind, name, target, distribution, version) of every entry point: the built-ins from imood's own
+    pyproject.toml in a source tree (always current), else from the installed metadata."""
+    own = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    found = []
+    if own.is_file():
+        project = tomllib.loads(own.read_text())["project"]
+        for kind, group in GROUPS.items():
+            for name, target in project.get("entry-points", {}).get(group, {}).items():
+                found.append((kind, name, target, project["name"], project["version"]))
+    for kind, group in GROUPS.items():
+        for ep in md.entry_points(group=group):
+            if found and ep.value.split(".")[0].split(":")[0] == OWN_PACKAGE:
+                continue  # imood's installed metadata: possibly older than the source tree just read
+            dist = ep.dist.metadata["Name"] if ep.dist is not None else "(unknown)"
+            found.append((kind, ep.name, ep.value, dist or "(unknown)", ep.dist.version if ep.dist else ""))
+    return found
+
+
+def _check(kind: str, cls: Any) -> None:
+    """The contract a class must meet to be registered (checked on the class: nothing is instantiated)."""
+    from imood_cli.plugin_api import AuxLoss, Detector
+
+    if not isinstance(cls, type):
+        raise TypeError(f"the entry point must name a class, not {type(cls).__name__}")
+    base = {"detector": Detector, "aux_loss": AuxLoss}.get(kind)
+    if base is not None and not issubclass(cls, base):
+        raise TypeError(f"{cls.__name__} must subclass imood_cli.plugin_api.{base.__name__}")
+    if kind == "detector":
+        if cls.idness is Detector.idness:
+            raise TypeError(f"{cls.__name__} must define idness(view) -> Tensor[N]")
+        c = cls.ada_scale
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0 or c == float("inf")):
+            raise TypeError(f"ada_scale must be a finite number >= 0 or None, got {c!r}")
+        if not isinstance(cls.extra_outputs, int) or isinstance(cls.extra_outputs, bool) or cls.extra_outputs < 0:
+            raise TypeError(f"extra_outputs must be a whole number >= 0, got {cls.extra_outputs!r}")
+        from imood_cli.core.contract import NEEDS
+
+        unknown = set(cls.needs) - set(NEEDS)
+        if unknown:
+            raise TypeError(f"unknown needs {sorted(unknown)} (known: {', '.join(NEEDS)})")
+    if kind == "dataset" and not all(callable(getattr(cls, m, None)) for m in ("load", "status", "prepare")):
+        raise TypeError(f"{cls.__name__} must define load, status and prepare")
+
+
+class Registry:
+    def __init__(self, found: list[tuple[str, str, str, str, str]] | None = None) -> None:
+        self._found = found
+        self._plugins: dict[tuple[str, str], Plugin] | None = None
+        self._others: list[Plugin] = []  # shadowed, clashing and disabled entries, for `plugins list`
+        self._classes: dict[tuple[str, str, str], type] = {}  # added in process: no import needed
+        self._warned = False
+
+    def add(self, kind: str, name: str, target: type | str, distribution: str = "(in-process)",
+            version: str = "") -> None:
+        """Register a class (or a "module:Class" entry point, imported on first use) in process, as if a
+        distribution's entry point named it: for tests and notebooks."""
+        if kind not in GROUPS:
+            raise ValueError(f"kind must be one of {', '.join(GROUPS)}")
+        if self._found is None:
+            self._found = entry_points()
+        if not isinstance(target, str):
+            self._classes[(kind, name, distribution)] = target
+            target = f"{target.__module__}:{target.__qualname__}"
+        self._found.append((kind, name, target, distribution, version))
+        self._plugins, self._warned = None, False
+
+    def _load(self) -> dict[tuple[str, str], Plugin]:
+        allow = os.environ.get(ENV)
+        allowed = None if allow is None else {normalize_dist(d.strip()) for d in allow.split(",") if d.strip()}
+        table: dict[tuple[str, str], Plugin] = {}
+        self._others, seen = [], set()
+        for kind, name, target, dist, version in self._found if self._found is not None else entry_points():
+            p = Plugin(name, kind, dist, version, target)
+            if (kind, name, target) in seen:  # the same entry point twice (source tree and installed metadata)
+                continue
+            seen.add((kind, name, target))
+            if not p.builtin and allowed is not None and normalize_dist(dist) not in allowed:
+                p.status, p.error = "disabled", f"not loaded: {ENV}={allow!r} leaves {dist} out"
+            elif kind == "detector" and name.startswith(ADA_PREFIX):
+                p.status, p.error = "error", f"names starting with {ADA_PREFIX!r} are the ImOOD forms imood derives"
+            else:
+                try:
+                    p.cls = self._classes.get((kind, name, dist)) or md.EntryPoint(name, target, GROUPS[kind]).load()
+                    _check(kind, p.cls)
+                except (Exception, SystemExit) as exc:  # a broken plugin must not break imood
+                    p.cls, p.status, p.error = None, "error", " ".join(f"{type(exc).__name__}: {exc}".split())
+            self._place(table, p)
+        return table
+
+    def _place(self, table: dict[tuple[str, str], Plugin], p: Plugin) -> None:
+        key, held = (p.kind, p.name), table.get((p.kind, p.name))
+        if p.status == "disabled" or held is None:
+            (self._others.append(p) if p.status == "disabled" else table.__setitem__(key, p))
+            return
+        if held.builtin != p.builtin:  # the built-in keeps the name; the plugin is shadowed
+            builtin, other = (held, p) if held.builtin else (p, held)
+            other.status, other.error = "shadowed", f"{other.name!r} is a built-in name: {other.distribution}'s is ignored"
+            table[key] = builtin
+            self._others.append(other)
+            return
+        for q in (held, p):  # two third-party plugins: neither is used
+            q.status = "clash"
+            q.error = f"name clash: {p.name!r} is provided by both {held.distribution} and {p.distribution}"
+        self._others.append(p)
+
+    def plugins(self) -> list[Plugin]:
+        """Every entry point (usable, broken, shadowed, clashing, disabled) and the derived ada_ forms."""
+        if self._plugins is None:
+            self._plugins = self._load()
+        out = list(self._plugins.values()) + self._others
+        for p in list(self._plugins.values()):
+            if p.kind == "detector" and p.loaded and p.cls.ada_scale is not None:
+                out.append(Plugin(ADA_PREFIX + p.name, p.kind, p.distribution, p.version, p.target, p.cls,
+                                  derived_from=p.name))
+        return out
+
+    def _warn(self) -> None:
+        if not self._warned:
+            self._warned = True
+            for p in self.plugins():
+                if p.status in ("error", "clash", "shadowed") and p.derived_from is None:
+                    warnings.warn(f"imood: {LABELS[p.kind]} plugin {p.name!r} from {p.distribution} skipped: "
+                                  f"{p.error}", PluginWarning, stacklevel=3)
+
+    def names(self, kind: str) -> list[str]:
+        self._warn()
+        return sorted(p.name for p in self.plugins() if p.kind == kind and p.loaded)
+
+    def get(self, kind: str, name: str) -> Plugin:
+        """The usable plugin of this name, or an ImoodError that says why there is none."""
+        self._warn()  # also loads the table
+        table = self._plugins or {}
+        base = name[len(ADA_PREFIX):] if kind == "detector" and name.startswith(ADA_PREFIX) else None
+        p = table.get((kind, base or name))
+        if p is not None and p.loaded:
+            if base is None:
+                return p
+            if p.cls.ada_scale is not None:
+                return Plugin(name, kind, p.distribution, p.version, p.target, p.cls, derived_from=base)
+            raise ImoodError(f"{base!r} declares no ada_scale, so it has no ImOOD form {name!r}")
+        if p is not None:
+            raise ImoodError(f"{LABELS[kind]} {name!r} from {p.distribution} cannot be used: {p.error}")
+        off = sorted({q.distribution for q in self._others if q.kind == kind and q.name == (base or name)})
+        err = unknown_name(LABELS[kind], name, self.names(kind))
+        if off:
+            raise ImoodError(f"{err} ({', '.join(off)} provides {(base or name)!r} but {ENV} leaves it out)")
+        raise err
+
+    def detector(self, name: str, ada_scale: float | None = None, **options: Any):
+        """A fresh detector instance (fitted state is per instance); `ada_<name>` wraps its base."""
+        from imood_cli.plugin_api import Ada, OptionError
+
+        p = self.get("detector", name)
+        try:
+            inst = p.cls(**options)
+        except OptionError as exc:
+            raise ImoodError(f"{name}: {exc}") from None
+        if p.derived_from is None:
+            if ada_scale is not None:
+                raise ImoodError(f"--ada-scale applies to ada_ detectors only, not {name!r}")
+            return inst
+        return Ada(inst, scale=ada_scale)
+
+    def aux_loss(self, name: str, **options: Any):
+        """A fresh aux loss; it receives the options it declares (pascl: k, T), the others are dropped."""
+        p = self.get("aux_loss", name)
+        try:
+            return p.cls(**{k: v for k, v in options.items() if k in p.cls.hyperparameters})
+        except Exception as exc:
+            raise ImoodError(f"aux loss {name!r} from {p.distribution}: {type(exc).__name__}: {exc}") from None
+
+    def dataset(self, name: str):
+        return self.get("dataset", name).cls()
+
+
+_REGISTRY: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry; entry points are read and imported on first use, once."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
+
+
+def reset_registry(new: Registry | None = None) -> Registry | None:
+    """Replace the process-wide registry (None: rediscover on next use); returns the previous one."""
+    global _REGISTRY
+    old, _REGISTRY = _REGISTRY, new
+    return old
