@@ -11,14 +11,14 @@ import argparse
 import torch
 from common import print_table, sync, timed, write_json
 
+from imood_cli.core.contract import ModelOutputs, ModelView
+from imood_cli.core.prior import log_prior
 from imood_cli.data.augment import AugmentSpec
 from imood_cli.data.base import ImageSet
 from imood_cli.engine.model import Architecture, ImOODModel
-from imood_cli.engine.outputs import ModelOutputs
-from imood_cli.engine.prior import log_prior
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.score import infer
-from imood_cli.plugins import registry
+from imood_cli.registry import registry
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     images = ImageSet("synthetic", torch.full((args.images,), -1),
                       torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8))
-    metrics = [registry().metric(m) for m in args.metrics.split(",")]
+    metrics = [registry().detector(m) for m in args.metrics.split(",")]
     rows, results = [], {}
     variants = [("fp32", "off", "off", False), ("bf16 + channels_last", "auto", "auto", False)]
     if args.compile:
@@ -56,7 +56,7 @@ def main() -> None:
         keep: list[torch.Tensor] = []
 
         def each(out: ModelOutputs) -> None:
-            keep.append(torch.stack([m.ood_score(out, lp) for m in metrics]))
+            keep.append(torch.stack([m.ood_score(ModelView.of(out), lp) for m in metrics]))
 
         def go():
             keep.clear()

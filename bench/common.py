@@ -13,9 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imood_cli.data.augment import CIFAR_AUGMENT  # noqa: E402
-from imood_cli.data.base import Benchmark, ImageSet  # noqa: E402
-from imood_cli.data.longtail import longtail_counts  # noqa: E402
+from imood_cli.data.augment import CIFAR_AUGMENT
+from imood_cli.data.base import Benchmark, ImageSet
+from imood_cli.data.longtail import longtail_counts
 
 
 def synthetic_cifar_lt(num_aux: int = 30000, size: int = 32, classes: int = 10, n_max: int = 5000,
@@ -27,7 +27,7 @@ def synthetic_cifar_lt(num_aux: int = 30000, size: int = 32, classes: int = 10, 
     images = torch.randint(0, 256, (len(labels), 3, size, size), dtype=torch.uint8, generator=g)
     aux = torch.randint(0, 256, (num_aux, 3, size, size), dtype=torch.uint8, generator=g)
     test = torch.randint(0, 256, (1000, 3, size, size), dtype=torch.uint8, generator=g)
-    minus = lambda n: torch.full((n,), -1, dtype=torch.long)  # noqa: E731
+    minus = lambda n: torch.full((n,), -1, dtype=torch.long)
     return Benchmark("synthetic-cifar10-lt", classes, counts, ImageSet("train", labels, images),
                      ImageSet("test", torch.arange(1000) % classes, test), {"noise": ImageSet("noise", minus(1000), test)},
                      ImageSet("aux", minus(num_aux), aux), 3, size, CIFAR_AUGMENT)
