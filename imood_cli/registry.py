@@ -30,6 +30,18 @@ ENV = "IMOOD_PLUGINS"
 OWN_PACKAGE = "imood_cli"
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'react:p=95:mode=b' -> ('react', {'p': '95', 'mode': 'b'}): a detector name with its options."""
+    name, *parts = spec.strip().split(":")
+    options = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ImoodError(f"detector options go as name:key=value, got {spec!r}")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 class PluginWarning(UserWarning):
     """A plugin was skipped: it failed to import, breaks the contract, or its name is taken."""
 

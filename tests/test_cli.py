@@ -139,6 +139,6 @@ def test_help_and_version(capsys, monkeypatch):
     assert code == 0 and "train" in out and "score" in out
     code, out, _ = run_cli(["train", "--help"], capsys)
     assert code == 0 and "--ood_metric" in out and "--Lambda" in out and "uniform prior" in out
-    assert "(default: 0.5)" in out
+    assert "[default: 0.5]" in out
     code, out, _ = run_cli(["--version"], capsys)
     assert code == 0 and out.startswith("imood ")

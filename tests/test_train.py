@@ -95,7 +95,7 @@ def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, bench):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg_for(tmp_path, "crash"), rt, CrashAfterEpoch(2), bench=bench)
     assert not (tmp_path / "crash" / "model.safetensors").exists()
-    resumed = resume(tmp_path / "crash", rt, bench=bench)
+    resumed = resume(tmp_path / "crash", bench=bench, rt=rt)
     assert resumed.epochs == 3
     assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
     records = [json.loads(x) for x in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
@@ -112,7 +112,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, bench):
     assert exc.value.exit_code == 130 and "--resume" in str(exc.value)
     index = json.loads((tmp_path / "int" / "checkpoint" / "latest.json").read_text())["checkpoints"]
     assert index[-1]["epoch"] == 1 and index[-1]["step"] == 2
-    resumed = resume(tmp_path / "int", rt, bench=bench)
+    resumed = resume(tmp_path / "int", bench=bench, rt=rt)
     assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
     # the loss records, the mid-epoch ones included, are those of the uninterrupted run
     strip = lambda run: [{k: v for k, v in json.loads(x).items() if k != "images_per_s"}
@@ -127,7 +127,7 @@ def test_corrupt_checkpoint_is_not_used(tmp_path, bench):
     index = json.loads((tmp_path / "c" / "checkpoint" / "latest.json").read_text())["checkpoints"]
     newest = tmp_path / "c" / "checkpoint" / index[-1]["file"]
     newest.write_bytes(newest.read_bytes()[:-100])  # truncated: resume falls back to the older one
-    resumed = resume(tmp_path / "c", rt, bench=bench)
+    resumed = resume(tmp_path / "c", bench=bench, rt=rt)
     assert resumed.epochs == 3
     full = train(cfg_for(tmp_path, "full"), rt, bench=bench)
     assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
@@ -142,12 +142,12 @@ def test_nan_loss_stops_with_the_parts_and_keeps_the_checkpoint(tmp_path, bench)
 
 @pytest.mark.parametrize("opts,match", [
     (dict(Lambda=-1), "--Lambda must be >= 0"),
-    (dict(imbalance_ratio=1.5), "imbalance_ratio must be in"),
-    (dict(imbalance_ratio=0), "imbalance_ratio must be in"),
+    (dict(imbalance_ratio=1.5), "imbalance.ratio must be in"),
+    (dict(imbalance_ratio=0), "imbalance.ratio must be in"),
     (dict(ood_metric="ada_enrgy"), "did you mean 'ada_energy'"),
     (dict(model="resnet_nope"), "unknown timm model"),
     (dict(aux_ood_loss="pasc"), "did you mean 'pascl'"),
-    (dict(optimizer="adamx"), "unknown optimizer"),
+    (dict(optimizer="adamx"), "unknown --optimizer value 'adamx'"),
 ])
 def test_bad_options_fail_before_any_work(tmp_path, bench, opts, match):
     with pytest.raises(ImoodError, match=match):

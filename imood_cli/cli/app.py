@@ -27,7 +27,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # click's plain help: every alias and default readable at 80 columns
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(plugins_cmd.app, name="plugins")
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args and DDP_ARGV in os.environ and "WORLD_SIZE" in os.environ:
         args = json.loads(os.environ[DDP_ARGV])  # a process started by `imood train --ddp`
+    if not args:
+        args = ["--help"]  # `imood` alone: the overview of the commands
     set_argv(args)
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
@@ -106,10 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"imood: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
         code = 2
     finally:
-        from imood_cli.engine.runtime import teardown
-
-        try:
-            teardown()
-        except KeyboardInterrupt:  # a second Ctrl-C while leaving: the files are already complete
-            code = 130
+        if "imood_cli.engine.runtime" in sys.modules:  # only a command that ran torch has a process group
+            try:
+                sys.modules["imood_cli.engine.runtime"].teardown()
+            except KeyboardInterrupt:  # a second Ctrl-C while leaving: the files are already complete
+                code = 130
     sys.exit(code if isinstance(code, int) else 0)

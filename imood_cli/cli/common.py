@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from imood_cli.engine.score import ScoreObserver
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -38,7 +35,10 @@ def split_list(value: str | list[str] | None) -> list[str]:
     return [p.strip() for item in items for p in item.split(",") if p.strip()]
 
 
-def progress(transient: bool = True) -> Progress:
+def progress(transient: bool = True):
+    """A rich progress display on stderr, drawn only on a terminal and by the main process."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=transient,
@@ -46,8 +46,10 @@ def progress(transient: bool = True) -> Progress:
     )
 
 
-class ScoreProgress(ScoreObserver):
-    def __init__(self, bar: Progress) -> None:
+class ScoreProgress:
+    """engine.score.ScoreObserver as progress bars."""
+
+    def __init__(self, bar) -> None:
         self.bar = bar
         self.task = None
 

@@ -6,10 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
-
 from imood_cli.cli.common import console, warn
-from imood_cli.engine.import_reference import import_reference, parse_class_counts
 
 
 def import_ckpt(
@@ -27,6 +24,10 @@ def import_ckpt(
 
     The file is read with torch.load(weights_only=True): a pickle that would run code is refused.
     """
+    from rich.table import Table
+
+    from imood_cli.engine.import_reference import import_reference, parse_class_counts
+
     target = out if out is not None else Path("runs") / file.stem
     result = import_reference(file, target, dataset, data_root=data_root, imbalance_ratio=imbalance_ratio,
                               class_counts=parse_class_counts(class_counts), ood_metric=ood_metric,

@@ -7,35 +7,79 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from imood_cli.cli.common import ScoreProgress, console, progress, split_list
-from imood_cli.engine import runtime
-from imood_cli.engine.benchmark import load_benchmark
-from imood_cli.engine.evaluate import evaluate
-from imood_cli.engine.score import ScoreRequest, load_model, model_config, write_scores
-from imood_cli.engine.score import score as score_run
+from imood_cli.cli.common import ScoreProgress, console, progress, split_list, warn
 from imood_cli.errors import ImoodError
-from imood_cli.registry import registry
 
-DEFAULT_METRICS = "msp,energy,ada_msp,ada_energy"
+DEFAULT_DETECTORS = "msp,energy,ada_msp,ada_energy"
+
+
+def expand_all(requested: list[str], extra_outputs: int) -> list[str]:
+    """`all`: every registered detector the model can run, each followed by its ada_ form."""
+    from imood_cli.registry import registry
+
+    out = []
+    for spec in requested:
+        if spec != "all":
+            out.append(spec)
+            continue
+        reg = registry()
+        for name in reg.names("detector"):
+            cls = reg.get("detector", name).cls
+            if name.startswith("ada_") or cls.extra_outputs > extra_outputs:
+                continue
+            out.append(name)
+            if cls.ada_scale is not None:
+                out.append(f"ada_{name}")
+    return list(dict.fromkeys(out))
+
+
+def extra_sets(folders: list[Path], taken: set[str], image_size: int, channels: int) -> dict:
+    """--ood-dir folders as OOD sets; a name that is already taken is an error, never a silent replacement."""
+    out: dict = {}
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        from imood_cli.data.folder import load_ood_folder
+
+        s = load_ood_folder(folder, image_size, channels)
+        if s.name in taken:
+            raise ImoodError(f"--ood-dir {folder}: the benchmark already has an OOD set named {s.name!r}; "
+                             "rename the folder")
+        if s.name in seen:
+            raise ImoodError(f"--ood-dir {seen[s.name]} and {folder} would both be named {s.name!r}; rename one")
+        seen[s.name] = folder
+        out[s.name] = s
+    return out
 
 
 def score(
-    run: Optional[Path] = typer.Argument(None, help="Run folder (or a model .safetensors file)."),
-    ckpt_path: Optional[Path] = typer.Option(None, "--ckpt-path", "--ckpt_path", help="Same as RUN, in the reference's spelling."),
-    ood_metric: Optional[str] = typer.Option(None, "--ood-metric", "--ood_metric", "-m",
-                                             help="Detectors, comma-separated: msp energy bin_disc maha gradnorm, their ada_ forms, or a plugin's (imood plugins list). (default: msp,energy,ada_msp,ada_energy (+bin_disc, ada_bin_disc when the model has the extra output))"),
-    logit_adjust: float = typer.Option(1.0, "--logit-adjust", "--logit_adjust", help="τ of the prior π̃ ∝ π^τ used by ada_ scores; 0 turns the correction off (ada_x = x)."),
-    ada_scale: Optional[float] = typer.Option(None, "--ada-scale", help="Override c in ood = -(g + c·log β̂). (default: the detector's own)"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "--ds", help="Benchmark. (default: the one the model was trained on)"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", "--drp", help="Dataset folder. (default: the training run's)"),
-    ood_dir: Optional[list[Path]] = typer.Option(None, "--ood-dir", help="Extra OOD test set: any folder of images (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the score files. (default: RUN/scores)"),
-    batch_size: int = typer.Option(512, "--batch-size", "--tb", "-b", help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", "--gpu", help="auto | cpu | cuda | cuda:N."),
-    workers: int = typer.Option(4, "--workers", help="Data-loader workers for image-file datasets."),
-    model_name: Optional[str] = typer.Option(None, "--model", "--md", help="Accepted for the reference's command lines; the architecture comes from the checkpoint."),
+    run: Optional[Path] = typer.Argument(None, help="Run folder (or a model .safetensors file).", show_default=False),
+    ckpt_path: Optional[Path] = typer.Option(None, "--ckpt-path", "--ckpt_path", metavar="RUN",
+                                             help="Same as RUN, in the reference's spelling."),
+    ood_metric: Optional[str] = typer.Option(
+        None, "--ood-metric", "--ood_metric", "-m", metavar="NAMES",
+        help="Detectors, comma-separated: msp energy bin_disc maha gradnorm ..., their ada_ forms, a plugin's, "
+             "or all; name:key=value sets a detector's option (-m react:p=95). See imood plugins list. "
+             f"[default: {DEFAULT_DETECTORS}, plus bin_disc and ada_bin_disc when the model has the extra output]"),
+    logit_adjust: float = typer.Option(1.0, "--logit-adjust", "--logit_adjust", metavar="TAU",
+                                       help="τ of the prior π̃ ∝ π^τ used by ada_ scores; 0 turns the correction "
+                                            "off (ada_x = x)."),
+    ada_scale: Optional[float] = typer.Option(None, "--ada-scale", metavar="C",
+                                              help="Override c in ood = -(g + c·log β̂). [default: the detector's]"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "--ds", metavar="NAME",
+                                          help="Benchmark. [default: the one the model was trained on]"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", "--drp", metavar="DIR",
+                                             help="Dataset folder. [default: the training run's]"),
+    ood_dir: Optional[list[Path]] = typer.Option(None, "--ood-dir", metavar="DIR",
+                                                 help="Extra OOD test set: any folder of images (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for the score files. "
+                                       "[default: RUN/scores]"),
+    batch_size: int = typer.Option(512, "--batch-size", "--tb", "-b", metavar="N", help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", "--gpu", metavar="DEV", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(4, "--workers", metavar="N", help="Data-loader workers for image-file datasets."),
+    model_name: Optional[str] = typer.Option(None, "--model", "--md", metavar="NAME",
+                                             help="Accepted for the reference's command lines; the architecture "
+                                                  "comes from the model file."),
 ) -> None:
     """Score the ID test set and the OOD test sets; one forward pass serves every detector."""
     target = run or ckpt_path
@@ -47,43 +91,58 @@ def score(
         raise ImoodError(f"--workers must be >= 0, got {workers}")
     if not (math.isfinite(logit_adjust) and logit_adjust >= 0):
         raise ImoodError(f"--logit_adjust must be a finite number >= 0, got {logit_adjust}")
-    if ada_scale is not None and not math.isfinite(ada_scale):
-        raise ImoodError(f"--ada-scale must be a finite number, got {ada_scale}")
+    if ada_scale is not None and not (math.isfinite(ada_scale) and ada_scale >= 0):
+        raise ImoodError(f"--ada-scale must be a finite number >= 0, got {ada_scale}")
+
+    from imood_cli.engine import runtime
+    from imood_cli.engine.benchmark import load_benchmark
+    from imood_cli.engine.evaluate import evaluate
+    from imood_cli.engine.score import ScoreRequest, detector_label, load_model, model_config, write_scores
+    from imood_cli.engine.score import score as score_run
+    from imood_cli.registry import parse_spec, registry
+
     requested = list(dict.fromkeys(split_list(ood_metric)))  # a name given twice is scored once
-    for name in requested:  # a typo fails before the model and the data are loaded
-        registry().get("detector", name)
+    for spec in requested:  # a typo fails before the model and the data are loaded
+        if spec != "all":
+            registry().get("detector", parse_spec(spec)[0])
     rt = runtime.setup(device)
     loaded = load_model(target, rt.device)
     cfg = model_config(loaded)
     ds = dataset or loaded.meta.get("dataset") or cfg.get("dataset")
     if not isinstance(ds, str) or not ds:
         raise ImoodError(f"{loaded.path} does not say which benchmark it was trained on: pass --ds")
-    root = data_root or Path(cfg.get("data_root", "data"))
-    metrics = requested or split_list(DEFAULT_METRICS) + (
-        ["bin_disc", "ada_bin_disc"] if loaded.model.arch.extra_outputs else [])
+    root = data_root or Path(cfg.get("data_root") or "data")
+    extra_outputs = loaded.model.arch.extra_outputs
+    specs = expand_all(requested, extra_outputs) if requested else split_list(DEFAULT_DETECTORS) + (
+        ["bin_disc", "ada_bin_disc"] if extra_outputs else [])
     bench = load_benchmark(ds, root, imbalance_ratio=cfg.get("imbalance_ratio"), num_ood_samples=0)
-    extra = {}
-    for folder in ood_dir or []:
-        from imood_cli.data.folder import load_ood_folder
-
-        s = load_ood_folder(folder, bench.image_size, bench.channels)
-        extra[s.name] = s
-    req = ScoreRequest(metrics, logit_adjust, ada_scale, batch_size, workers, extra)
+    extra = extra_sets(ood_dir or [], set(bench.ood_tests), bench.image_size, bench.channels)
+    for name, how in (getattr(bench, "missing", None) or {}).items():
+        warn(f"{name} is missing, scored without it ({how})")
+    req = ScoreRequest(specs, logit_adjust, ada_scale, batch_size, workers, extra)
     run_dir = loaded.path.parent
+    folder = out or run_dir / "scores"
+    notes: list[str] = []
     with progress() as bar:
-        results = score_run(loaded, bench, req, rt, ScoreProgress(bar), cache_dir=run_dir / "fits")
+        results = score_run(loaded, bench, req, rt, ScoreProgress(bar), cache_dir=run_dir / "fits", notes=notes)
     if not rt.is_main:
         return  # under torchrun every process scored a shard; rank 0 holds them all and writes
-    folder = out or run_dir / "scores"
     paths = write_scores(results, folder)
-    table = Table(title=f"{bench.name}: mean over {len(bench.ood_tests) + len(extra)} OOD sets", title_justify="left")
+    for note in notes:
+        warn(note)
+    from rich.table import Table
+
+    n_sets = len(bench.ood_tests) + len(extra)
+    table = Table(title=f"{bench.name}: mean over {n_sets} OOD set{'s' if n_sets != 1 else ''}", title_justify="left")
     for col in ("detector", "AUROC", "AUPR-in", "AUPR-out", "FPR95", "ID acc", "file"):
         table.add_column(col, justify="right" if col not in ("detector", "file") else "left")
-    for name, ss in results.items():
-        r = evaluate(ss.id_score.numpy(), {k: v.numpy() for k, v in ss.ood_score.items()},
-                     id_labels=ss.id_label.numpy(), id_preds=ss.id_pred.numpy(), class_counts=ss.class_counts)
+    for spec in specs:
+        label = detector_label(spec)
+        ss = results[label]
+        r = evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label, id_preds=ss.id_pred,
+                     class_counts=ss.class_counts)
         m = r["ood"]["mean"]
-        table.add_row(name, f"{100 * m['auroc']:.2f}", f"{100 * m['aupr_in']:.2f}", f"{100 * m['aupr_out']:.2f}",
-                      f"{100 * m['fpr95']:.2f}", f"{100 * r['id']['acc']:.2f}", str(paths[name]))
+        table.add_row(label, f"{100 * m['auroc']:.2f}", f"{100 * m['aupr_in']:.2f}", f"{100 * m['aupr_out']:.2f}",
+                      f"{100 * m['fpr95']:.2f}", f"{100 * r['id']['acc']:.2f}", str(paths[label]))
     console.print(table)
     console.print(f"next: imood eval {folder}   or   imood report {run_dir}")

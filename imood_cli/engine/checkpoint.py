@@ -19,6 +19,7 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 from imood_cli.core.atomic import atomic_write_bytes, atomic_write_text
+from imood_cli.engine.run import CHECKPOINT_NAME, CheckpointEntry, check_checkpoint_entry, sha256_file
 from imood_cli.errors import ImoodError
 
 META_KEY = "imood"  # one metadata entry holding a JSON document
@@ -86,14 +87,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # Nested state (optimizer, scheduler) → flat tensors + a JSON skeleton. Tensors become
 # {"__tensor__": key}; tuples are kept apart from lists so the structure round-trips.
 def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -137,44 +130,67 @@ def load_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     tensors, meta = load_tensors(path, "checkpoint")
     if "skeleton" not in meta:
         raise ImoodError(f"checkpoint {path} holds no training state (is it a model file?)")
-    return unflatten_state(meta.pop("skeleton"), tensors), meta
+    try:
+        state = unflatten_state(meta.pop("skeleton"), tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ImoodError(f"checkpoint {path} is inconsistent ({type(exc).__name__}: {exc}): its state names a "
+                         "tensor it does not hold") from None
+    if not isinstance(state, dict):
+        raise ImoodError(f"checkpoint {path} holds no training state")
+    return state, meta
 
 
 class CheckpointDir:
-    """runs/<name>/checkpoint/: epoch_NNNN[_step_SSSSSS].safetensors files and latest.json listing them."""
+    """runs/<name>/checkpoint/: epoch_NNNN[_step_SSSSSS].safetensors files and latest.json listing them.
+
+    latest.json is input like any other: only entries that name imood's own checkpoint files inside this
+    folder are accepted (engine.run.check_checkpoint_entry), so a damaged or hostile index can neither
+    point a resume at another file nor make checkpoint rotation delete one.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.index = self.folder / "latest.json"
 
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[CheckpointEntry]:
         if not self.index.exists():
             return []
         try:
-            return json.loads(self.index.read_text())["checkpoints"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ImoodError(f"{self.index} is corrupt; remove it to restart the run from scratch") from None
+            data = json.loads(self.index.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ImoodError(f"{self.index} is corrupt; remove it to start the run over") from None
+        listed = data.get("checkpoints") if isinstance(data, dict) else None
+        if not isinstance(listed, list):
+            raise ImoodError(f"{self.index} is corrupt (no list of checkpoints); remove it to start the run over")
+        return sorted((check_checkpoint_entry(e, self.index) for e in listed), key=lambda e: (e.epoch, e.step))
+
+    def files(self) -> list[Path]:
+        """Checkpoint files present on disk, whether or not the index lists them."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(f for f in self.folder.iterdir() if CHECKPOINT_NAME.match(f.name) and f.is_file())
 
     def save(self, epoch: int, state: dict[str, Any], meta: dict[str, Any], step: int = 0) -> Path:
         """Save after `epoch` complete epochs and `step` steps of the next one."""
         name = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "")
         path = self.folder / f"{name}.safetensors"
-        entry = {**save_state(path, state, meta), "epoch": epoch, "step": step}
-        entries = [e for e in self.entries() if (e["epoch"], e.get("step", 0)) != (epoch, step)] + [entry]
-        entries.sort(key=lambda e: (e["epoch"], e.get("step", 0)))
+        written = save_state(path, state, meta)
+        entry = CheckpointEntry(written["file"], epoch, step, written["size"], written["sha256"])
+        entries = [e for e in self.entries() if (e.epoch, e.step) != (epoch, step)] + [entry]
+        entries.sort(key=lambda e: (e.epoch, e.step))
         keep, drop = entries[-KEEP_CHECKPOINTS:], entries[:-KEEP_CHECKPOINTS]
-        atomic_write_text(self.index, json.dumps({"checkpoints": keep}, indent=2))
-        for e in drop:  # only after the index no longer names them
-            (self.folder / e["file"]).unlink(missing_ok=True)
+        atomic_write_text(self.index, json.dumps({"checkpoints": [vars(e) for e in keep]}, indent=2))
+        for e in drop:  # only after the index no longer names them; names are checked, so always ours
+            (self.folder / e.file).unlink(missing_ok=True)
         return path
 
     def latest_good(self) -> tuple[dict[str, Any], dict[str, Any], Path] | None:
         """The newest checkpoint whose size and sha256 match the index, or None if there is none."""
         problems = []
         for e in reversed(self.entries()):
-            path = self.folder / e["file"]
-            if not path.exists() or path.stat().st_size != e["size"] or sha256_file(path) != e["sha256"]:
-                problems.append(e["file"])
+            path = self.folder / e.file
+            if not path.is_file() or path.stat().st_size != e.size or sha256_file(path) != e.sha256:
+                problems.append(e.file)
                 continue
             state, meta = load_state(path)
             return state, meta, path
@@ -184,4 +200,4 @@ class CheckpointDir:
 
     def last_path(self) -> Path | None:
         entries = self.entries()
-        return self.folder / entries[-1]["file"] if entries else None
+        return self.folder / entries[-1].file if entries else None

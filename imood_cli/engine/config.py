@@ -1,13 +1,19 @@
-"""The typed training configuration, the per-benchmark recipes, and its JSON/TOML round trip.
+"""Every training option, declared once: its type, default, per-benchmark defaults, help and flags.
 
-Precedence, lowest first: the field defaults, the benchmark's recipe, a `--config` TOML file,
-then the command-line options a user actually typed.
+The Typer options of `imood train`, the `--config` TOML loader, `config.json`, the `--help` text and
+the README's option table are all derived from the fields of `TrainConfig`, so they cannot disagree.
+Precedence, lowest first: the field default, the benchmark's default, a `--config` file, then the
+command-line options a user actually typed. This module imports nothing heavy: `imood train --help`
+builds from it without torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,55 +22,194 @@ import tomllib
 
 from imood_cli.errors import ImoodError, unknown_name
 
+DATASET_ALIASES = {"imagenet_lt": "imagenet", "imagenet-lt": "imagenet", "cifar10-lt": "cifar10",
+                   "cifar100-lt": "cifar100"}
+SCHEDULE_ALIASES = {"cos": "cosine", "multistep": "multisteps", "step": "multisteps", "const": "constant"}
+GROUPS = ("What to train", "Method", "Optimisation", "Augmentation", "Machinery")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one TrainConfig field appears to users."""
+
+    help: str
+    flags: tuple[str, ...]  # the first is the primary name; the rest are aliases (the reference code's among them)
+    group: str
+    per_benchmark: dict[str, Any]  # benchmark -> its default, where it differs from the field default
+    check: Callable[[Any], str | None] | None  # returns what is wrong with a value, or None
+    choices: tuple[str, ...] | None
+    resumable: bool  # may change on `--resume`
+    default_text: str | None  # how --help and the README show a default that is not a plain value
+    metavar: str | None
+
+
+def opt(default: Any, help: str, *flags: str, group: str, per_benchmark: dict | None = None,
+        check: Callable[[Any], str | None] | None = None, choices: tuple[str, ...] | None = None,
+        resumable: bool = False, default_text: str | None = None, metavar: str | None = None):
+    meta = Option(help, flags, group, per_benchmark or {}, check, choices, resumable, default_text, metavar)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"option": meta})
+    return field(default=default, metadata={"option": meta})
+
+
+def at_least(low: float, strict: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        if v is None:
+            return None
+        return None if (v > low if strict else v >= low) else f"must be {'>' if strict else '>='} {low:g}"
+    return check
+
+
+def within(low: float, high: float, low_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        if v is None:
+            return None
+        ok = (low < v if low_open else low <= v) and v <= high
+        return None if ok else f"must be in {'(' if low_open else '['}{low:g}, {high:g}]"
+    return check
+
+
+def plain_name(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not v or "/" in v or "\\" in v or "\x00" in v or v in (".", "..") or v.strip() != v:
+        return "must be a plain folder name (no slash, NUL or surrounding spaces; not . or ..)"
+    return None
+
+
+def no_nul(v: Any) -> str | None:
+    return "must not contain a NUL character" if isinstance(v, str) and "\x00" in v else None
+
+
+def jitter_ok(v: Any) -> str | None:
+    if v is None:
+        return None
+    if len(v) != 4 or any(x < 0 for x in v) or v[3] > 0.5:
+        return "takes four numbers brightness,contrast,saturation,hue: each >= 0, hue <= 0.5"
+    return None
+
+
+WHAT, METHOD, OPTIM, AUG, MACHINE = GROUPS
+# The built-in benchmarks' own augmentation (their AugmentSpec; a test keeps the two in step).
+BENCHMARK_AUGMENT = {
+    "crop_padding": "the benchmark's: 4 (CIFAR), 1 (digits), 0 (ImageNet: RandomResizedCrop in the loader)",
+    "flip": "the benchmark's: on (CIFAR), off (digits; ImageNet flips in the loader)",
+    "jitter": "the benchmark's: 0.4,0.4,0.4,0.1 (CIFAR, ImageNet), none (digits)",
+    "jitter_p": "the benchmark's: 0.8 (CIFAR, ImageNet), 0 (digits)",
+    "grayscale_p": "the benchmark's: 0.2 (CIFAR, ImageNet), 0 (digits)",
+}
+
 
 @dataclass
 class TrainConfig:
     # what to train
-    dataset: str = "digits"
-    data_root: str = "data"
-    save_root: str = "runs"
-    name: str | None = None
-    model: str = "resnet18"
-    cifar_stem: bool = True
-    pretrained: bool = False
-    init_from: str | None = None  # start from the weights of an imood model (run folder or model file)
+    dataset: str = opt("digits", "Benchmark: digits, cifar10, cifar100, imagenet, or a plugin's.",
+                       "--dataset", "--ds", group=WHAT, check=no_nul, metavar="NAME")
+    data_root: str = opt("data", "Folder that holds every dataset ($DATA).", "--data-root", "--drp",
+                         "--data_root_path", group=WHAT, check=no_nul, metavar="DIR")
+    save_root: str = opt("runs", "Where run folders go.", "--save-root", "--srp", "--save_root_path", group=WHAT,
+                         check=no_nul, metavar="DIR")
+    name: str | None = opt(None, "Run folder name.", "--name", group=WHAT, check=plain_name,
+                           default_text="<dataset>-<metric>-<aux loss>", metavar="NAME")
+    model: str = opt("resnet18", "Any timm model name.", "--model", "--md", group=WHAT,
+                     per_benchmark={"imagenet": "resnet50", "digits": "imood_resnet_micro"}, check=no_nul,
+                     metavar="NAME")
+    cifar_stem: bool = opt(True, "3×3 stride-1 first conv, no max-pool (ResNet-style backbones).",
+                           "--cifar-stem/--no-cifar-stem", group=WHAT, per_benchmark={"imagenet": False})
+    pretrained: bool = opt(False, "Start from timm's pretrained weights (needs the network once).",
+                           "--pretrained/--no-pretrained", group=WHAT)
+    init_from: str | None = opt(None, "Start from the weights of this imood model (a run folder or its "
+                                "model.safetensors; a reference .pth: imood import-ckpt it first).",
+                                "--ckpt-path", "--ckpt_path", group=WHAT, check=no_nul, metavar="RUN")
+    aux_ood_dir: str | None = opt(None, "Take the auxiliary OOD training images from this folder of images "
+                                  "instead of the benchmark's own.", "--aux-ood-dir", group=WHAT, check=no_nul,
+                                  metavar="DIR")
     # the method
-    ood_metric: str = "ada_bin_disc"
-    aux_ood_loss: str = "pascl"
-    Lambda: float = 0.5
-    Lambda2: float = 0.05
-    logit_adjust: float = 1.0
-    imbalance_ratio: float = 0.01
-    num_ood_samples: int | None = 30000
-    pascl_k: float = 0.4
-    temperature: float = 0.07
+    ood_metric: str = opt("ada_bin_disc", "OOD training loss: a detector with a loss (oe, energy, bin_disc, ...), "
+                          "ada_<name> for the ImOOD regularizer, or a plugin's; name:key=value sets its options.",
+                          "--ood-metric", "--ood_metric", group=METHOD, check=no_nul, metavar="NAME")
+    aux_ood_loss: str = opt("pascl", "Auxiliary loss: pascl, simclr, none, or a plugin's.", "--aux-ood-loss",
+                            "--aux_ood_loss", group=METHOD, check=no_nul, metavar="NAME")
+    Lambda: float = opt(0.5, "Weight of the OOD loss.", "--Lambda", "--lambda-ood", group=METHOD,
+                        check=at_least(0), metavar="W")
+    Lambda2: float = opt(0.05, "Weight of the aux loss.", "--Lambda2", "--lambda-aux", group=METHOD,
+                         check=at_least(0), metavar="W")
+    logit_adjust: float = opt(1.0, "τ: prior π̃ ∝ π^τ for logit-adjusted CE and every ada_ term; 0 is the uniform "
+                              "prior, which turns ImOOD off.", "--logit-adjust", "--logit_adjust", group=METHOD,
+                              check=at_least(0), metavar="TAU")
+    imbalance_ratio: float = opt(0.01, "ρ = n_min/n_max of the long-tailed split.", "--imbalance-ratio",
+                                 "--imbalance_ratio", group=METHOD, per_benchmark={"digits": 0.1},
+                                 check=within(0, 1, low_open=True), metavar="RHO")
+    num_ood_samples: int | None = opt(30000, "Auxiliary OOD images used.", "--num-ood-samples",
+                                      "--num_ood_samples", group=METHOD,
+                                      per_benchmark={"imagenet": None, "digits": None}, check=at_least(1),
+                                      default_text="30000 (CIFAR); all (ImageNet, digits)", metavar="N")
+    pascl_k: float = opt(0.4, "PASCL: fraction of classes counted as tail (label >= round((1-k)K)).", "--k",
+                         group=METHOD, check=within(0, 1, low_open=True), metavar="K")
+    temperature: float = opt(0.07, "Temperature of the contrastive aux loss (pascl, simclr).", "--T",
+                             group=METHOD, check=at_least(0, strict=True), metavar="T")
+    m_in: float | None = opt(None, "Energy loss: ID margin m_in (ID energies above it are penalized).",
+                             "--m-in", "--m_in", group=METHOD,
+                             default_text="the detector's (energy: -23 for 10 classes, else -27)", metavar="M")
+    m_out: float | None = opt(None, "Energy loss: OOD margin m_out (OOD energies below it are penalized).",
+                              "--m-out", "--m_out", group=METHOD,
+                              default_text="the detector's (energy: -5)", metavar="M")
     # optimisation
-    epochs: int = 180
-    batch_size: int = 256
-    ood_batch_size: int | None = None  # None: same as batch_size
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    nesterov: bool = True
-    schedule: str = "cosine"
-    milestones: list[int] = field(default_factory=lambda: [60, 80])
-    gamma: float = 0.1
-    # augmentation (None: the benchmark's own)
-    crop_padding: int | None = None
-    flip: bool | None = None
-    color_jitter: list[float] | None = None
-    jitter_p: float | None = None
-    grayscale_p: float | None = None
+    epochs: int = opt(180, "Epochs (--resume: more epochs extend the run).", "--epochs", "-e", "--e",
+                      group=OPTIM, per_benchmark={"imagenet": 100, "digits": 30}, check=at_least(1),
+                      resumable=True, metavar="N")
+    batch_size: int = opt(256, "ID images per step and process (each seen in two views).", "--batch-size", "-b",
+                          group=OPTIM, per_benchmark={"digits": 64}, check=at_least(1), metavar="N")
+    ood_batch_size: int | None = opt(None, "Auxiliary OOD images per step and process.", "--ood-batch-size",
+                                     group=OPTIM, check=at_least(0), default_text="the batch size", metavar="N")
+    optimizer: str = opt("adam", "Optimizer.", "--optimizer", "--opt", group=OPTIM, per_benchmark={"imagenet": "sgd"},
+                         choices=("adam", "sgd", "adamw"))
+    lr: float = opt(1e-3, "Learning rate.", "--lr", group=OPTIM, per_benchmark={"imagenet": 0.1, "digits": 3e-3},
+                    check=at_least(0, strict=True), metavar="LR")
+    weight_decay: float = opt(5e-4, "Weight decay.", "--weight-decay", "--wd", group=OPTIM,
+                              per_benchmark={"imagenet": 5e-5}, check=at_least(0), metavar="WD")
+    momentum: float = opt(0.9, "SGD momentum.", "--momentum", group=OPTIM, check=within(0, 1), metavar="M")
+    nesterov: bool = opt(True, "Nesterov momentum for SGD.", "--nesterov/--no-nesterov", group=OPTIM)
+    schedule: str = opt("cosine", "Learning-rate schedule, stepped per iteration.", "--schedule", "--decay",
+                        group=OPTIM, per_benchmark={"imagenet": "multisteps"},
+                        choices=("cosine", "multisteps", "constant"))
+    milestones: list[int] = opt([60, 80], "Epochs at which multisteps multiplies the learning rate by --gamma.",
+                                "--milestones", group=OPTIM, metavar="E,E")
+    gamma: float = opt(0.1, "Factor of each multisteps step.", "--gamma", group=OPTIM,
+                       check=within(0, 1, low_open=True), metavar="G")
+    # augmentation (None: the benchmark's own, data.augment)
+    crop_padding: int | None = opt(None, "Random-crop padding in pixels.", "--crop-padding", group=AUG,
+                                   check=within(0, 64), default_text=BENCHMARK_AUGMENT["crop_padding"],
+                                   metavar="PX")
+    flip: bool | None = opt(None, "Random horizontal flip.", "--flip/--no-flip", group=AUG,
+                            default_text=BENCHMARK_AUGMENT["flip"])
+    color_jitter: list[float] | None = opt(None, "Color jitter: brightness,contrast,saturation,hue.",
+                                           "--color-jitter", group=AUG, check=jitter_ok,
+                                           default_text=BENCHMARK_AUGMENT["jitter"], metavar="B,C,S,H")
+    jitter_p: float | None = opt(None, "Probability of color jitter.", "--jitter-p", group=AUG, check=within(0, 1),
+                                 default_text=BENCHMARK_AUGMENT["jitter_p"], metavar="P")
+    grayscale_p: float | None = opt(None, "Probability of grayscale.", "--grayscale-p", group=AUG,
+                                    check=within(0, 1), default_text=BENCHMARK_AUGMENT["grayscale_p"], metavar="P")
     # machinery
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"  # auto: bf16 on CUDA, off on CPU; bf16 | off
-    channels_last: str = "auto"
-    compile: bool = False
-    workers: int = 8
-    log_every: int = 50
-    test_batch_size: int = 512
+    seed: int = opt(0, "Random seed: same seed, same machine, same numbers.", "--seed", group=MACHINE,
+                    check=at_least(0), metavar="N")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N, or GPU ids as in --gpu 0 (--resume: may change, with a "
+                      "printed warning).", "--device", "--gpu", group=MACHINE, check=no_nul, resumable=True,
+                      metavar="DEV")
+    amp: str = opt("auto", "Mixed precision: auto (bf16 on CUDA), bf16, off.", "--amp", group=MACHINE,
+                   choices=("auto", "bf16", "off"))
+    channels_last: str = opt("auto", "channels_last memory format: auto (on CUDA), on, off.", "--channels-last",
+                             group=MACHINE, choices=("auto", "on", "off"))
+    compile: bool = opt(False, "torch.compile the model and the augmentation.", "--compile/--no-compile",
+                        group=MACHINE)
+    threads: int = opt(0, "CPU threads for torch; 0 picks them from the model and batch size.", "--threads",
+                       group=MACHINE, check=at_least(0), resumable=True, metavar="N")
+    workers: int = opt(8, "Data-loader processes for image-file datasets (ImageNet).", "--workers", group=MACHINE,
+                       check=at_least(0), resumable=True, metavar="N")
+    log_every: int = opt(50, "Steps between loss records in metrics.jsonl.", "--log-every", group=MACHINE,
+                         per_benchmark={"digits": 20}, check=at_least(1), metavar="N")
+    test_batch_size: int = opt(512, "Batch size when scoring.", "--test-batch-size", "--tb", group=MACHINE,
+                               per_benchmark={"digits": 1024}, check=at_least(1), resumable=True, metavar="N")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,103 +217,172 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            raise unknown_name("config key", unknown[0], names)
-        return cls(**d)
-
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.dataset}-{self.ood_metric}-{self.aux_ood_loss}"
+        return self.name or f"{self.dataset}-{self.ood_metric.split(':')[0]}-{self.aux_ood_loss}"
 
     @property
     def run_dir(self) -> Path:
         return Path(self.save_root) / self.run_name
 
 
-# Defaults a user gets for each benchmark (SPEC §3).
-RECIPES: dict[str, dict[str, Any]] = {
-    "cifar10": dict(model="resnet18", cifar_stem=True, epochs=180, batch_size=256, optimizer="adam", lr=1e-3,
-                    weight_decay=5e-4, schedule="cosine", imbalance_ratio=0.01, num_ood_samples=30000),
-    "cifar100": dict(model="resnet18", cifar_stem=True, epochs=180, batch_size=256, optimizer="adam", lr=1e-3,
-                     weight_decay=5e-4, schedule="cosine", imbalance_ratio=0.01, num_ood_samples=30000),
-    "imagenet": dict(model="resnet50", cifar_stem=False, epochs=100, batch_size=256, optimizer="sgd", lr=0.1,
-                     weight_decay=5e-5, schedule="multisteps", milestones=[60, 80], nesterov=True,
-                     imbalance_ratio=0.01, num_ood_samples=None),
-    "digits": dict(model="imood_resnet_micro", cifar_stem=True, epochs=30, batch_size=64, optimizer="adam",
-                   lr=3e-3, weight_decay=5e-4, schedule="cosine", imbalance_ratio=0.1, num_ood_samples=None,
-                   log_every=20, test_batch_size=1024),
-}
-DATASET_ALIASES = {"imagenet_lt": "imagenet", "imagenet-lt": "imagenet", "cifar10-lt": "cifar10", "cifar100-lt": "cifar100"}
+def options() -> dict[str, tuple[Option, Any, Any]]:
+    """{field name: (Option, type, default)} in declaration order."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = (f.metadata["option"], hints[f.name], default)
+    return out
+
+
+def default_for(name: str, dataset: str) -> Any:
+    meta, _, default = options()[name]
+    return meta.per_benchmark.get(dataset, default)
 
 
 def recipe_for(dataset: str) -> dict[str, Any]:
-    return dict(RECIPES.get(dataset, {}))
+    """The defaults that differ for this benchmark (SPEC §3 recipes)."""
+    return {name: meta.per_benchmark[dataset] for name, (meta, _, _) in options().items()
+            if dataset in meta.per_benchmark}
+
+
+def default_help(name: str) -> str:
+    """'default: X; imagenet: Y, digits: Z', as --help and the README show it."""
+    meta, _, default = options()[name]
+    if meta.default_text:
+        return f"default: {meta.default_text}"
+    if default is None and not meta.per_benchmark:
+        return ""
+    others = ", ".join(f"{b}: {show(v)}" for b, v in meta.per_benchmark.items())
+    return f"default: {show(default)}" + (f"; {others}" if others else "")
+
+
+def show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(show(v) for v in value)
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------- typed values
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def convert(name: str, value: Any, where: str) -> Any:
+    """A value from a config file, config.json or the command line as the field's type, strictly
+    (a bool is not a number, 2.5 is not an int, "no" is not a bool), then range-checked."""
+    meta, tp, _ = options()[name]
+    base, nullable = _base_type(tp)
+    key = f"{name} in {where}" if where else meta.flags[0].split("/")[0]
+
+    def bad(expected: str) -> ImoodError:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return ImoodError(f"{key} must be {expected}, got {shown}")
+
+    if value is None:
+        if not nullable:
+            raise bad(f"a {base.__name__}" if isinstance(base, type) else "a value")
+        return None
+    if base is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        value = float(value)
+    elif base is str:
+        if not isinstance(value, str):
+            raise bad("text")
+        if name == "schedule":
+            value = SCHEDULE_ALIASES.get(value, value)
+        if name == "dataset":
+            value = DATASET_ALIASES.get(value, value)
+    elif typing.get_origin(base) is list:
+        item = typing.get_args(base)[0]
+        if isinstance(value, str):  # "60,80" on the command line or in a file
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                value = [item(p) for p in parts]
+            except ValueError:
+                raise bad(f"a comma-separated list of {'whole numbers' if item is int else 'numbers'}") from None
+        if not isinstance(value, list) or not all(
+                not isinstance(v, bool) and isinstance(v, (int, float) if item is float else int)
+                and (item is int or math.isfinite(v)) for v in value):
+            raise bad(f"a list of {'whole numbers' if item is int else 'numbers'}")
+        value = [item(v) for v in value]
+    if meta.choices is not None and value not in meta.choices:
+        raise unknown_name(f"{key} value", value, meta.choices)
+    problem = meta.check(value) if meta.check else None
+    if problem:
+        raise ImoodError(f"{key} {problem}, got {show(value)}")
+    return value
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
+    """A `--config` TOML (or JSON) file: a [train] table or top-level keys, every value type-checked."""
     path = Path(path)
-    if not path.exists():
-        raise ImoodError(f"config file not found: {path}")
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            data = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ImoodError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ImoodError(f"config file {path} is a folder") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImoodError(f"config file {path} is not UTF-8 text") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ImoodError(f"config file {path} does not parse: {exc}") from None
-    data = data.get("train", data)  # a [train] table or top-level keys
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in data:
-        if key not in names:
-            raise unknown_name(f"key in {path}:", key, names)
-    return data
+    return from_mapping(data.get("train", data) if isinstance(data, dict) else data, f"{path}")
+
+
+def from_mapping(data: Any, where: str) -> dict[str, Any]:
+    """Type-checked field values from a JSON/TOML object (unknown keys and wrong types are errors)."""
+    if not isinstance(data, dict):
+        raise ImoodError(f"{where} must hold a table of option values, not {type(data).__name__}")
+    known = options()
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            raise unknown_name(f"key in {where}:", key, known)
+        out[key] = convert(key, value, where)
+    return out
 
 
 def resolve_config(cli: dict[str, Any], config_file: Path | None = None) -> TrainConfig:
-    """Defaults ← recipe ← config file ← command line (None on the command line means 'not given')."""
-    given = {k: v for k, v in cli.items() if v is not None}
+    """Defaults ← benchmark ← config file ← command line (None on the command line means 'not given')."""
+    given = {k: convert(k, v, "") for k, v in cli.items() if v is not None}
     from_file = read_config_file(config_file) if config_file else {}
     dataset = given.get("dataset", from_file.get("dataset", TrainConfig.dataset))
-    dataset = DATASET_ALIASES.get(dataset, dataset)
-    merged = {**recipe_for(dataset), **from_file, **given, "dataset": dataset}
-    cfg = TrainConfig.from_dict(merged)
-    validate(cfg)
-    return cfg
+    return TrainConfig(**{**recipe_for(dataset), **from_file, **given, "dataset": dataset})
 
 
-def validate(cfg: TrainConfig) -> None:
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ImoodError(msg)
-
-    need(cfg.Lambda >= 0, f"--Lambda must be >= 0, got {cfg.Lambda}")
-    need(cfg.Lambda2 >= 0, f"--Lambda2 must be >= 0, got {cfg.Lambda2}")
-    need(0 < cfg.imbalance_ratio <= 1, f"--imbalance_ratio must be in (0, 1], got {cfg.imbalance_ratio}")
-    need(cfg.logit_adjust >= 0, f"--logit_adjust must be >= 0, got {cfg.logit_adjust}")
-    need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
-    need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
-    need(cfg.ood_batch_size is None or cfg.ood_batch_size >= 0, "--ood-batch-size must be >= 0")
-    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
-    need(cfg.weight_decay >= 0, f"--wd must be >= 0, got {cfg.weight_decay}")
-    need(0 < cfg.pascl_k <= 1, f"--k must be in (0, 1], got {cfg.pascl_k}")
-    need(cfg.temperature > 0, f"--T must be > 0, got {cfg.temperature}")
-    need(cfg.num_ood_samples is None or cfg.num_ood_samples >= 1, "--num_ood_samples must be >= 1")
-    need(cfg.log_every >= 1, "--log-every must be >= 1")
-    if cfg.optimizer not in ("adam", "sgd", "adamw"):
-        raise unknown_name("optimizer", cfg.optimizer, ["adam", "sgd", "adamw"])
-    if cfg.schedule not in ("cosine", "multisteps", "constant"):
-        raise unknown_name("schedule", cfg.schedule, ["cosine", "multisteps", "constant"])
-    if cfg.amp not in ("auto", "bf16", "off"):
-        raise unknown_name("--amp value", cfg.amp, ["auto", "bf16", "off"])
-    if cfg.channels_last not in ("auto", "on", "off"):
-        raise unknown_name("--channels-last value", cfg.channels_last, ["auto", "on", "off"])
-    if cfg.color_jitter is not None:
-        need(len(cfg.color_jitter) == 4 and all(v >= 0 for v in cfg.color_jitter),
-             "--color-jitter takes four non-negative numbers: brightness,contrast,saturation,hue")
-    for p, name in ((cfg.jitter_p, "--jitter-p"), (cfg.grayscale_p, "--grayscale-p")):
-        need(p is None or 0 <= p <= 1, f"{name} must be in [0, 1]")
-    need("/" not in cfg.run_name and cfg.run_name not in (".", ".."), f"run name {cfg.run_name!r} must be a plain name")
+def load_run_config(path: Path) -> TrainConfig:
+    """A run's config.json, re-validated like a config file (older runs lack newer keys: their defaults)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImoodError(f"no config.json in {path.parent}: not an imood run folder")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ImoodError(f"{path} is corrupt ({type(exc).__name__}); the run cannot be resumed") from None
+    values = from_mapping(data, str(path))
+    dataset = values.get("dataset", TrainConfig.dataset)
+    return TrainConfig(**{**recipe_for(dataset), **values})

@@ -103,8 +103,11 @@ class ImOODModel(nn.Module):
         self.lambda_head = nn.Linear(d, arch.num_classes)
         nn.init.zeros_(self.lambda_head.bias)
 
-    def forward(self, x: torch.Tensor, projections: bool = False, lambdas: bool = False) -> ModelOutputs:
-        f = self.backbone(x)
+    def forward(self, x: torch.Tensor, projections: bool = False, lambdas: bool = False,
+                feature_map: bool = False) -> ModelOutputs:
+        # timm's forward is forward_head(forward_features(x)); with num_classes=0 its head is pooling only.
+        m = self.backbone.forward_features(x)
+        f = self.backbone.forward_head(m, pre_logits=True)
         out = self.classifier(f)
         k = self.arch.num_classes
         return ModelOutputs(
@@ -113,4 +116,18 @@ class ImOODModel(nn.Module):
             features=f,
             projections=F.normalize(self.projection(f).float(), dim=1) if projections else None,
             lambdas=torch.exp(self.lambda_head(f).float()).clamp(min=LAMBDA_MIN) if lambdas else None,
+            feature_map=m if feature_map else None,
         )
+
+    def logits_from_feature_map(self, m: torch.Tensor) -> torch.Tensor:
+        """Pooling and the classifier's class outputs on a (modified) feature map."""
+        return self.logits_from_features(self.backbone.forward_head(m, pre_logits=True))
+
+    def logits_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """The classifier's class outputs on (modified) penultimate features."""
+        return self.classifier(f)[:, : self.arch.num_classes]
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's weight [K, d] and bias [K] for the K classes (not the extra outputs)."""
+        k = self.arch.num_classes
+        return self.classifier.weight[:k], self.classifier.bias[:k]

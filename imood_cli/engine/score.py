@@ -1,13 +1,16 @@
 """Run a model over the ID and OOD test sets and turn its outputs into ScoreSets (SPEC §2).
 
-One forward pass serves every requested detector. Detectors that need fitting (maha) are fitted
-on the ID training features once per checkpoint and cached in the run folder.
+Each detector declares what it needs (`Detector.needs`); one forward pass per batch serves every
+detector, keeping the feature map only when one needs it; head re-runs (ReAct, ASH, DICE, ...) use that
+pass's features or map. Detectors that need input gradients (ODIN) get their own pass with gradients on.
+Detectors that need a fit are fitted on the ID training set once per model and cached in RUN/fits/.
+Every score is checked before any file is written.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,14 @@ from imood_cli.core.contract import ModelOutputs, ModelView
 from imood_cli.core.prior import log_prior
 from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import Benchmark, ImageSet
-from imood_cli.engine.checkpoint import load_tensors, save_tensors, sha256_file
-from imood_cli.engine.evaluate import check_class_counts
+from imood_cli.engine.checkpoint import load_tensors, save_tensors
 from imood_cli.engine.model import Architecture, ImOODModel
+from imood_cli.engine.run import check_model_metadata as check_metadata
+from imood_cli.engine.run import model_path, sha256_file
 from imood_cli.engine.runtime import Runtime
 from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
-from imood_cli.registry import registry
+from imood_cli.registry import parse_spec, registry
 
 
 class ScoreObserver:
@@ -48,23 +52,11 @@ class LoadedModel:
         return self.meta["class_counts"]
 
 
-def resolve_model_path(target: Path) -> Path:
-    """A run folder (its model.safetensors), or the path of a model file."""
-    target = Path(target)
-    if target.is_dir():
-        path = target / "model.safetensors"
-        if not path.exists():
-            ckpt = target / "checkpoint"
-            hint = " (training has not finished: continue it with imood train --resume)" if ckpt.exists() else ""
-            raise ImoodError(f"no model.safetensors in {target}{hint}")
-        return path
-    if not target.exists():
-        raise ImoodError(f"run folder or model file not found: {target}")
-    return target
+resolve_model_path = model_path
 
 
 def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    path = resolve_model_path(target)
+    path = model_path(target)
     tensors, meta = load_tensors(path, "model file")
     if "skeleton" in meta:  # a training checkpoint: its model weights are under s.0.
         raise ImoodError(f"{path} is a training checkpoint; score the run folder or its model.safetensors")
@@ -78,32 +70,7 @@ def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
 
 def check_model_metadata(meta: dict[str, Any], path: Path) -> Architecture:
     """The architecture a model file declares, after checking every field scoring relies on."""
-    if "architecture" not in meta or "class_counts" not in meta:
-        raise ImoodError(f"{path} is not an imood model file (no architecture or class counts in its metadata)")
-    a = meta["architecture"]
-
-    def bad(what: str) -> ImoodError:
-        return ImoodError(f"{path} has malformed metadata: {what}")
-
-    if not isinstance(a, dict):
-        raise bad("architecture is not a JSON object")
-    whole = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low
-    if not isinstance(a.get("backbone"), str):
-        raise bad("architecture.backbone is not a model name")
-    if not whole(a.get("num_classes"), 1):
-        raise bad(f"architecture.num_classes must be a whole number >= 1, got {a.get('num_classes')!r}")
-    if not whole(a.get("extra_outputs", 0), 0) or not whole(a.get("in_chans", 3), 1):
-        raise bad("architecture.extra_outputs / in_chans must be whole numbers")
-    if not isinstance(a.get("cifar_stem", False), bool):
-        raise bad("architecture.cifar_stem must be true or false")
-    counts = check_class_counts(meta["class_counts"])
-    if len(counts) != a["num_classes"] or min(counts) < 1:
-        raise bad(f"{len(counts)} class counts for {a['num_classes']} classes: wrong number of classes, or a class "
-                  "without training images")
-    meta["class_counts"] = counts
-    if not isinstance(meta.get("config", {}), dict):
-        meta["config"] = {}
-    return Architecture.from_dict(a)
+    return Architecture.from_dict(check_metadata(meta, path))
 
 
 def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -127,49 +94,91 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], p
             what = "number of classes" if k.startswith(("classifier", "lambda_head")) else "architecture"
             raise ImoodError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, expected {tuple(t.shape)} "
                              f"(wrong {what})")
+        if tensors[k].dtype != t.dtype:
+            raise ImoodError(f"{path}: {k} is {tensors[k].dtype}, expected {t.dtype}")
 
 
 def eval_batches(images: ImageSet, batch_size: int, spec: AugmentSpec, device: torch.device,
-                 workers: int = 0) -> Iterator[torch.Tensor]:
-    """Test-time batches as float tensors on the device (no augmentation)."""
+                 workers: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """Test-time batches (start index, float images on the device), no augmentation."""
     if images.in_memory:
         for i in range(0, len(images), batch_size):
-            yield to_float(images.images[i:i + batch_size].to(device, non_blocking=True), spec)
+            yield i, to_float(images.images[i:i + batch_size].to(device, non_blocking=True), spec)
     else:
+        start = 0
         for batch in images.files.batches(batch_size, workers=workers):
-            yield to_float(batch.to(device, non_blocking=True), spec)
+            yield start, to_float(batch.to(device, non_blocking=True), spec)
+            start += batch.shape[0]
+
+
+class ModelAccess:
+    """The parts of a model a view hands to detectors, run under the runtime's autocast, float32 out."""
+
+    def __init__(self, model: ImOODModel, rt: Runtime) -> None:
+        self.model, self.rt = model, rt
+
+    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        with self.rt.autocast():
+            return fn(x).float()
+
+    def head_from_map(self, m: torch.Tensor) -> torch.Tensor:
+        if self.rt.channels_last and m.ndim == 4:
+            m = m.contiguous(memory_format=torch.channels_last)
+        return self._run(self.model.logits_from_feature_map, m)
+
+    def head_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        return self._run(self.model.logits_from_features, f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._run(lambda t: self.model(t).logits, x)
+
+    def view(self, out: ModelOutputs, needs: set[str], images: torch.Tensor | None = None,
+             labels: torch.Tensor | None = None) -> ModelView:
+        more: dict[str, Any] = {"labels": labels}
+        if "classifier" in needs:
+            w, b = self.model.class_weights()
+            more.update(weight=w.detach().float(), bias=b.detach().float(), _head_from_features=self.head_from_features)
+        if "feature_map" in needs:
+            more["_head_from_map"] = self.head_from_map
+        if "input_grad" in needs and images is not None:
+            more.update(images=images, _forward=self.forward)
+        return ModelView.of(out, **more)
 
 
 @torch.no_grad()
 def infer(model: ImOODModel, images: ImageSet, rt: Runtime, batch_size: int, spec: AugmentSpec,
           keep_features: bool, observer: ScoreObserver | None = None, workers: int = 0,
-          each: Any = None) -> ModelOutputs | None:
-    """Outputs over a set (features only if asked). With `each`, call it per batch and keep nothing."""
+          each: Any = None, feature_map: bool = False) -> ModelOutputs | None:
+    """Outputs over a set (features only if asked). With `each(out, x, start)`, call it per batch and keep
+    nothing."""
     parts = []
-    for x in eval_batches(images, batch_size, spec, rt.device, workers):
+    for start, x in eval_batches(images, batch_size, spec, rt.device, workers):
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with rt.autocast():
-            out = model(x)
+            out = model(x, feature_map=feature_map)
         out = out.float()
         if not keep_features:
             out.features = None
         if each is not None:
-            each(out)
+            each(out, x, start)
         else:
+            out.feature_map = None
             parts.append(out)
         if observer:
             observer.advance(x.shape[0])
     if each is not None:
         return None
     if not parts:
-        return ModelOutputs(torch.zeros(0, model.arch.num_classes))
+        return ModelOutputs(torch.zeros(0, model.arch.num_classes, device=rt.device))
     return ModelOutputs.cat(parts)
 
 
 @dataclass
 class ScoreRequest:
-    metrics: list[str]
+    detectors: list[str]  # "name" or "name:key=value:..." specs
     logit_adjust: float = 1.0
     ada_scale: float | None = None
     batch_size: int = 512
@@ -177,87 +186,147 @@ class ScoreRequest:
     extra_ood: dict[str, ImageSet] = field(default_factory=dict)
 
 
-def build_metrics(names: list[str], ada_scale: float | None, arch: Architecture) -> dict:
-    """{name: detector instance} for the requested names."""
+def detector_label(spec: str) -> str:
+    """The name a detector's scores go under: 'react:p=95' stays as typed, minus spaces."""
+    name, options = parse_spec(spec)
+    return name + "".join(f":{k}={v}" for k, v in options.items())
+
+
+def file_stem(label: str) -> str:
+    """A score file name for a label: 'react:p=95' -> 'react-p=95' (no ':' in file names)."""
+    stem = label.replace(":", "-")
+    if not re.fullmatch(r"[A-Za-z0-9_.=+\-]+", stem) or stem.startswith("."):
+        raise ImoodError(f"detector {label!r}: options may use letters, digits and . _ = + - only")
+    return stem
+
+
+def build_detectors(specs: list[str], ada_scale: float | None, arch: Architecture) -> dict[str, Any]:
+    """{label: detector instance} for the requested specs."""
     reg = registry()
-    metrics = {}
-    for name in names:
-        m = reg.detector(name, ada_scale=ada_scale if name.startswith("ada_") else None)
-        if m.extra_outputs > arch.extra_outputs:
-            raise ImoodError(f"{name} needs {m.extra_outputs} extra classifier output(s), but this checkpoint has "
+    detectors = {}
+    for spec in specs:
+        name, options = parse_spec(spec)
+        d = reg.detector(name, ada_scale=ada_scale if name.startswith("ada_") else None, **options)
+        if d.extra_outputs > arch.extra_outputs:
+            raise ImoodError(f"{name} needs {d.extra_outputs} extra classifier output(s), but this checkpoint has "
                              f"{arch.extra_outputs}: train it with an --ood_metric that has one (e.g. bin_disc)")
-        metrics[name] = m
-    return metrics
+        detectors[detector_label(spec)] = d
+    return detectors
 
 
-def fit_metrics(metrics, loaded: LoadedModel, bench: Benchmark, rt: Runtime, spec: AugmentSpec, req: ScoreRequest,
-                cache_dir: Path | None, observer: ScoreObserver | None) -> None:
-    need = {name: m for name, m in metrics.items() if m.needs_fit}
+def _fit_key(label: str) -> str:
+    return file_stem(label.removeprefix("ada_"))
+
+
+def fit_detectors(detectors: dict[str, Any], loaded: LoadedModel, bench: Benchmark, rt: Runtime,
+                  req: ScoreRequest, cache_dir: Path | None, observer: ScoreObserver | None) -> list[str]:
+    """Fit every detector that needs it on the ID training set (one pass for all), through the fit cache.
+    Returns notes for the user (a cache that could not be written)."""
+    need = {label: d for label, d in detectors.items() if d.needs_fit}
+    notes: list[str] = []
     if not need:
-        return
-    feats = None
-    for name, m in need.items():
-        base_name = name.removeprefix("ada_")
-        cache = cache_dir / f"{base_name}-{loaded.sha256[:16]}.safetensors" if cache_dir else None
-        if cache is not None and cache.exists():
+        return notes
+    fit_view = None
+    for label, d in need.items():
+        cache = cache_dir / f"{_fit_key(label)}-{loaded.sha256[:16]}.safetensors" if cache_dir else None
+        if cache is not None and cache.is_file():
             try:
                 state, meta = load_tensors(cache, "fit cache")
-                if meta.get("checkpoint_sha256") == loaded.sha256:
-                    m.load_fit_state(state)
+                if meta.get("checkpoint_sha256") == loaded.sha256 and meta.get("options") == d.options():
+                    d.load_fit_state({k: v.to(rt.device) for k, v in state.items()})
                     continue
-            except ImoodError:
-                pass  # a damaged cache is refitted
-        if feats is None:
+            except (ImoodError, KeyError, RuntimeError, ValueError):
+                pass  # a damaged or foreign cache is refitted
+        if fit_view is None:
             if observer:
                 observer.start_set(f"fit on {bench.train.name}", len(bench.train))
-            feats = infer(loaded.model, bench.train, rt, req.batch_size, spec, True, observer, req.workers)
+            feats = infer(loaded.model, bench.train, rt, req.batch_size, bench.augment, True, observer, req.workers)
             if observer:
                 observer.end_set("fit")
-        m.fit(ModelView.of(feats, labels=bench.train.labels.to(rt.device)))
+            fit_view = ModelAccess(loaded.model, rt).view(feats, {"classifier"},
+                                                          labels=bench.train.labels.to(rt.device))
+        d.fit(fit_view)
         if cache is not None:
-            save_tensors(cache, m.fit_state(), {"metric": base_name, "checkpoint_sha256": loaded.sha256})
+            try:
+                save_tensors(cache, d.fit_state(), {"detector": label, "options": d.options(),
+                                                    "checkpoint_sha256": loaded.sha256})
+            except (ImoodError, OSError) as exc:
+                notes.append(f"the {label} fit is not cached ({exc}); it is refitted next time")
+    return notes
+
+
+def _check_scores(label: str, d: Any, scores: Any, n: int) -> torch.Tensor:
+    """A detector's output for a batch of n rows, or one clear error naming the detector."""
+    if not isinstance(scores, torch.Tensor):
+        raise ImoodError(f"detector {label} ({type(d).__name__}) returned {type(scores).__name__}, not a tensor")
+    if scores.shape != (n,):
+        raise ImoodError(f"detector {label} ({type(d).__name__}) returned shape {tuple(scores.shape)} for a batch "
+                         f"of {n} images; it must return one score per image, shape ({n},)")
+    if scores.is_complex() or not (scores.is_floating_point() or scores.dtype in (torch.int32, torch.int64)):
+        raise ImoodError(f"detector {label} ({type(d).__name__}) returned {scores.dtype} scores, not real numbers")
+    return scores.float()
 
 
 def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
-          observer: ScoreObserver | None = None, cache_dir: Path | None = None) -> dict[str, ScoreSet]:
-    """ScoreSets for every requested metric over the benchmark's ID test set and OOD test sets."""
+          observer: ScoreObserver | None = None, cache_dir: Path | None = None,
+          notes: list[str] | None = None) -> dict[str, ScoreSet]:
+    """ScoreSets for every requested detector over the benchmark's ID test set and OOD test sets; what the
+    user should know (a fit that could not be cached) is appended to `notes`."""
     model, arch = loaded.model, loaded.model.arch
     if bench.num_classes != arch.num_classes:
         raise ImoodError(f"the checkpoint has {arch.num_classes} classes but {bench.name} has {bench.num_classes}")
-    metrics = build_metrics(req.metrics, req.ada_scale, arch)
-    spec = bench.augment
-    fit_metrics(metrics, loaded, bench, rt, spec, req, cache_dir, observer)
+    detectors = build_detectors(req.detectors, req.ada_scale, arch)
+    fit_notes = fit_detectors(detectors, loaded, bench, rt, req, cache_dir, observer)
+    if notes is not None:
+        notes.extend(fit_notes)
     counts = loaded.class_counts
     lp = log_prior(counts, req.logit_adjust).float().to(rt.device)
-    keep_features = any("features" in m.needs for m in metrics.values())
+    needs = set().union(*(d.needs for d in detectors.values()))
+    plain = {k: d for k, d in detectors.items() if "input_grad" not in d.needs}
+    grads = {k: d for k, d in detectors.items() if "input_grad" in d.needs}
+    access = ModelAccess(model, rt)
+    spec = bench.augment
 
     def run(s: ImageSet):
         full = s
         if rt.distributed:  # each process scores one contiguous shard; rank 0 gathers them in order
             bounds = torch.linspace(0, len(s), rt.world_size + 1).long().tolist()
             s = s.subset(torch.arange(bounds[rt.rank], bounds[rt.rank + 1]), name=s.name)
-        scores = {name: [] for name in metrics}
-        preds = []
+        scores: dict[str, list[torch.Tensor]] = {label: [] for label in detectors}
+        preds, finite = [], []
 
-        def each(out: ModelOutputs) -> None:  # results stay on the device: one copy per set, at the end
-            view = ModelView.of(out)
-            for name, m in metrics.items():
-                scores[name].append(m.ood_score(view, lp).float())
+        def each(out: ModelOutputs, x: torch.Tensor, start: int) -> None:  # results stay on the device
+            view = access.view(out, needs, images=x)
+            n = out.logits.shape[0]
+            finite.append(torch.isfinite(out.logits).all())
+            for label, d in plain.items():
+                scores[label].append(_check_scores(label, d, d.ood_score(view, lp), n))
+            if grads:
+                with torch.enable_grad():
+                    for label, d in grads.items():
+                        scores[label].append(_check_scores(label, d, d.ood_score(view, lp), n).detach())
             preds.append(out.logits.argmax(dim=1))
 
         if observer:
             observer.start_set(full.name, len(s))
-        infer(model, s, rt, req.batch_size, spec, keep_features, observer, req.workers, each=each)
+        infer(model, s, rt, req.batch_size, spec, "features" in needs or "classifier" in needs, observer,
+              req.workers, each=each, feature_map="feature_map" in needs)
         if observer:
             observer.end_set(full.name)
-        cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)
+        if finite and not bool(torch.stack(finite).all()):
+            raise ImoodError(f"the model's outputs on {full.name} are NaN or infinite: the weights in {loaded.path} "
+                             "are damaged or diverged; nothing was written")
+        cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)  # noqa: E731
         result = {k: cat(v) for k, v in scores.items()}, cat(preds).long()
         return gather_shards(result, rt) if rt.distributed else result
 
     id_scores, id_pred = run(bench.test)
     id_label = bench.test.labels.clone()
     ood_sets = {**bench.ood_tests, **req.extra_ood}
-    ood_scores, ood_preds, moved = {name: {} for name in metrics}, {}, {}
+    if not ood_sets:
+        raise ImoodError(f"no OOD test set to score: {bench.name}'s are missing and no --ood-dir was given")
+    ood_scores: dict[str, dict[str, torch.Tensor]] = {label: {} for label in detectors}
+    ood_preds, moved = {}, {}
     for name, s in ood_sets.items():
         if len(s) == 0:
             raise ImoodError(f"OOD set {name!r} is empty")
@@ -266,25 +335,32 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         n_id = int((~is_ood).sum())
         if n_id:  # SCOOD: images of ID classes move into the ID set
             moved[name] = n_id
-            for name in metrics:
-                id_scores[name] = torch.cat([id_scores[name], sc[name][~is_ood]])
+            for label in detectors:
+                id_scores[label] = torch.cat([id_scores[label], sc[label][~is_ood]])
             id_label = torch.cat([id_label, s.labels[~is_ood]])
             id_pred = torch.cat([id_pred, pr[~is_ood]])
         if not is_ood.any():
             raise ImoodError(f"OOD set {name!r} holds no OOD image (every image belongs to an ID class)")
-        for m_name in metrics:
-            ood_scores[m_name][name] = sc[m_name][is_ood]
+        for label in detectors:
+            ood_scores[label][name] = sc[label][is_ood]
         ood_preds[name] = pr[is_ood]
+    for label in detectors:  # validate every number before anything is written
+        for where, values in (("the ID test set", id_scores[label]), *ood_scores[label].items()):
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:
+                raise ImoodError(f"detector {label} gave {bad} NaN or infinite score(s) on {where} while the model's "
+                                 "outputs are finite: the detector (or its fit) is at fault; nothing was written")
     meta = {
         "class_counts": counts, "dataset": bench.name, "id_set": bench.test.name,
         "checkpoint": str(loaded.path), "checkpoint_sha256": loaded.sha256, "logit_adjust": req.logit_adjust,
         "moved_to_id": moved, "num_classes": bench.num_classes, "trained_with": loaded.meta.get("metric"),
+        "missing_ood_sets": sorted(getattr(bench, "missing", {}) or {}),
     }
     out = {}
-    for name, m in metrics.items():
-        extra = {"ada_scale": m.scale} if isinstance(m, Ada) else {}
-        out[name] = ScoreSet(name, id_scores[name], id_label, id_pred, ood_scores[name], dict(ood_preds),
-                             {**meta, **extra, "detector_options": m.options()})
+    for label, d in detectors.items():
+        extra = {"ada_scale": d.scale} if isinstance(d, Ada) else {}
+        out[label] = ScoreSet(label, id_scores[label], id_label, id_pred, ood_scores[label], dict(ood_preds),
+                              {**meta, **extra, "detector_options": d.options()})
     return out
 
 
@@ -301,12 +377,12 @@ def gather_shards(result, rt: Runtime):
 def write_scores(scoresets: dict[str, ScoreSet], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, ss in scoresets.items():
-        paths[name] = folder / f"{name}.safetensors"
-        ss.save(paths[name])
+    for label, ss in scoresets.items():
+        paths[label] = folder / f"{file_stem(label)}.safetensors"
+        ss.save(paths[label])
     return paths
 
 
 def model_config(loaded: LoadedModel) -> dict[str, Any]:
-    cfg = loaded.meta.get("config")
-    return cfg if isinstance(cfg, dict) else json.loads(cfg or "{}")
+    return loaded.meta.get("config") or {}
+

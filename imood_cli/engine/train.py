@@ -4,6 +4,7 @@ L = L_in + Lambda · L_ood + Lambda2 · L_aux, checkpoints every epoch, exact re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from imood_cli import __version__
-from imood_cli.core.atomic import atomic_write_text
+from imood_cli.core.atomic import atomic_write_text, is_temp_file
 from imood_cli.core.contract import AuxBatch, LossContext, ModelView
 from imood_cli.core.prior import log_prior
 from imood_cli.data.augment import AugmentSpec, draw
@@ -26,12 +27,13 @@ from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine.benchmark import load_benchmark
 from imood_cli.engine.checkpoint import CheckpointDir, save_tensors
-from imood_cli.engine.config import TrainConfig
+from imood_cli.engine.config import TrainConfig, convert, load_run_config, options, show
 from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name
+from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RunLock, clear_run
 from imood_cli.engine.runtime import Runtime
 from imood_cli.errors import ImoodError, TrainingDiverged
 from imood_cli.losses.la_ce import logit_adjusted_ce
-from imood_cli.registry import registry
+from imood_cli.registry import parse_spec, registry
 
 LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux")
 
@@ -61,6 +63,7 @@ class TrainResult:
     run_dir: Path
     epochs: int
     last: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def augment_spec(cfg: TrainConfig, bench: Benchmark) -> AugmentSpec:
@@ -117,6 +120,39 @@ def used_heads(detector, aux, cfg: TrainConfig) -> dict[str, bool]:
     }
 
 
+def build_detector(cfg: TrainConfig):
+    """The training detector of `--ood_metric name[:key=value...]`; --m-in / --m-out reach a detector that
+    declares them (energy)."""
+    name, options = parse_spec(cfg.ood_metric)
+    reg = registry()
+    cls = reg.get("detector", name).cls
+    for key in ("m_in", "m_out"):
+        value = getattr(cfg, key)
+        if value is not None:
+            if key not in cls.hyperparameters:
+                raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins (energy), "
+                                 f"not {name}")
+            options.setdefault(key, value)
+    return reg.detector(name, **options)
+
+
+def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
+    """The ID training set and, when an OOD loss needs it, the auxiliary OOD images: the benchmark's own, or
+    those of --aux-ood-dir. Test sets are not loaded: training does not need them."""
+    from_folder = needs_aux and cfg.aux_ood_dir is not None
+    bench = load_benchmark(cfg.dataset, cfg.data_root, imbalance_ratio=cfg.imbalance_ratio,
+                           num_ood_samples=cfg.num_ood_samples if needs_aux and not from_folder else 0,
+                           ood_tests=False)
+    if from_folder:
+        from imood_cli.data.folder import load_ood_folder
+
+        aux = load_ood_folder(Path(cfg.aux_ood_dir), bench.image_size, bench.channels)
+        if cfg.num_ood_samples is not None and cfg.num_ood_samples < len(aux):
+            aux = aux.subset(torch.arange(cfg.num_ood_samples))
+        bench.aux_ood = aux
+    return bench
+
+
 class _StopFlag:
     """First Ctrl-C: stop at the next step boundary after saving; second: the usual KeyboardInterrupt."""
 
@@ -145,19 +181,20 @@ class Trainer:
                  bench: Benchmark | None = None) -> None:
         self.cfg, self.rt = cfg, rt
         self.obs = observer or TrainObserver()
-        reg = registry()
-        self.metric = reg.detector(cfg.ood_metric)
-        self.aux = reg.aux_loss(cfg.aux_ood_loss, k=cfg.pascl_k, T=cfg.temperature)
-        self.bench = bench or load_benchmark(cfg.dataset, cfg.data_root, imbalance_ratio=cfg.imbalance_ratio,
-                                             num_ood_samples=cfg.num_ood_samples)
+        self.detector = build_detector(cfg)
+        self.aux = registry().aux_loss(cfg.aux_ood_loss, k=cfg.pascl_k, T=cfg.temperature)
+        needs_aux = cfg.Lambda > 0 and self.detector.has_loss
+        self.bench = bench or load_training_data(cfg, needs_aux)
         b = self.bench
-        if b.aux_ood is None or len(b.aux_ood) == 0:
-            if cfg.Lambda > 0 and self.metric.has_loss:
-                raise ImoodError(f"{cfg.dataset} has no auxiliary OOD training data, which {cfg.ood_metric} needs "
-                                 "(or pass --Lambda 0)")
+        if needs_aux and (b.aux_ood is None or len(b.aux_ood) == 0):
+            raise ImoodError(f"{cfg.dataset} has no auxiliary OOD training data, which {cfg.ood_metric} needs: "
+                             "pass --aux-ood-dir DIR, or --Lambda 0 for no OOD loss")
+        if needs_aux and cfg.ood_batch_size == 0:
+            raise ImoodError(f"--ood-batch-size 0 leaves {cfg.ood_metric}'s OOD loss without auxiliary images: "
+                             "give it a size, or --Lambda 0")
         self.spec = augment_spec(cfg, b)
         cfg.model = canonical_model_name(cfg.model)
-        self.arch = architecture(cfg, b, self.metric.extra_outputs)
+        self.arch = architecture(cfg, b, self.detector.extra_outputs)
         self.class_counts = list(b.class_counts)
         self.log_prior = log_prior(self.class_counts, cfg.logit_adjust).float().to(rt.device)
         self.counts_t = torch.tensor(self.class_counts, device=rt.device)
@@ -169,12 +206,12 @@ class Trainer:
         self.core = self.core.to(rt.device)
         if rt.channels_last:
             self.core = self.core.to(memory_format=torch.channels_last)
-        self.heads = used_heads(self.metric, self.aux, cfg)
+        self.heads = used_heads(self.detector, self.aux, cfg)
         for head, used in self.heads.items():
             getattr(self.core, head).requires_grad_(used)
         params = [p for p in self.core.parameters() if p.requires_grad]
         self.opt = _optimizer(cfg, params, rt.device)
-        has_aux = b.aux_ood is not None and len(b.aux_ood) > 0
+        has_aux = needs_aux and b.aux_ood is not None and len(b.aux_ood) > 0
         self.in_memory = b.train.in_memory
         if self.in_memory:  # uint8 tensors held on the training device
             self.train_set = ImageSet(b.train.name, b.train.labels.to(rt.device), b.train.images.to(rt.device))
@@ -197,7 +234,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0
         self.global_step = 0
-        self.ckpt = CheckpointDir(cfg.run_dir / "checkpoint")
+        self.ckpt = CheckpointDir(cfg.run_dir / CHECKPOINT_DIR)
 
     # ---- data
     def _epoch(self, epoch: int):
@@ -237,11 +274,11 @@ class Trainer:
         zero = l_in.new_zeros(())
         l_ood = l_aux = zero
         ctx = LossContext(is_id=is_id, labels=labels2, log_prior=self.log_prior, aux_linear=self.core.aux_linear,
-                          num_id=2 * n, class_counts=self.counts_t)
+                          num_id=2 * n, class_counts=self.counts_t, generator=getattr(self, "_gen", None))
         view = ModelView.of(out)
-        self.metric.train_update(view, ctx)
-        if cfg.Lambda > 0 and self.metric.has_loss:
-            l_ood = self.metric.loss(view, ctx)
+        self.detector.train_update(view, ctx)
+        if cfg.Lambda > 0 and self.detector.has_loss:
+            l_ood = self.detector.loss(view, ctx)
         if self.heads["projection"]:
             rows = torch.arange(2 * n + m, device=x.device)
             pair = torch.where(rows < n, rows + n, torch.where(rows < 2 * n, rows - n, -1))
@@ -274,26 +311,35 @@ class Trainer:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "generator": self._gen.get_state() if self.step_in_epoch else None,
             "running": self.running if self.step_in_epoch else None,
-            "rng": rng, "metric": self.metric.fit_state(),
+            "rng": rng, "metric": self.detector.fit_state(),
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any], path: Path | None = None) -> None:
+        where = path or "the checkpoint"
+        counters = [state.get(k) for k in ("epoch", "step_in_epoch", "global_step")]
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counters):
+            raise ImoodError(f"{where} is inconsistent: its epoch and step counters are not whole numbers")
+        if counters[0] > self.cfg.epochs or counters[1] >= max(self.steps_per_epoch, 1) and counters[1]:
+            raise ImoodError(f"{where} is at epoch {counters[0]}, step {counters[1]}: beyond this run's "
+                             f"{self.cfg.epochs} epochs of {self.steps_per_epoch} steps")
         try:
             self.core.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise ImoodError(f"checkpoint does not fit this model: {str(exc).splitlines()[0]}") from None
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            rng = state["rng"]["torch"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ImoodError(f"{where} does not fit this run ({type(exc).__name__}: {first})") from None
+        self.epoch, self.step_in_epoch, self.global_step = counters
         self._resume_generator = state.get("generator")
         running = state.get("running")
         self._resume_running = ({k: v.to(self.rt.device) if isinstance(v, torch.Tensor) else v
                                  for k, v in running.items()} if running else None)
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(rng)
         if "cuda" in state["rng"] and self.rt.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
         if state.get("metric"):
-            self.metric.load_fit_state({k: v.to(self.rt.device) for k, v in state["metric"].items()})
+            self.detector.load_fit_state({k: v.to(self.rt.device) for k, v in state["metric"].items()})
 
     def save_checkpoint(self) -> Path | None:
         if not self.rt.is_main:
@@ -303,7 +349,7 @@ class Trainer:
         return self.ckpt.save(self.epoch, self.state(), meta, step=self.step_in_epoch)
 
     def save_model(self) -> Path:
-        path = self.cfg.run_dir / "model.safetensors"
+        path = self.cfg.run_dir / MODEL_FILE
         if self.rt.is_main:
             save_tensors(path, self.core.state_dict(), model_metadata(self.cfg, self.arch, self.class_counts, self.epoch))
         return path
@@ -323,7 +369,7 @@ class Trainer:
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingDiverged(f"loss is not finite at epoch {self.epoch + 1}, step {self.global_step} ({parts}); {keep}")
         if self.rt.is_main:
-            with open(self.cfg.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.cfg.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
         return record
 
@@ -417,73 +463,132 @@ def _close(batches) -> None:
         close()
 
 
-def prepare_run_dir(cfg: TrainConfig, rt: Runtime, force: bool = False) -> None:
-    run = cfg.run_dir
+def prepare_run_dir(cfg: TrainConfig, rt: Runtime, force: bool = False) -> list[str]:
+    """A fresh run folder: refused if the folder holds anything, unless --force, which removes imood's own
+    files there (only in a folder imood trained in). Returns notes for the user."""
+    run, notes = cfg.run_dir, []
     if rt.is_main:
-        if run.exists() and any(run.iterdir()) and not force:
+        if run.exists() and not run.is_dir():
+            raise ImoodError(f"{run} is a file, not a run folder")
+        busy = run.is_dir() and any(p.name != LOCK_FILE for p in run.iterdir())
+        if busy and not force:
             raise ImoodError(f"run folder {run} already exists; continue it with --resume {run}, "
                              "or pick another --name (or --force to start over)")
+        if busy:
+            removed = clear_run(run)
+            if removed:
+                notes.append(f"--force removed {len(removed)} file(s) imood had written in {run}")
         run.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.jsonl", "model.safetensors"):
-            (run / stale).unlink(missing_ok=True)
-        if (run / "checkpoint").exists():
-            for f in (run / "checkpoint").iterdir():
-                f.unlink()
-        atomic_write_text(run / "config.json", cfg.to_json())
+        atomic_write_text(run / CONFIG_FILE, cfg.to_json())
     rt.barrier()
-
-
-def read_run_config(run: Path) -> TrainConfig:
-    path = Path(run) / "config.json"
-    if not path.exists():
-        raise ImoodError(f"no config.json in {run}: not an imood run folder")
-    try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError:
-        raise ImoodError(f"{path} is corrupt") from None
+    return notes
 
 
 def train(cfg: TrainConfig, rt: Runtime, observer: TrainObserver | None = None, force: bool = False,
           bench: Benchmark | None = None) -> TrainResult:
-    """Train a new run in cfg.run_dir."""
+    """Train a new run in cfg.run_dir (one process at a time per run folder)."""
     trainer = Trainer(cfg, rt, observer, bench)
-    prepare_run_dir(cfg, rt, force)
-    return trainer.run()
+    with _lock(cfg.run_dir, rt):
+        notes = prepare_run_dir(cfg, rt, force)
+        for note in notes:
+            trainer.obs.message(note)
+        return trainer.run()
 
 
-def resume(run: Path, rt: Runtime, observer: TrainObserver | None = None, epochs: int | None = None,
-           bench: Benchmark | None = None) -> TrainResult:
-    """Continue a run from its newest intact checkpoint (or from scratch if it never saved one)."""
+def _lock(run: Path, rt: Runtime):
+    """The run's lock, held by the process that writes (rank 0)."""
+    if not rt.is_main:
+        return contextlib.nullcontext()
+    Path(run).mkdir(parents=True, exist_ok=True)
+    return RunLock(run)
+
+
+def resume_config(run: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The run's stored, re-validated config with the options given on the command line applied, if they
+    may change on resume (the rest must equal the stored values). Returns it and what changed, in words."""
+    cfg = load_run_config(Path(run) / CONFIG_FILE)
+    cfg.save_root, cfg.name = str(Path(run).parent), Path(run).name
+    known, notes = options(), []
+    for key, value in overrides.items():
+        value = convert(key, value, "")
+        stored = getattr(cfg, key)
+        if value == stored:
+            continue
+        flag = known[key][0].flags[0].split("/")[0]
+        if not known[key][0].resumable:
+            raise ImoodError(f"{flag} cannot change on --resume (this run was started with {show(stored)}): "
+                             "drop the flag, or start a new run")
+        if key == "epochs":
+            done = _epochs_done(Path(run))
+            if value < max(done, 1):
+                raise ImoodError(f"--epochs {value}: {run} has already trained {done} epochs")
+            notes.append(f"--epochs {value} extends the run from {stored} epochs; the {cfg.schedule} schedule is "
+                         f"recomputed over {value} epochs from the current step, so the learning rate continues "
+                         "on the longer curve (it jumps at this step)")
+        elif key == "device":
+            notes.append(f"resuming on --device {value}; the run was started on {stored}: weights will not match "
+                         "an uninterrupted run bit for bit")
+        setattr(cfg, key, value)
+    return cfg, notes
+
+
+def _epochs_done(run: Path) -> int:
+    try:
+        entries = CheckpointDir(run / CHECKPOINT_DIR).entries()
+    except ImoodError:
+        return 0
+    return max((e.epoch for e in entries), default=0)
+
+
+def resume(run: Path, observer: TrainObserver | None = None, overrides: dict[str, Any] | None = None,
+           bench: Benchmark | None = None, rt: Runtime | None = None) -> TrainResult:
+    """Continue a run from its newest intact checkpoint, with the settings it was started with."""
+    from imood_cli.engine import runtime
+
     run = Path(run)
-    cfg = read_run_config(run)
-    cfg.save_root, cfg.name = str(run.parent), run.name
-    if epochs is not None:
-        cfg.epochs = epochs
-    if CheckpointDir(run / "checkpoint").entries():
-        cfg.init_from = None  # the checkpoint holds the weights; the starting model may be gone by now
-    trainer = Trainer(cfg, rt, observer, bench)
-    if rt.is_main:
-        remove_partial_files(run)
-    rt.barrier()
-    found = trainer.ckpt.latest_good()
-    if found is not None:
-        state, _, path = found
-        trainer.load_state(state)
+    if not run.is_dir():
+        raise ImoodError(f"run folder not found: {run}")
+    cfg, notes = resume_config(run, overrides or {})
+    rt = rt or runtime.setup(cfg.device, cfg.amp, cfg.channels_last)
+    ckpt = CheckpointDir(run / CHECKPOINT_DIR)
+    with _lock(run, rt):
+        entries = ckpt.entries()
+        if not entries:
+            leftovers = [p.name for p in (run / MODEL_FILE, *ckpt.files()) if p.exists()]
+            if leftovers:
+                raise ImoodError(f"{run} has no checkpoint index ({CHECKPOINT_DIR}/latest.json) but holds "
+                                 f"{', '.join(leftovers)}: refusing to retrain over them; start a new run, or "
+                                 "--force it to start over")
+        else:
+            cfg.init_from = None  # the checkpoint holds the weights; the starting model may be gone by now
+        trainer = Trainer(cfg, rt, observer, bench)
+        for note in notes:
+            trainer.obs.message(note)
         if rt.is_main:
-            _truncate_metrics(run / "metrics.jsonl", trainer.global_step)
-            atomic_write_text(run / "config.json", cfg.to_json())
-        trainer.obs.message(f"resuming from {path} (epoch {trainer.epoch}, step {trainer.step_in_epoch})")
-    elif rt.is_main:
-        (run / "metrics.jsonl").unlink(missing_ok=True)
-    return trainer.run()
+            remove_partial_files(run)
+        rt.barrier()
+        found = ckpt.latest_good()
+        if found is not None:
+            state, _, path = found
+            trainer.load_state(state, path)
+            if rt.is_main:
+                _truncate_metrics(run / METRICS_FILE, trainer.global_step)
+                atomic_write_text(run / CONFIG_FILE, cfg.to_json())
+            trainer.obs.message(f"resuming from {path} (epoch {trainer.epoch}, step {trainer.step_in_epoch})")
+        elif rt.is_main:  # killed before its first checkpoint: start again from scratch
+            (run / METRICS_FILE).unlink(missing_ok=True)
+        result = trainer.run()
+        result.warnings = notes + result.warnings
+        return result
 
 
 def remove_partial_files(run: Path) -> None:
     """Temporary files of writes cut short by a kill: never read, safe to delete (one writer per run)."""
-    for folder in (run, run / "checkpoint", run / "scores", run / "fits", run / "eval"):
+    for folder in (run, run / CHECKPOINT_DIR, run / "scores", run / "fits", run / "eval"):
         if folder.is_dir():
-            for f in folder.glob(".*.tmp"):
-                f.unlink(missing_ok=True)
+            for f in folder.iterdir():
+                if f.is_file() and is_temp_file(f):
+                    f.unlink(missing_ok=True)
 
 
 def _truncate_metrics(path: Path, global_step: int) -> None:
@@ -491,10 +596,11 @@ def _truncate_metrics(path: Path, global_step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            if json.loads(line)["step"] <= global_step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError):
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
             break  # a torn last line from a kill
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+        if isinstance(step, int) and step <= global_step:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
