@@ -1,4 +1,4 @@
-"""`imood eval`: metrics from score files (nothing but the files is needed)."""
+"""`imood eval`: metrics from score files (nothing but the files is needed; torch is never imported)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,31 @@ from pathlib import Path
 import typer
 
 from imood_cli.cli.common import console
-from imood_cli.cli.tables import eval_tables
+from imood_cli.cli.tables import print_warning, rich_table
 from imood_cli.core.atomic import atomic_write_text
 from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
-from imood_cli.report.results import evaluate_scoreset, score_files
+from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
+from imood_cli.report.tables import METRICS, eval_tables
+
+
+def _eval_json_path(run: Path, stem: str) -> Path:
+    """RUN/eval/<metric>.json, refused when writing it would leave the run folder or replace another file."""
+    folder = run / "eval"
+    if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(run.resolve())):
+        raise ImoodError(f"{folder} is a link out of the run folder; imood does not write through it "
+                         "(remove the link, or pass --no-save)")
+    target = folder / f"{stem}.json"
+    if target.is_symlink() or target.is_dir():
+        raise ImoodError(f"{target} is not a file imood wrote; move it away or pass --no-save")
+    if target.exists():
+        try:
+            ours = "fpr95_convention" in json.loads(target.read_text())
+        except (ValueError, TypeError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise ImoodError(f"{target} exists and is not an evaluation imood wrote; move it away or pass --no-save")
+    return target
 
 
 def eval_scores(
@@ -24,30 +44,41 @@ def eval_scores(
     bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap rounds for 95% confidence intervals (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write <run>/eval/<metric>.json next to a run's scores."),
+    allow_stale: bool = typer.Option(False, "--allow-stale", help="Evaluate scores of a run computed from an older "
+                                     "model than its model.safetensors (marked stale) instead of refusing them."),
 ) -> None:
     """AUROC, AUPR-in, AUPR-out and FPR95 per OOD set and their mean; ID and many/medium/few accuracy."""
     if bootstrap < 0:
         raise ImoodError("--bootstrap must be >= 0")
-    files = score_files(scores)
+    if seed < 0:
+        raise ImoodError("--seed must be >= 0")
+    check = ModelCheck()
     results = {}
-    for path in files:
+    for path in score_files(scores):
         ss = ScoreSet.load(path)
+        reason = check.stale_reason(path, ss)
+        if reason and not allow_stale:
+            raise ImoodError(reason)
         key = ss.metric if ss.metric not in results else f"{ss.metric} ({path})"
         results[key] = evaluate_scoreset(ss, bootstrap=bootstrap, seed=seed)
         results[key]["score_file"] = str(path)
-        if save and path.parent.name == "scores":
-            atomic_write_text(path.parent.parent / "eval" / f"{path.stem}.json", json.dumps(results[key], indent=2))
+        if reason:
+            results[key]["stale"] = True
+            print_warning(reason.split(";")[0] + "; shown because of --allow-stale")
+        run = run_of(path)
+        if save and run is not None and not reason:
+            atomic_write_text(_eval_json_path(run, path.stem), json.dumps(results[key], indent=2))
     if as_json:
         print(json.dumps(next(iter(results.values())) if len(results) == 1 else results, indent=2))
     elif as_csv:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["metric", "ood_set", "auroc", "aupr_in", "aupr_out", "fpr95"])
+        w.writerow(["metric", "ood_set", *[k for k, _, _ in METRICS]])
         for metric, r in results.items():
             for set_name, m in r["ood"].items():
-                w.writerow([metric, set_name] + [f"{m[k]:.6f}" for k in ("auroc", "aupr_in", "aupr_out", "fpr95")])
+                w.writerow([metric, set_name] + [f"{m[k]:.6f}" for k, _, _ in METRICS])
         print(buf.getvalue(), end="")
     else:
         for metric, r in results.items():
-            for table in eval_tables(metric, r):
-                console.print(table)
+            for t in eval_tables(metric + (" (stale)" if r.get("stale") else ""), r):
+                console.print(rich_table(t))

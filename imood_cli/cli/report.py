@@ -8,42 +8,59 @@ from typing import Optional
 import typer
 
 from imood_cli.cli.common import console, split_list
-from imood_cli.cli.tables import gains_table, group_tables, id_table, per_set_table, summary_table
+from imood_cli.cli.tables import print_warning, rich_table
 from imood_cli.core.atomic import atomic_write_text
 from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.report import formats
-from imood_cli.report.results import collect
+from imood_cli.report.results import collect, source_root
+from imood_cli.report.tables import report_tables
 
 FORMATS = ("terminal", "md", "latex", "json", "csv")
 
 
 def report(
-    runs: list[Path] = typer.Argument(..., help="Run folders (or scores folders); several are shown side by side."),
-    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="Detectors to include, comma-separated. (default: all scored)"),
+    runs: list[Path] = typer.Argument(..., help="Run folders (or scores folders, or score files); several are "
+                                      "shown side by side, in the order given."),
+    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="Detectors to include, comma-separated, in this "
+                                         "order. (default: all scored, each base detector then its ada_ form)"),
     fmt: str = typer.Option("terminal", "--format", "-f", help="terminal | md | latex | json | csv."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Where to write report.html. (default: <first run>/report.html)"),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Where to write report.html. "
+                                             "(default: <first run>/report.html)"),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write report.html."),
     bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap rounds for confidence intervals in JSON output."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Report rows scored on different OOD sets or "
+                                        "ID data side by side (marked) instead of refusing."),
+    allow_stale: bool = typer.Option(False, "--allow-stale", help="Report scores of a run computed from an older "
+                                     "model than its model.safetensors (marked stale) instead of refusing them."),
 ) -> None:
-    """Tables of every detector's results, the gain of each ada_ form over its base, and plots."""
+    """Every table (mean metrics, ada_ gains, ID accuracy, per OOD set, shot-group errors) and plots."""
     if fmt not in FORMATS:
         raise unknown_name("report format", fmt, FORMATS)
     if bootstrap < 0:
         raise ImoodError("--bootstrap must be >= 0")
-    entries = collect(runs, split_list(metric) or None, bootstrap)
-    if fmt == "terminal":
-        for table in (summary_table(entries), gains_table(entries), id_table(entries), per_set_table(entries),
-                      *group_tables(entries)):
-            if table is not None:
-                console.print(table)
-    else:
-        text = {"md": formats.markdown, "latex": formats.latex, "json": formats.as_json, "csv": formats.as_csv}[fmt](entries)
-        print(text, end="" if text.endswith("\n") else "\n")
+    target = None
     if not no_html:
-        from imood_cli.report.html import render
+        from imood_cli.report.html import check_replaceable
 
-        target = html_path or Path(runs[0]) / "report.html"
-        title = "imood report: " + ", ".join(Path(r).name for r in runs)
-        atomic_write_text(target, render(entries, title))
+        target = html_path or source_root(Path(runs[0])) / "report.html"
+        check_replaceable(target)  # before minutes of work
+    metrics = list(dict.fromkeys(split_list(metric))) or None
+    rep = collect(runs, metrics, bootstrap, allow_stale=allow_stale, allow_mismatch=allow_mismatch)
+    for w in rep.warnings:
+        print_warning(w)
+    tables = report_tables(rep)
+    if fmt == "terminal":
+        for t in tables:
+            console.print(rich_table(t))
+    elif fmt == "csv":
+        print(formats.as_csv(rep), end="")
+    else:
+        render = {"md": formats.markdown, "latex": formats.latex, "json": formats.as_json}[fmt]
+        print(render(rep, tables), end="")
+    if target is not None:
+        from imood_cli.report.html import render as render_html
+
+        title = "imood report: " + ", ".join(name for name, _ in rep.runs)
+        atomic_write_text(target, render_html(rep, title, tables))
         if fmt == "terminal":
             console.print(f"report with plots: {target}")

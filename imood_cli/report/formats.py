@@ -1,66 +1,95 @@
-"""Report rows as Markdown, LaTeX, JSON and CSV (for papers and scripts)."""
+"""A report as Markdown, LaTeX, JSON and CSV (for papers and scripts): the rows of report/tables.py, formatted."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 
-from imood_cli.report.results import Entry
-
-KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
-HEADERS = ("AUROC", "AUPR-in", "AUPR-out", "FPR95")
-
-
-def rows(entries: list[Entry]) -> list[dict]:
-    out = []
-    for e in entries:
-        for set_name, m in e.result["ood"].items():
-            row = {"run": e.run, "metric": e.metric, "ood_set": set_name, **{k: m[k] for k in KEYS}}
-            idr = e.result.get("id", {})
-            row.update({"id_acc": idr.get("acc"), "many": idr.get("many"), "medium": idr.get("medium"), "few": idr.get("few")})
-            out.append(row)
-    return out
+from imood_cli import __version__
+from imood_cli.report.results import Report
+from imood_cli.report.tables import RECORD_COLUMNS, Table, cell_text, records, report_tables
 
 
-def _summary(entries: list[Entry]) -> list[list[str]]:
-    body = []
-    for e in entries:
-        m = e.result["ood"]["mean"]
-        idr = e.result.get("id", {})
-        vals = [m[k] for k in KEYS] + [idr.get("acc"), idr.get("many"), idr.get("medium"), idr.get("few")]
-        body.append([e.label] + ["–" if v is None else f"{100 * v:.2f}" for v in vals])
-    return body
+def _md_cell(text: str) -> str:
+    for ch in "\\|$*<>`":  # a table cell stays text: no pipes, math, emphasis, HTML or code
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("\n", " ")
 
 
-SUMMARY_HEAD = ["run · detector", *HEADERS, "ID acc", "many", "medium", "few"]
+def markdown(report: Report, tables: list[Table] | None = None) -> str:
+    lines = []
+    for t in tables or report_tables(report):
+        lines += [f"### {t.title}", ""]
+        lines.append("| " + " | ".join(_md_cell(c.heading) for c in t.columns) + " |")
+        lines.append("|" + "|".join(":--" if c.kind == "text" else "--:" for c in t.columns) + "|")
+        lines += ["| " + " | ".join(_md_cell(cell_text(c, v)) for c, v in zip(t.columns, row)) + " |" for row in t.rows]
+        lines.append("")
+        lines += [f"{_md_cell(n)}  " for n in t.notes]  # two spaces: a line break in Markdown
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def markdown(entries: list[Entry]) -> str:
-    lines = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
-    lines += ["| " + " | ".join(r) + " |" for r in _summary(entries)]
-    lines.append("")
-    lines.append("Mean over OOD sets, in %. FPR95: ID fraction at the first threshold with OOD recall >= 0.95.")
-    return "\n".join(lines) + "\n"
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+                 "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "·": r"$\cdot$", "↑": r"$\uparrow$",
+                 "↓": r"$\downarrow$", "Δ": r"$\Delta$", "–": "--", "≤": r"$\le$", "≥": r"$\ge$"}
 
 
-def latex(entries: list[Entry]) -> str:
-    esc = lambda s: s.replace("_", r"\_").replace("·", r"$\cdot$").replace("%", r"\%")
-    out = [r"\begin{tabular}{l" + "r" * (len(SUMMARY_HEAD) - 1) + "}", r"\toprule",
-           " & ".join(esc(h) for h in SUMMARY_HEAD) + r" \\", r"\midrule"]
-    out += [" & ".join(esc(c) for c in r) + r" \\" for r in _summary(entries)]
-    out += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(out) + "\n"
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def as_json(entries: list[Entry]) -> str:
-    return json.dumps([{"run": e.run, "metric": e.metric, **e.result} for e in entries], indent=2)
+def latex(report: Report, tables: list[Table] | None = None) -> str:
+    """One booktabs table per report table, with its title as the caption."""
+    out = [f"% imood {__version__} report; needs \\usepackage{{booktabs}}"]
+    for t in tables or report_tables(report):
+        align = "".join("l" if c.kind == "text" else "r" for c in t.columns)
+        out += [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(t.title)}}}",
+                rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+                " & ".join(latex_escape(c.heading) for c in t.columns) + r" \\", r"\midrule"]
+        out += [" & ".join(latex_escape(cell_text(c, v)) for c, v in zip(t.columns, row)) + r" \\" for row in t.rows]
+        out += [r"\bottomrule", r"\end{tabular}"]
+        if t.notes:
+            out.append(r"\par\smallskip{\footnotesize " + latex_escape(" ".join(t.notes)) + "}")
+        out += [r"\end{table}", ""]
+    return "\n".join(out)
 
 
-def as_csv(entries: list[Entry]) -> str:
+def _finite(value):
+    """JSON has no NaN or infinity: those become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def as_json(report: Report, tables: list[Table] | None = None) -> str:
+    """Every table (values as fractions, null where missing), the records behind them, and each row's
+    `imood eval --json` document."""
+    doc = {
+        "format": "imood-report", "imood_version": __version__,
+        "runs": [{"name": name, "path": str(path)} for name, path in report.runs],
+        "ood_sets": report.sets, "warnings": report.warnings,
+        "tables": [{"key": t.key, "title": t.title,
+                    "columns": [{"key": c.key, "title": c.heading, "kind": c.kind} for c in t.columns],
+                    "rows": t.rows, "stale": t.stale, "notes": t.notes} for t in tables or report_tables(report)],
+        "records": [{k: r[k] for k in RECORD_COLUMNS} for r in records(report)],
+        "entries": [{"run": e.run or report.runs[0][0], "metric": e.metric, "score_file": str(e.path),
+                     "stale": e.stale, **e.result} for e in report.entries],
+    }
+    return json.dumps(_finite(doc), indent=2, ensure_ascii=False) + "\n"
+
+
+def as_csv(report: Report) -> str:
+    """The records: one row per run, detector and OOD set (and 'mean'), every table's numbers as columns,
+    fractions in [0, 1], empty where a value does not exist."""
     buf = io.StringIO()
-    data = rows(entries)
-    w = csv.DictWriter(buf, fieldnames=list(data[0]))
+    w = csv.DictWriter(buf, fieldnames=list(RECORD_COLUMNS), extrasaction="ignore")
     w.writeheader()
-    w.writerows(data)
+    for r in records(report):
+        w.writerow({k: "" if r[k] is None else r[k] for k in RECORD_COLUMNS})
     return buf.getvalue()

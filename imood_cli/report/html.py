@@ -1,20 +1,28 @@
-"""report.html: one self-contained page (tables + PNG plots embedded as data URIs)."""
+"""report.html: one self-contained page, every report table and the plots (PNG embedded as data URIs)."""
 
 from __future__ import annotations
 
 import base64
 import html
 from datetime import datetime, timezone
+from pathlib import Path
 
 from imood_cli import __version__
+from imood_cli.errors import ImoodError
 from imood_cli.report import plots
-from imood_cli.report.formats import SUMMARY_HEAD, _summary
-from imood_cli.report.results import Entry
+from imood_cli.report.results import Report
+from imood_cli.report.tables import MISSING, Table, cell_text, report_tables
 
+GENERATOR = "imood report"  # marks a file imood wrote, so it may be replaced; nothing else is overwritten
+NAV = {"summary": "summary", "gains": "ada_ gains", "id": "ID accuracy", "per_set": "per OOD set",
+       "id_flagged": "ID flagged, by shot group", "ood_accepted": "OOD accepted, by shot group"}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;color:#222;padding:0 1em}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}
-td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}img{max-width:100%}.note{color:#666;font-size:13px}
+table{border-collapse:collapse;margin:.5em 0;font-size:14px}td,th{border-bottom:1px solid #ddd;padding:4px 10px;
+text-align:right;white-space:nowrap}td.text,th.text{text-align:left}th{background:#f4f4f4}
+img{max-width:100%}.note{color:#555;font-size:13px;margin:.2em 0}.missing{color:#aaa}tr.stale td{color:#8a6d00}
+.warn{background:#fff6dd;border-left:4px solid #e0a800;padding:.4em 1em;margin:1em 0}nav a{margin-right:1em}
+.good{color:#137333}.bad{color:#b3261e}section{overflow-x:auto}
 """
 
 
@@ -24,28 +32,71 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _table(head: list[str], body: list[list[str]]) -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    b = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-    return f"<table><tr>{h}</tr>{b}</table>"
+def _cell(column, value) -> str:
+    text = html.escape(cell_text(column, value))
+    classes = ["text"] if column.kind == "text" else []
+    if value is None:
+        classes.append("missing")
+    elif column.kind == "delta" and value:
+        classes.append("good" if (value > 0) == (column.better == "higher") else "bad")
+    return f"<td class='{' '.join(classes)}'>{text}</td>" if classes else f"<td>{text}</td>"
 
 
-def render(entries: list[Entry], title: str = "imood report") -> str:
-    sets = [s for s in entries[0].result["ood"] if s != "mean"]
-    per_set = [[e.label] + [f"{100 * e.result['ood'][s]['auroc']:.2f} / {100 * e.result['ood'][s]['fpr95']:.2f}"
-                            if s in e.result["ood"] else "–" for s in sets] for e in entries]
+def table_html(t: Table) -> str:
+    head = "".join(f"<th class='{c.kind}'>{html.escape(c.heading)}</th>" for c in t.columns)
+    body = "".join(("<tr class='stale'>" if stale else "<tr>") + "".join(_cell(c, v) for c, v in zip(t.columns, row))
+                   + "</tr>" for row, stale in zip(t.rows, t.stale))
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in t.notes)
+    return (f'<section id="table-{t.key}"><h2>{html.escape(t.title)}</h2>'
+            f'<table data-table="{t.key}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}</section>')
+
+
+def render(report: Report, title: str = "imood report", tables: list[Table] | None = None) -> str:
+    tables = tables or report_tables(report)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">imood {__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. OOD is the positive '
-        "class; scores are higher for more OOD. FPR95: fraction of ID samples at or above the first threshold whose "
-        "OOD recall is at least 0.95.</p>",
-        "<h2>Summary (mean over OOD sets, %)</h2>", _table(SUMMARY_HEAD, _summary(entries)),
-        "<h2>Per OOD set: AUROC / FPR95 (%)</h2>", _table(["run · detector", *sets], per_set),
-        "<h2>ROC curves</h2>", _img(plots.roc_curves(entries), "ROC curves"),
-        "<h2>Precision-recall curves (OOD positive)</h2>", _img(plots.pr_curves(entries), "PR curves"),
-        "<h2>Per class, against its training count</h2>", _img(plots.per_class(entries), "per-class accuracy"),
-        "<h2>Score distributions</h2>",
+        f'<p class="note">imood {html.escape(__version__)}, {when} UTC. OOD is the positive class; scores are '
+        f"higher for more OOD. Values in %, {MISSING} where a row has no value.</p>",
     ]
-    parts += [_img(plots.score_histograms(e), f"scores of {e.label}") for e in entries]
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    if report.warnings:
+        parts.append('<div class="warn">' + "".join(f"<p>{html.escape(w)}</p>" for w in report.warnings) + "</div>")
+    links = [(f"table-{t.key}", NAV.get(t.key, t.key)) for t in tables] + [
+        ("plots-roc", "ROC"), ("plots-pr", "PR"), ("plots-class", "per class"), ("plots-scores", "scores")]
+    parts.append("<nav>" + "".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in links) + "</nav>")
+    parts += [table_html(t) for t in tables]
+    parts += [
+        '<section id="plots-roc"><h2>ROC curves, one panel per OOD set</h2>',
+        _img(plots.roc_curves(report), "ROC curves"), "</section>",
+        '<section id="plots-pr"><h2>Precision-recall curves (OOD positive), one panel per OOD set</h2>',
+        _img(plots.pr_curves(report), "PR curves"), "</section>",
+        '<section id="plots-class"><h2>Per class, from head to tail</h2>',
+    ]
+    figures = plots.per_class(report)
+    if not figures:
+        parts.append('<p class="note">Not available: the score files hold no ID labels, predictions and class '
+                     "counts.</p>")
+    parts += [f'<p class="note">{html.escape(caption)}</p>' + _img(png, caption) for caption, png in figures]
+    parts += ["</section>", '<section id="plots-scores"><h2>Score distributions, one panel per OOD set</h2>',
+              f'<p class="note">Each panel spans the {plots.HIST_RANGE[0]}–{plots.HIST_RANGE[1]} percentile range of '
+              "the ID and OOD scores (and the threshold); scores beyond it are counted in the end bins. ID scores "
+              "per shot group where the score file has labels.</p>"]
+    parts += [_img(plots.score_histograms(e), f"scores of {e.label}") for e in report.entries]
+    parts.append("</section>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><meta name=\"generator\" content=\"{GENERATOR} "
+            f"{html.escape(__version__)}\"><title>{html.escape(title)}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(parts)}</body></html>\n")
+
+
+def check_replaceable(target: Path) -> None:
+    """imood replaces only a report it wrote itself: never a link, a folder or another file."""
+    if target.is_symlink():
+        raise ImoodError(f"{target} is a symbolic link; imood does not write through it: choose another --html path")
+    if not target.exists():
+        return
+    if target.is_dir():
+        raise ImoodError(f"--html {target} is a folder: give the path of the file to write")
+    with open(target, "rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
+    if f'content="{GENERATOR}' not in head and "<title>imood report" not in head:
+        raise ImoodError(f"{target} exists and is not a report imood wrote; choose another --html path or move it")
