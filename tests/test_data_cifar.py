@@ -206,14 +206,23 @@ def test_missing_pieces_in_one_message(tmp_path):
     (tmp_path / "tinyimages80m" / "300K_random_images.npy").unlink()
     with pytest.raises(ImoodError) as e:
         Cifar10().load(tmp_path, num_ood_samples=0, verify=False)
-    parts = str(e.value).split(": ", 1)[1].split("; ")
-    assert len(parts) == 2  # CIFAR and SCOOD; the 300K file is not needed with num_ood_samples=0
-    assert "test_batch in " + str(data["cifar"]["folder"]) in parts[0] and "cifar-10-python.tar.gz" in parts[0]
-    assert "test_lsun.txt" in parts[1] and "test_svhn.txt" not in parts[1]
+    msg = str(e.value)
+    required, optional = msg.split(" (also missing, not needed to start: ")
+    # Only the ID part stops the load; the absent SCOOD list is named as optional, the 300K file not at all
+    # (num_ood_samples=0 does not ask for it).
+    assert required.startswith("cifar10 is not ready, missing: the CIFAR-10 batches test_batch in "
+                               + str(data["cifar"]["folder"]))
+    assert "cifar-10-python.tar.gz" in required and "SCOOD" not in required
+    assert "test_lsun.txt" in optional and "test_svhn.txt" not in optional
+    assert "300K" not in msg and "\n" not in msg
     statuses = {s.what: s for s in Cifar10().status(tmp_path)}
     assert not statuses["ID test: CIFAR-10 test batch"].present
     assert statuses["ID train: CIFAR-10 training batches"].present
     assert [s.present for s in statuses.values()].count(False) == 3  # test batch, lsun list, 300K
+    assert [s.what for s in statuses.values() if not s.required] == [
+        "SCOOD images", *[f"OOD test: SCOOD {n} list" for n in ("texture", "svhn", "cifar100", "tin", "lsun",
+                                                                "places365")],
+        "auxiliary OOD: 300K random images (training only)"]
 
 
 # ---------------------------------------------------------------- prepare: archives and downloads
@@ -254,8 +263,9 @@ def test_prepare_downloads_with_the_published_md5(tmp_path, monkeypatch):
     write_300k(root, rows=6)
     calls = []
 
-    def fake_fetch(url, dest, md5=None):
+    def fake_fetch(url, dest, md5=None, max_bytes=None):
         calls.append((url, md5))
+        assert max_bytes is not None and max_bytes >= archive.stat().st_size
         shutil.copy(archive, dest)
         return dest
 
@@ -269,10 +279,30 @@ def test_prepare_downloads_with_the_published_md5(tmp_path, monkeypatch):
     assert calls[-1] == ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
 
 
-def test_prepare_reports_what_no_download_can_fix_before_downloading(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar, "fetch", lambda *a, **k: pytest.fail("downloaded although SCOOD is missing"))
-    with pytest.raises(ImoodError, match="SCOOD images/ and test_texture.txt"):
-        Cifar10().prepare(tmp_path)
+def test_prepare_downloads_cifar_even_when_scood_is_missing(tmp_path, monkeypatch):
+    """SCOOD cannot be downloaded; it no longer stops `prepare` from making the ID part ready."""
+    src = tmp_path / "mirror"
+    src.mkdir()
+    write_cifar(src, "cifar10", per_class=20)
+    archive = make_archive(src, "cifar-10-batches-py", "cifar-10-python.tar.gz")
+    root = tmp_path / "data"
+    fetched = []
+
+    def fake_fetch(url, dest, md5=None, max_bytes=None):
+        fetched.append(url)
+        if "cifar-10" not in url:
+            raise ImoodError(f"could not download {url} (offline)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(archive, dest)
+        return dest
+
+    monkeypatch.setattr(cifar, "fetch", fake_fetch)
+    m = Cifar10().prepare(root, imbalance_ratio=0.1, verify=False)
+    assert fetched == [CIFAR10.url, "https://people.eecs.berkeley.edu/~hendrycks/300K_random_images.npy"]
+    assert m["train_size"] == sum(int(20 * 0.1 ** (k / 9)) for k in range(10))
+    assert m["ood_tests"] == {} and m["aux_ood"] is None
+    assert set(m["missing"]) == {"texture", "svhn", "cifar100", "tin", "lsun", "places365", "tinyimages-300k"}
+    assert "offline" in m["missing"]["tinyimages-300k"] and "drive.google.com" in m["missing"]["lsun"]
 
 
 # ---------------------------------------------------------------- through the CLI

@@ -13,29 +13,16 @@ is kept low on purpose: at CIFAR sizes a training step is bound by kernel launch
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
+# Re-exported: the spec lives in a torch-free module so describing a benchmark does not import torch.
+from imood_cli.data.augment_spec import CIFAR_AUGMENT as CIFAR_AUGMENT
+from imood_cli.data.augment_spec import AugmentSpec as AugmentSpec
+
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    crop_padding: int = 0
-    flip: bool = False
-    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.0
-    grayscale_p: float = 0.0
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-CIFAR_AUGMENT = AugmentSpec(crop_padding=4, flip=True, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2)
 
 
 @dataclass
@@ -198,7 +185,8 @@ def to_float(images: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _mean_std(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device: a fresh tensor literal each batch would be a blocking host-to-device copy.
     return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
-from imood_cli.data.augment import AugmentSpec
+from imood_cli.core.lazy import torch
+from imood_cli.data.augment_spec import AugmentSpec
 
 
 @dataclass
@@ -46,6 +45,9 @@ class ImageSet:
 
 @dataclass
 class Benchmark:
+    """One benchmark as loaded. `missing` maps each standard OOD test set (or other optional piece)
+    that is not on disk to where to get it; `ood_tests` holds the ones that are."""
+
     name: str
     num_classes: int
     class_counts: list[int]
@@ -58,17 +60,23 @@ class Benchmark:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     class_names: list[str] | None = None
     description: str = ""
+    missing: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class FileStatus:
-    """One piece of a benchmark on disk, for `imood data list` and the missing-data messages."""
+    """One piece of a benchmark on disk, for `imood data list` and the missing-data messages.
+
+    required: False for pieces a benchmark can do without (OOD test sets are then left out and
+    named in `Benchmark.missing`; auxiliary OOD is needed only when asked for).
+    """
 
     what: str
     path: Path
     present: bool
     how_to_get: str = ""
     detail: str = ""
+    required: bool = True
 
 
 class Dataset(Protocol):

@@ -7,30 +7,38 @@ Auxiliary OOD: the first `num_ood_samples` (30,000) of the 300K random images.
 
 The batches are pickles. They are read with a restricted unpickler that only resolves the numpy
 globals an array needs; a pickle that names anything else (os.system, builtins.eval, ...) is
-refused before it can run. Their MD5s are checked against the published ones unless verify=False.
+refused before it can run, and any other way a batch can fail to load (a length field that claims
+a terabyte, a truncated file) is one ImoodError naming the file. Their MD5s are checked against
+the published ones when verify is True; verify=None follows DATA/<name>/manifest.json.
+
+Only the ID part is required. Missing SCOOD sets are left out of `Benchmark.ood_tests` and named in
+`Benchmark.missing`; the 300K file is needed only when auxiliary OOD is asked for
+(num_ood_samples != 0), and `prepare` records it as missing instead of failing.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from imood_cli.core.lazy import np, torch
 from imood_cli.data import scood, tinyimages
 from imood_cli.data.archive import check_md5, safe_extract
 from imood_cli.data.archive import download as fetch
-from imood_cli.data.augment import CIFAR_AUGMENT
+from imood_cli.data.augment_spec import CIFAR_AUGMENT
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet
 from imood_cli.data.longtail import check_imbalance_ratio, longtail_counts, longtail_indices
-from imood_cli.data.manifest import write_manifest
+from imood_cli.data.manifest import resolve_verify, write_manifest
+from imood_cli.data.safe_files import NotRegularFile, absent_or_kind, is_regular_file, open_regular, path_kind
 from imood_cli.errors import ImoodError
 
 IMAGE_SIZE = 32
 DEFAULT_RATIO = 0.01
+EXTRACT_CAP = 2 << 30  # bytes: the CIFAR archives unpack to 178 MB; a file that inflates past this is not one
+TINYIMAGES_CAP = 1 << 30  # bytes: the 300K file is 921,600,128
 
 
 # ---------------------------------------------------------------- safe unpickling
@@ -72,16 +80,27 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load_pickle(path: Path):
-    """Unpickle a CIFAR batch file with RestrictedUnpickler (latin-1 for Python 2 strings, as torchvision)."""
+    """Unpickle a CIFAR batch file with RestrictedUnpickler (latin-1 for Python 2 strings, as torchvision).
+
+    Whatever a damaged or hostile file does (a length field of 2^40 bytes: MemoryError; nesting:
+    RecursionError; ...) ends as one ImoodError naming it. Ctrl-C is not caught.
+    """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "CIFAR batch") as f:
             return RestrictedUnpickler(f, encoding="latin1").load()
     except RefusedGlobal as exc:
         raise ImoodError(f"{path}: refusing to unpickle it ({exc}): a CIFAR batch holds only arrays, lists and "
                          "strings; this file is not one") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OverflowError) as exc:
-        raise ImoodError(f"{path} is not a readable CIFAR batch ({type(exc).__name__}: {exc}); "
+    except ImoodError:
+        raise
+    except FileNotFoundError:
+        raise ImoodError(f"{path} is missing; run `imood data prepare` again") from None
+    except MemoryError:
+        raise ImoodError(f"{path} is not a readable CIFAR batch (it asks for more memory than there is: a length "
+                         "field is damaged); delete it and prepare again") from None
+    except Exception as exc:  # the unpickler and numpy raise many types for bad bytes; none may escape as a traceback
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ImoodError(f"{path} is not a readable CIFAR batch ({' '.join(detail.split())[:200]}); "
                          "delete it and prepare again") from None
 
 
@@ -136,15 +155,21 @@ def read_batches(folder: Path, files: tuple[tuple[str, str], ...], label_key: st
     images, labels = [], []
     for fname, _ in files:
         path = folder / fname
-        try:
-            d = _str_keys(safe_load_pickle(path))
-            data, lab = d["data"], d[label_key]
-        except (KeyError, TypeError) as exc:
-            raise ImoodError(f"{path} is not a CIFAR batch: no {exc} entry") from None
+        d = safe_load_pickle(path)
+        if not isinstance(d, dict):
+            raise ImoodError(f"{path} is not a CIFAR batch: it holds a {type(d).__name__}, not a dict")
+        d = _str_keys(d)
+        for key in ("data", label_key):
+            if key not in d:
+                raise ImoodError(f"{path} is not a CIFAR batch: no {key!r} entry")
+        data, lab = d["data"], d[label_key]
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise ImoodError(f"{path}: 'data' should be uint8 [N, 3072], found {what}")
-        lab = np.asarray(lab)
+        try:
+            lab = np.asarray(lab)
+        except (ValueError, TypeError, OverflowError, MemoryError):
+            lab = np.asarray([], dtype=object)
         if lab.shape != (data.shape[0],) or not np.issubdtype(lab.dtype, np.integer):
             raise ImoodError(f"{path}: {label_key} should be {data.shape[0]} integers, found {lab.dtype} {lab.shape}")
         if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
@@ -155,10 +180,14 @@ def read_batches(folder: Path, files: tuple[tuple[str, str], ...], label_key: st
 
 
 def read_class_names(folder: Path, info: CifarInfo) -> list[str] | None:
+    """The class names of the meta file; None when it has none (they only label reports)."""
     path = folder / info.meta[0]
-    if not path.exists():
+    if not is_regular_file(path):
         return None
-    names = _str_keys(safe_load_pickle(path)).get(info.names_key)
+    meta = safe_load_pickle(path)
+    if not isinstance(meta, dict):
+        return None
+    names = _str_keys(meta).get(info.names_key)
     if not isinstance(names, list) or len(names) != info.num_classes:
         return None
     return [n.decode("latin-1") if isinstance(n, bytes) else str(n) for n in names]
@@ -188,93 +217,140 @@ class Cifar:
     def _batch_files(self) -> list[tuple[str, str]]:
         return [*self.info.train, *self.info.test, self.info.meta]
 
+    def _absent_batches(self, root: Path) -> list[str]:
+        return [f for f, _ in self._batch_files() if not is_regular_file(self.folder(root) / f)]
+
+    def _how(self, root: Path) -> str:
+        i = self.info
+        return f"`imood data prepare {i.name}` downloads {i.url} (or put {i.archive} in {root}/ and prepare)"
+
     def _id_status(self, root: Path) -> list[FileStatus]:
         i, folder = self.info, self.folder(root)
         archive = Path(root) / i.archive
-        how = f"`imood data prepare {i.name}` downloads {i.url} (or put {i.archive} in {root}/ and prepare)"
         out = []
         for what, files in ((f"ID train: {i.title} training batches", [*i.train, i.meta]),
                             (f"ID test: {i.title} test batch", list(i.test))):
-            missing = [f for f, _ in files if not (folder / f).is_file()]
+            absent = [f for f, _ in files if not is_regular_file(folder / f)]
             detail = ""
-            if missing:
-                detail = f"missing {', '.join(missing)}"
-                if archive.is_file():
+            if absent:
+                detail = "missing " + ", ".join(f if absent_or_kind(folder / f) == "missing"
+                                                else f"{f} ({absent_or_kind(folder / f)})" for f in absent)
+                if is_regular_file(archive):
                     detail += f"; {archive.name} is present: `imood data prepare {i.name}` extracts it"
             path = folder if len(files) > 1 else folder / files[0][0]
-            out.append(FileStatus(what, path, not missing, how, detail))
+            out.append(FileStatus(what, path, not absent, self._how(root), detail))
         return out
 
     def status(self, root: Path) -> list[FileStatus]:
         root = Path(root)
         return [*self._id_status(root), *scood.status(root, self.info.name), tinyimages.status(root)]
 
+    def _missing_id(self, root: Path) -> str | None:
+        """One phrase naming the absent batch files, where they go and how to get them; None when all are there."""
+        i = self.info
+        absent = self._absent_batches(root)
+        if not absent:
+            return None
+        folder = self.folder(root)
+        odd = [f"{f} is {path_kind(folder / f)}" for f in absent if path_kind(folder / f) is not None]
+        files = "" if len(absent) == len(self._batch_files()) else f" {', '.join(absent)}"
+        archive = Path(root) / i.archive
+        how = (f"{archive.name} is there: `imood data prepare {i.name} --drp {root}` extracts it"
+               if is_regular_file(archive) and not odd
+               else f"`imood data prepare {i.name} --drp {root}` downloads {i.url}, or put {i.archive} in {root}/")
+        return f"the {i.title} batches{files} in {folder} ({'; '.join([*odd, how])})"
+
+    def missing_pieces(self, root: Path) -> dict[str, str]:
+        """Every optional piece not on disk (SCOOD sets, the 300K file) -> where to get it."""
+        out = scood.missing_sets(root, self.info.name)
+        if not tinyimages.present(root):
+            out[tinyimages.SET_NAME] = f"the 300K random images {tinyimages.tinyimages_path(root)} " \
+                                       f"({tinyimages.how_to_get(root)})"
+        return out
+
+    def _not_ready(self, required: list[str], root: Path) -> ImoodError:
+        """One line: what must be there first, then the absent OOD test sets (the 300K file is named only
+        when it was asked for, and then among the required)."""
+        optional = self.missing_pieces(root)
+        optional.pop(tinyimages.SET_NAME, None)
+        also = f" (also missing, not needed to start: {'; '.join(optional.values())})" if optional else ""
+        return ImoodError(f"{self.info.name} is not ready, missing: {'; '.join(required)}{also}")
+
     # ---- prepare
     def _ensure_batches(self, root: Path, verify: bool, download: bool) -> str:
         i, root = self.info, Path(root)
-        if all((self.folder(root) / f).is_file() for f, _ in self._batch_files()):
+        if not self._absent_batches(root):
             return f"{self.folder(root)} (already present)"
         archive = root / i.archive
-        if not archive.is_file():
+        if not is_regular_file(archive):
+            if os.path.lexists(archive):
+                raise NotRegularFile(archive, path_kind(archive) or "unreadable", f"{i.title} archive")
             if not download:
                 return "missing (not downloaded: --no-download)"
-            fetch(i.url, archive, md5=i.archive_md5 if verify else None)
+            fetch(i.url, archive, md5=i.archive_md5 if verify else None, max_bytes=EXTRACT_CAP)
         elif verify:
             check_md5(archive, i.archive_md5)
-        safe_extract(archive, root)
+        safe_extract(archive, root, allowed_top=i.folder, max_bytes=EXTRACT_CAP)
         return f"extracted from {archive}"
 
     def prepare(self, root: Path, imbalance_ratio: float | None = None, num_ood_samples: int | None = None,
-                verify: bool = True, download: bool = True, **_) -> dict:
+                verify: bool | None = True, download: bool = True, **_) -> dict:
+        """Make the ID part ready (download, check, extract), build the split and write the manifest.
+
+        Optional pieces that are absent (SCOOD sets, the 300K file when it cannot be downloaded) are
+        recorded in the manifest's `missing` instead of stopping; only a missing ID part is an error.
+        """
         root = Path(root)
-        # What no download can fix is reported first, with everything else that is missing.
-        need_aux = num_ood_samples != 0
-        missing = self._missing(root, need_aux)
-        if download and any(m.startswith("SCOOD") for m in missing):
-            raise ImoodError(f"{self.info.name} is not ready, missing: {'; '.join(missing)}")
+        verify = resolve_verify(verify, root / self.info.name)
         got = self._ensure_batches(root, verify, download)
-        if download and need_aux and not tinyimages.tinyimages_path(root).is_file():
-            fetch(tinyimages.URL, tinyimages.tinyimages_path(root))
-        bench = self.load(root, imbalance_ratio=imbalance_ratio, num_ood_samples=num_ood_samples, verify=verify)
+        id_missing = self._missing_id(root)
+        if id_missing:
+            raise self._not_ready([id_missing], root)
+        need_aux = num_ood_samples != 0
+        failed_download = {}
+        if download and need_aux and not os.path.lexists(tinyimages.tinyimages_path(root)):
+            try:
+                fetch(tinyimages.URL, tinyimages.tinyimages_path(root), max_bytes=TINYIMAGES_CAP)
+            except ImoodError as exc:  # optional: recorded as missing with the reason
+                failed_download[tinyimages.SET_NAME] = str(exc)
+        aux_here = tinyimages.present(root)
+        bench = self.load(root, imbalance_ratio=imbalance_ratio, num_ood_samples=num_ood_samples if aux_here else 0,
+                          verify=verify)
+        missing = {**self.missing_pieces(root), **failed_download}
         ratio = self.default_imbalance_ratio if imbalance_ratio is None else imbalance_ratio
         where = {"train": str(self.folder(root)), "test": str(self.folder(root)),
                  "aux_ood": str(tinyimages.tinyimages_path(root))}
         for n in scood.SETS:
             where[scood.display_name(self.info.name, n)] = str(scood.imglist_path(root, self.info.name, n))
+        pieces = {"train": True, "test": True, tinyimages.SET_NAME: aux_here,
+                  **{scood.display_name(self.info.name, n): scood.display_name(self.info.name, n) not in missing
+                     for n in scood.SETS}}
         options = {"imbalance_ratio": ratio, "n_max": bench.class_counts[0] if bench.class_counts else None,
                    "num_ood_samples": len(bench.aux_ood) if bench.aux_ood is not None else 0,
                    "verified": bool(verify), "cifar": got}
-        return write_manifest(root / self.info.name, bench, source=f"{self.info.url}; SCOOD {scood.URL}; {tinyimages.URL}",
-                              options=options, where=where)
+        return write_manifest(root / self.info.name, bench, options=options, where=where, missing=missing,
+                              pieces=pieces, source=f"{self.info.url}; SCOOD {scood.URL}; {tinyimages.URL}")
 
     # ---- load
-    def _missing(self, root: Path, need_aux: bool) -> list[str]:
-        """Compact phrases naming what is missing, where it goes and how to get it."""
-        i, out = self.info, []
-        absent = [f for f, _ in self._batch_files() if not (self.folder(root) / f).is_file()]
-        if absent:
-            files = "" if len(absent) == len(self._batch_files()) else f" {', '.join(absent)}"
-            archive = Path(root) / i.archive
-            how = (f"{archive.name} is there: `imood data prepare {i.name} --drp {root}` extracts it" if archive.is_file()
-                   else f"`imood data prepare {i.name} --drp {root}` downloads {i.url}, or put {i.archive} in {root}/")
-            out.append(f"the {i.title} batches{files} in {self.folder(root)} ({how})")
-        for text in (scood.missing_text(root, i.name), tinyimages.missing_text(root) if need_aux else None):
-            if text:
-                out.append(text)
-        return out
-
     def load(self, root: Path, imbalance_ratio: float | None = None, num_ood_samples: int | None = None,
-             verify: bool = True, **_) -> Benchmark:
+             verify: bool | None = None, ood_tests: bool = True, **_) -> Benchmark:
+        """The benchmark. verify: check the published MD5s (None: as the manifest recorded, True without
+        one); ood_tests=False skips the OOD test sets (training does not need them); num_ood_samples=0:
+        no auxiliary OOD. Missing OOD test sets are named in `Benchmark.missing`."""
         i, root = self.info, Path(root)
         ratio = self.default_imbalance_ratio if imbalance_ratio is None else float(imbalance_ratio)
         check_imbalance_ratio(ratio)
         if num_ood_samples is not None and num_ood_samples < 0:
             raise ImoodError(f"--num_ood_samples must be >= 0, got {num_ood_samples}")
-        missing = self._missing(root, need_aux=num_ood_samples != 0)
-        if missing:
-            raise ImoodError(f"{i.name} is not ready, missing: {'; '.join(missing)}")
+        aux_required = num_ood_samples != 0 and not tinyimages.present(root)
+        required = [self._missing_id(root)]
+        if aux_required:
+            required.append(tinyimages.missing_text(root) + " (or pass --num_ood_samples 0 to go without it)")
+        required = [r for r in required if r]
+        if required:
+            raise self._not_ready(required, root)
         folder = self.folder(root)
-        if verify:
+        if resolve_verify(verify, root / i.name):
             for fname, md5 in self._batch_files():
                 check_md5(folder / fname, md5, what=f"{i.title} {fname}")
         train_images, train_labels = read_batches(folder, i.train, i.label_key, i.num_classes)
@@ -289,7 +365,10 @@ class Cifar:
         if min(counts) < 1:
             raise ImoodError(f"--imbalance_ratio {ratio} leaves class {counts.index(min(counts))} without images")
         keep = longtail_indices(train_labels, counts)
-        ood_tests = scood.load_sets(root, i.name, i.num_classes, IMAGE_SIZE, cache_dir=root / i.name / "cache")
+        sets, missing = {}, {}
+        if ood_tests:
+            sets, missing = scood.load_present_sets(root, i.name, i.num_classes, IMAGE_SIZE,
+                                                    cache_dir=root / i.name / "cache")
         aux = None if num_ood_samples == 0 else tinyimages.load_tinyimages(root, num_ood_samples)
         return Benchmark(
             name=i.name,
@@ -297,13 +376,14 @@ class Cifar:
             class_counts=counts,
             train=ImageSet(f"{i.name}-lt-train", train_labels[keep], train_images[keep]),
             test=ImageSet(f"{i.name}-test", test_labels, test_images),
-            ood_tests=ood_tests,
+            ood_tests=sets,
             aux_ood=aux,
             channels=3,
             image_size=IMAGE_SIZE,
             augment=CIFAR_AUGMENT,
             class_names=read_class_names(folder, i),
             description=self.description,
+            missing=missing,
         )
 
 

@@ -4,19 +4,30 @@ ID: handwritten digits 0-5 (8×8 grayscale), each class split 2/3 train and 1/3 
 seed; the train split is made long-tailed with the CIFAR-LT rule. Auxiliary OOD: patches of the
 `china.jpg` sample photo. OOD test sets: the held-out digits 6-9 (near-OOD), patches of
 `flower.jpg` (far-OOD), and synthetic noise (uniform noise and Gaussian blobs).
+
+`imood data prepare digits` stores what needs scikit-learn (the scaled digits, their labels and the
+photo patches, uint8, about 350 KB) in DATA/digits/digits-arrays.npz and records its sha256 in
+manifest.json; `load` then reads that file and never imports scikit-learn. Without the file the
+arrays are built in memory as before; both ways give the same pixels. The stored file is checked
+like any input (sha256, keys, dtypes, shapes, label range): one that fails is an error naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import zipfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from imood_cli.data.augment import AugmentSpec
+from imood_cli.core.atomic import atomic_write_bytes
+from imood_cli.core.lazy import np, torch
+from imood_cli.data.augment_spec import AugmentSpec
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet
 from imood_cli.data.longtail import longtail_counts, longtail_indices
-from imood_cli.data.manifest import write_manifest
+from imood_cli.data.manifest import read_manifest, write_manifest
+from imood_cli.data.safe_files import path_kind, read_regular
+from imood_cli.errors import ImoodError
 
 SIZE = 8
 ID_CLASSES = 6
@@ -24,15 +35,19 @@ SEED = 0
 NUM_AUX = 3000
 NUM_FLOWER = 600
 NUM_NOISE = 600
+NUM_DIGITS = 1797  # sklearn's load_digits
+ARRAYS_FILE = "digits-arrays.npz"
+MAX_ARRAYS_BYTES = 4 << 20  # the file is about 350 KB; anything far larger is not one imood wrote
+ARRAY_SHAPES = {"digits": (NUM_DIGITS, SIZE, SIZE), "targets": (NUM_DIGITS,), "china_patches": (NUM_AUX, SIZE, SIZE),
+                "flower_patches": (NUM_FLOWER, SIZE, SIZE)}
 
 
-def _to_uint8(images: np.ndarray) -> torch.Tensor:
-    """sklearn's digits are 0..16; scale to 0..255 and add the channel axis."""
-    scaled = np.rint(images.astype(np.float64) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    return torch.from_numpy(scaled).unsqueeze(1)
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """sklearn's digits are 0..16; scale to 0..255."""
+    return np.rint(images.astype(np.float64) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
 
 
-def photo_patches(photo: np.ndarray, count: int, seed: int) -> torch.Tensor:
+def photo_patches(photo: np.ndarray, count: int, seed: int) -> np.ndarray:
     """Grayscale square crops of random size (16-64 px) from a photo, area-averaged down to 8×8."""
     gray = photo.astype(np.float64) @ np.array([0.2989, 0.587, 0.114])
     rng = np.random.default_rng(seed)
@@ -44,7 +59,7 @@ def photo_patches(photo: np.ndarray, count: int, seed: int) -> torch.Tensor:
         crop = gray[y:y + side, x:x + side]
         f = side // SIZE
         out[i] = np.rint(crop.reshape(SIZE, f, SIZE, f).mean(axis=(1, 3))).clip(0, 255)
-    return torch.from_numpy(out).unsqueeze(1)
+    return out
 
 
 def noise_images(count: int, seed: int) -> torch.Tensor:
@@ -74,26 +89,119 @@ def split_train_test(labels: np.ndarray, classes: int, seed: int) -> tuple[np.nd
     return np.concatenate(train), np.sort(np.concatenate(test))
 
 
+def build_arrays() -> dict[str, np.ndarray]:
+    """The arrays that need scikit-learn: scaled digits, their labels, the china and flower patches."""
+    from sklearn.datasets import load_digits, load_sample_images
+
+    digits = load_digits()
+    photos = load_sample_images()
+    named = dict(zip([Path(f).name for f in photos.filenames], photos.images))
+    return {"digits": _to_uint8(digits.images), "targets": digits.target.astype(np.uint8),
+            "china_patches": photo_patches(named["china.jpg"], NUM_AUX, SEED + 1),
+            "flower_patches": photo_patches(named["flower.jpg"], NUM_FLOWER, SEED + 2)}
+
+
+def arrays_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """dtype, shape and label range of stored arrays; an ImoodError naming `path` when one is off."""
+    if set(arrays) != set(ARRAY_SHAPES):
+        raise ImoodError(f"{path}: expected the arrays {', '.join(sorted(ARRAY_SHAPES))}, found "
+                         f"{', '.join(sorted(arrays)) or 'none'}; delete it and run `imood data prepare digits`")
+    for key, shape in ARRAY_SHAPES.items():
+        a = arrays[key]
+        if a.dtype != np.uint8 or a.shape != shape:
+            raise ImoodError(f"{path}: {key} should be uint8 {shape}, found {a.dtype} {a.shape}; delete it and run "
+                             "`imood data prepare digits`")
+    if int(arrays["targets"].max()) > 9:
+        raise ImoodError(f"{path}: targets outside 0..9; delete it and run `imood data prepare digits`")
+
+
+def read_arrays(folder: Path) -> tuple[dict[str, np.ndarray], str] | None:
+    """(the stored arrays of DATA/digits/, their file's sha256), checked against manifest.json; None
+    when there is no file."""
+    path = Path(folder) / ARRAYS_FILE
+    if path_kind(path) is None:
+        return None
+    redo = "delete it (imood builds the arrays from scikit-learn) or run `imood data prepare digits` after deleting it"
+    size = os.stat(path).st_size if path_kind(path) == "a regular file" else 0
+    if size > MAX_ARRAYS_BYTES:
+        raise ImoodError(f"{path} holds {size:,} bytes, far more than the digits arrays; {redo}")
+    raw = read_regular(path, "digits arrays")
+    record = (read_manifest(folder) or {}).get("arrays")
+    expected = record.get("sha256") if isinstance(record, dict) and record.get("file") == ARRAYS_FILE else None
+    if expected is None:
+        raise ImoodError(f"{path} is not recorded in {Path(folder) / 'manifest.json'}, so imood cannot check it; "
+                         f"{redo}")
+    if hashlib.sha256(raw).hexdigest() != expected:
+        raise ImoodError(f"{path}: sha256 does not match the one manifest.json recorded (the file changed); {redo}")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: np.array(z[k]) for k in z.files}  # a copy: arrays read from a zip are read-only
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ImoodError(f"{path} is not a readable .npz ({exc}); {redo}") from None
+    check_arrays(arrays, path)
+    return arrays, expected
+
+
 class Digits:
     name = "digits"
     description = "embedded offline benchmark: sklearn digits 0-5 long-tailed vs digits 6-9, photo patches, noise"
     default_imbalance_ratio = 0.1
 
     def status(self, root: Path) -> list[FileStatus]:
+        path = Path(root) / self.name / ARRAYS_FILE
+        detail = (f"stored in {path}" if path_kind(path) is not None
+                  else "built from scikit-learn at each load (`imood data prepare digits` stores them)")
         return [FileStatus("sklearn digits and sample images", Path("(inside scikit-learn)"), True,
-                           "ships with scikit-learn; nothing to download")]
+                           "ships with scikit-learn; nothing to download", detail)]
 
-    def prepare(self, root: Path, imbalance_ratio: float | None = None, **_) -> dict:
-        bench = self.load(root, imbalance_ratio=imbalance_ratio)
-        return write_manifest(Path(root) / self.name, bench, source="sklearn.datasets (load_digits, load_sample_images)",
-                              options={"imbalance_ratio": imbalance_ratio or self.default_imbalance_ratio, "seed": SEED})
+    def prepare(self, root: Path, imbalance_ratio: float | None = None, num_ood_samples: int | None = None,
+                **_) -> dict:
+        """Store the arrays under DATA/digits/ (unless a checked copy is there) and write the manifest.
 
-    def load(self, root: Path | None = None, imbalance_ratio: float | None = None, **_) -> Benchmark:
-        from sklearn.datasets import load_digits, load_sample_images
-
+        The manifest, with the arrays' sha256, is written first: cut short between the two writes,
+        `load` finds no arrays and builds them from scikit-learn, and the next `prepare` stores them.
+        """
+        folder = Path(root) / self.name
+        stored = read_arrays(folder)
+        if stored is None:
+            arrays = build_arrays()
+            raw = arrays_bytes(arrays)
+            sha = hashlib.sha256(raw).hexdigest()
+        else:
+            (arrays, sha), raw = stored, None
         ratio = self.default_imbalance_ratio if imbalance_ratio is None else imbalance_ratio
-        digits = load_digits()
-        images, labels = _to_uint8(digits.images), torch.from_numpy(digits.target.astype(np.int64))
+        bench = self._benchmark(arrays, ratio, num_ood_samples, ood_tests=True)
+        manifest = write_manifest(folder, bench, source="sklearn.datasets (load_digits, load_sample_images)",
+                                  options={"imbalance_ratio": ratio, "seed": SEED, "verified": True},
+                                  extra={"arrays": {"file": ARRAYS_FILE, "sha256": sha}})
+        if raw is not None:
+            try:
+                atomic_write_bytes(folder / ARRAYS_FILE, raw)
+            except OSError as exc:
+                raise ImoodError(f"cannot write {folder / ARRAYS_FILE}: {exc.strerror or exc}") from None
+        return manifest
+
+    def load(self, root: Path | None = None, imbalance_ratio: float | None = None, num_ood_samples: int | None = None,
+             ood_tests: bool = True, **_) -> Benchmark:
+        """The benchmark, from DATA/digits/digits-arrays.npz when `prepare` stored it (checked), else
+        built from scikit-learn. num_ood_samples: None for all 3,000 patches, 0 for none."""
+        stored = read_arrays(Path(root) / self.name) if root is not None else None
+        arrays = stored[0] if stored is not None else build_arrays()
+        ratio = self.default_imbalance_ratio if imbalance_ratio is None else imbalance_ratio
+        return self._benchmark(arrays, ratio, num_ood_samples, ood_tests)
+
+    def _benchmark(self, arrays: dict[str, np.ndarray], ratio: float, num_ood_samples: int | None,
+                   ood_tests: bool) -> Benchmark:
+        if num_ood_samples is not None and not 0 <= num_ood_samples <= NUM_AUX:
+            raise ImoodError(f"--num_ood_samples for digits must be in 0..{NUM_AUX:,}, got {num_ood_samples}")
+        images = torch.from_numpy(arrays["digits"]).unsqueeze(1)
+        labels = torch.from_numpy(arrays["targets"].astype(np.int64))
         is_id = (labels < ID_CLASSES).numpy()
         id_idx = np.nonzero(is_id)[0]
         train_rel, test_rel = split_train_test(labels.numpy()[id_idx], ID_CLASSES, SEED)
@@ -102,25 +210,29 @@ class Digits:
         n_max = int(torch.bincount(train_labels, minlength=ID_CLASSES).min())
         counts = longtail_counts(n_max, ID_CLASSES, ratio)
         keep = train_idx[longtail_indices(train_labels, counts)]
-
-        photos = load_sample_images()
-        named = dict(zip([Path(f).name for f in photos.filenames], photos.images))
-        aux = photo_patches(named["china.jpg"], NUM_AUX, SEED + 1)
-        flower = photo_patches(named["flower.jpg"], NUM_FLOWER, SEED + 2)
-        ood_digits = torch.from_numpy(np.nonzero(~is_id)[0])
         minus = lambda n: torch.full((n,), -1, dtype=torch.long)
+        sets = {}
+        if ood_tests:
+            ood_digits = torch.from_numpy(np.nonzero(~is_id)[0])
+            sets = {
+                "digits-6-9": ImageSet("digits-6-9", minus(len(ood_digits)), images[ood_digits]),
+                "flower-patches": ImageSet("flower-patches", minus(NUM_FLOWER),
+                                           torch.from_numpy(arrays["flower_patches"]).unsqueeze(1)),
+                "noise": ImageSet("noise", minus(NUM_NOISE), noise_images(NUM_NOISE, SEED + 3)),
+            }
+        n_aux = NUM_AUX if num_ood_samples is None else num_ood_samples
+        aux = None
+        if n_aux:
+            patches = torch.from_numpy(arrays["china_patches"][:n_aux]).unsqueeze(1)
+            aux = ImageSet("china-patches", minus(n_aux), patches)
         return Benchmark(
             name=self.name,
             num_classes=ID_CLASSES,
             class_counts=counts,
             train=ImageSet("digits-0-5-train-lt", labels[keep], images[keep]),
             test=ImageSet("digits-0-5-test", labels[test_idx], images[test_idx]),
-            ood_tests={
-                "digits-6-9": ImageSet("digits-6-9", minus(len(ood_digits)), images[ood_digits]),
-                "flower-patches": ImageSet("flower-patches", minus(NUM_FLOWER), flower),
-                "noise": ImageSet("noise", minus(NUM_NOISE), noise_images(NUM_NOISE, SEED + 3)),
-            },
-            aux_ood=ImageSet("china-patches", minus(NUM_AUX), aux),
+            ood_tests=sets,
+            aux_ood=aux,
             channels=1,
             image_size=SIZE,
             augment=AugmentSpec(crop_padding=1),

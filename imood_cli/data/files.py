@@ -10,15 +10,13 @@
   Every random draw derives from (seed, epoch, rank, step), and the image order is exactly
   InMemoryEpoch's, so an interrupted run resumes on the same batches whatever the worker count.
 
-Also the decoding helpers shared by the in-memory image readers (SCOOD lists, `--ood-dir` folders).
+Files are opened through `data.images.open_image`: regular files only (a FIFO is refused, never opened).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,83 +25,20 @@ import torch
 
 from imood_cli.data.base import ImageSet
 from imood_cli.data.batches import Batch, EpochOrder, epoch_seed
+from imood_cli.data.images import SHOW_FAILED, failed_message, open_image
 from imood_cli.errors import ImoodError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 RESIZE_FOR_CROP = 256 / 224  # test transform: resize the shorter side to 256, center crop 224
 RRC_RATIO = (3 / 4, 4 / 3)
-SHOW_FAILED = 3
 
 
-# ---------------------------------------------------------------- listing and decoding
-
-def list_images(folder: Path) -> list[Path]:
-    """Every image file under `folder` (any depth, symlinked folders followed), in sorted order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith("."):
-                found.append(Path(dirpath) / f)
-    return found
-
-
-def open_image(path: str | Path, channels: int = 3):
-    """A decoded PIL image in RGB (3 channels) or luma (1 channel)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB" if channels == 3 else "L")
-
+# ---------------------------------------------------------------- tensors
 
 def to_uint8_tensor(img) -> torch.Tensor:
     a = np.asarray(img, dtype=np.uint8)
     if a.ndim == 2:
         a = a[:, :, None]
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
-
-
-def decode_resized(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
-    """[C, size, size] uint8: the whole image resized (bilinear, no crop), as SCOOD's 32×32 sets are."""
-    from PIL import Image
-
-    img = open_image(path, channels)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    a = np.asarray(img, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-
-def failed_message(what: str, failed: Sequence[tuple[str, str]], total: int) -> str:
-    first = ", ".join(f"{p} ({why})" for p, why in failed[:SHOW_FAILED])
-    more = f" and {len(failed) - SHOW_FAILED} more" if len(failed) > SHOW_FAILED else ""
-    return f"{what}: {len(failed)} of {total} images could not be read: {first}{more}"
-
-
-def decode_many(paths: Sequence[str | Path], size: int, channels: int = 3,
-                threads: int | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """Decode and resize images in a thread pool (PIL releases the GIL while decoding).
-
-    Returns uint8 [N, C, size, size] (zeros where decoding failed) and the failures as (path, reason).
-    """
-    out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
-    failed: list[tuple[str, str]] = []
-
-    def one(i: int) -> tuple[int, str | None]:
-        try:
-            out[i] = decode_resized(paths[i], size, channels)
-            return i, None
-        except FileNotFoundError:
-            return i, "missing"
-        except Exception as exc:  # PIL raises many types for damaged files
-            return i, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-
-    threads = threads or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for i, why in pool.map(one, range(len(paths)), chunksize=64):
-            if why is not None:
-                failed.append((str(paths[i]), why))
-    return out, failed
 
 
 # ---------------------------------------------------------------- test-time reading

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from imood_cli.core.lazy import torch
 from imood_cli.errors import ImoodError
 
 

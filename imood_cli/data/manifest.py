@@ -1,4 +1,10 @@
-"""manifest.json: what `imood data prepare` found and built, with checksums of the sets."""
+"""manifest.json: what `imood data prepare` found and built, with checksums of the sets.
+
+Besides the sets, a manifest records which pieces were on disk (`pieces`: name -> present) and
+where to get the missing ones (`missing`), and whether the files were checked against their
+published checksums (`options.verified`). `load(..., verify=None)` follows that record, so data
+prepared with `--no-verify` stays usable by `train` and `score` without re-checking.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,14 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
-
 from imood_cli import __version__
 from imood_cli.core.atomic import atomic_write_text
+from imood_cli.core.lazy import torch
 from imood_cli.data.base import Benchmark, ImageSet
+from imood_cli.data.safe_files import read_regular
+from imood_cli.errors import ImoodError
+
+FILENAME = "manifest.json"
 
 
 def set_checksum(s: ImageSet) -> str:
@@ -31,8 +40,17 @@ def describe_set(s: ImageSet, where: str | None = None) -> dict:
     return out
 
 
-def write_manifest(folder: Path, bench: Benchmark, source: str, options: dict, where: dict | None = None) -> dict:
+def write_manifest(folder: Path, bench: Benchmark, source: str, options: dict, where: dict | None = None,
+                   missing: dict[str, str] | None = None, pieces: dict[str, bool] | None = None,
+                   extra: dict | None = None) -> dict:
+    """Write DATA/<name>/manifest.json atomically; returns it with its `path`.
+
+    missing: piece -> where to get it (defaults to `bench.missing`); pieces: piece -> present;
+    extra: more top-level keys a benchmark records (e.g. the stored arrays of `digits`).
+    """
     where = where or {}
+    missing = dict(bench.missing if missing is None else missing)
+    test_labels = bench.test.labels
     manifest = {
         "dataset": bench.name,
         "imood_version": __version__,
@@ -45,11 +63,52 @@ def write_manifest(folder: Path, bench: Benchmark, source: str, options: dict, w
         "channels": bench.channels,
         "train": describe_set(bench.train, where.get("train")),
         "test": describe_set(bench.test, where.get("test")),
-        "test_class_counts": torch.bincount(bench.test.labels[bench.test.labels >= 0], minlength=bench.num_classes).tolist(),
+        "test_class_counts": torch.bincount(test_labels[test_labels >= 0], minlength=bench.num_classes).tolist(),
         "aux_ood": describe_set(bench.aux_ood, where.get("aux_ood")) if bench.aux_ood is not None else None,
         "ood_tests": {k: describe_set(v, where.get(k)) for k, v in bench.ood_tests.items()},
+        "pieces": dict(pieces) if pieces is not None else {k: k not in missing for k in
+                                                           ["train", "test", *bench.ood_tests, *missing]},
+        "missing": missing,
+        **(extra or {}),
     }
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2))
-    manifest["path"] = str(folder / "manifest.json")
+    atomic_write_text(folder / FILENAME, json.dumps(manifest, indent=2))
+    manifest["path"] = str(folder / FILENAME)
     return manifest
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """DATA/<name>/manifest.json as a dict, None when there is none; a damaged one is an error naming it."""
+    path = Path(folder) / FILENAME
+    try:
+        raw = read_regular(path, "manifest")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ImoodError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImoodError(f"{path} is not valid JSON ({exc}); delete it and run `imood data prepare` again") from None
+    if not isinstance(manifest, dict):
+        raise ImoodError(f"{path} should hold a JSON object; delete it and run `imood data prepare` again")
+    return manifest
+
+
+def recorded_verify(folder: Path) -> bool:
+    """Whether to check checksums when `verify=None`: False only when the manifest says the data were
+    prepared with --no-verify; with no manifest, True (the safe side)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return True
+    options = manifest.get("options")
+    verified = options.get("verified", True) if isinstance(options, dict) else True
+    if not isinstance(verified, bool):
+        raise ImoodError(f"{Path(folder) / FILENAME}: options.verified should be true or false, got {verified!r}; "
+                         "run `imood data prepare` again")
+    return verified
+
+
+def resolve_verify(verify: bool | None, folder: Path) -> bool:
+    """verify=True/False as given; None: as DATA/<name>/manifest.json recorded (see `recorded_verify`)."""
+    return recorded_verify(folder) if verify is None else bool(verify)

@@ -2,17 +2,16 @@
 
 `$DATA/tinyimages80m/300K_random_images.npy` (the reference README's `tinyimages80M` spelling is
 accepted too): uint8 (300000, 32, 32, 3). The file is memory-mapped; only the first
-`num_ood_samples` rows are read.
+`num_ood_samples` rows are read. Only a regular file is opened (a FIFO would block forever).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from imood_cli.core.lazy import np, torch
 from imood_cli.data.base import FileStatus, ImageSet
+from imood_cli.data.safe_files import NotRegularFile, is_regular_file, path_kind
 from imood_cli.errors import ImoodError
 
 URL = "https://people.eecs.berkeley.edu/~hendrycks/300K_random_images.npy"
@@ -33,20 +32,31 @@ def tinyimages_path(root: Path) -> Path:
     return Path(root) / FOLDERS[0] / FILENAME
 
 
+def how_to_get(root: Path) -> str:
+    return f"download {URL} into {tinyimages_path(root).parent}/"
+
+
+def present(root: Path) -> bool:
+    return is_regular_file(tinyimages_path(root))
+
+
 def status(root: Path) -> FileStatus:
     path = tinyimages_path(root)
-    return FileStatus("auxiliary OOD: 300K random images (training only)", path, path.is_file(),
-                      f"download {URL} into {path.parent}/")
+    return FileStatus("auxiliary OOD: 300K random images (training only)", path, present(root), how_to_get(root),
+                      required=False)
 
 
 def missing_text(root: Path) -> str | None:
     path = tinyimages_path(root)
-    return None if path.is_file() else f"the 300K random images {path} (download {URL} into {path.parent}/)"
+    return None if present(root) else f"the 300K random images {path} ({how_to_get(root)})"
 
 
 def open_300k(path: Path) -> np.memmap:
     """The whole file, memory-mapped read-only, after checking its header against the 300K layout."""
     path = Path(path)
+    kind = path_kind(path)
+    if kind is not None and kind != "a regular file":
+        raise NotRegularFile(path, kind, "auxiliary OOD file")  # a FIFO would block np.load forever
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:

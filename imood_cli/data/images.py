@@ -1,0 +1,151 @@
+"""Image files: finding them under a folder, and decoding them into uint8 arrays.
+
+`list_images` walks a folder at any depth. Symbolic links to folders are followed, but every real
+folder (its device and inode) is read at most once, so a link back up the tree (`loop -> .`) ends
+the walk instead of repeating it, and a folder reachable twice counts once, at the first place the
+sorted walk meets it. Only regular files are taken: an image-named FIFO, socket, device or broken
+link is an error naming it, never opened (opening a FIFO blocks forever).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from imood_cli.core.lazy import np
+from imood_cli.data.safe_files import NotRegularFile, mode_kind, open_regular
+from imood_cli.errors import ImoodError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                              ".ppm", ".pgm", ".pbm"})
+SHOW_FAILED = 3
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _entries(folder: Path) -> tuple[list[str], list[str]]:
+    """(file names, folder names) in `folder`; links count as what they point to."""
+    files, dirs = [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            try:
+                is_dir = e.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(e.name)
+    return sorted(files), sorted(dirs)
+
+
+def list_images(folder: Path, what: str | None = None) -> list[Path]:
+    """Every image file under `folder` (any depth), in the order of a sorted top-down walk.
+
+    A folder's own files come first, then each subfolder in name order, recursively (the order of
+    `os.walk` with sorted names). `what` prefixes error messages (e.g. "--ood-dir").
+    """
+    folder = Path(folder)
+    found: list[Path] = []
+    bad: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            files, dirs = _entries(d)
+        except OSError as exc:
+            if d == folder:
+                raise ImoodError(f"{what + ' ' if what else ''}{folder}: cannot read the folder "
+                                 f"({exc.strerror or exc})") from None
+            bad.append((str(d), f"unreadable folder: {exc.strerror or exc}"))
+            continue
+        for name in files:
+            if not is_image_name(name):
+                continue
+            path = d / name
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                bad.append((str(path), "a broken symbolic link" if os.path.islink(path) else "unreadable"))
+                continue
+            if stat.S_ISREG(mode):
+                found.append(path)
+            else:
+                bad.append((str(path), f"{mode_kind(mode)}, not a regular file"))
+        stack.extend(d / name for name in reversed(dirs))
+    if bad:
+        raise ImoodError(failed_message(f"{what + ' ' if what else ''}{folder}", bad, len(found) + len(bad))
+                         + "; imood reads regular files only: remove or replace these")
+    return found
+
+
+def open_image(path: str | Path, channels: int = 3):
+    """A decoded PIL image in RGB (3 channels) or luma (1 channel); regular files only."""
+    from PIL import Image
+
+    with open_regular(path) as f, Image.open(f) as im:
+        return im.convert("RGB" if channels == 3 else "L")
+
+
+def decode_resized(path: str | Path, size: int, channels: int = 3) -> np.ndarray:
+    """[C, size, size] uint8: the whole image resized (bilinear, no crop), as SCOOD's 32×32 sets are."""
+    from PIL import Image
+
+    img = open_image(path, channels)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def failed_message(what: str, failed: Sequence[tuple[str, str]], total: int) -> str:
+    first = ", ".join(f"{p} ({why})" for p, why in failed[:SHOW_FAILED])
+    more = f" and {len(failed) - SHOW_FAILED} more" if len(failed) > SHOW_FAILED else ""
+    return f"{what}: {len(failed)} of {total} images could not be read: {first}{more}"
+
+
+def decode_failure(exc: BaseException) -> str:
+    """A short reason for a failed decode (PIL raises many exception types for damaged files)."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if isinstance(exc, NotRegularFile):
+        return f"{exc.kind}, not a regular file"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def decode_many(paths: Sequence[str | Path], size: int, channels: int = 3,
+                threads: int | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode and resize images in a thread pool (PIL releases the GIL while decoding).
+
+    Returns uint8 [N, C, size, size] (zeros where decoding failed) and the failures as (path, reason).
+    Ctrl-C cancels the images not started yet instead of waiting for all of them.
+    """
+    out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
+    failed: list[tuple[str, str]] = []
+
+    def one(i: int) -> tuple[int, str | None]:
+        try:
+            out[i] = decode_resized(paths[i], size, channels)
+            return i, None
+        except Exception as exc:
+            return i, decode_failure(exc)
+
+    pool = ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1))
+    try:
+        for i, why in pool.map(one, range(len(paths)), chunksize=64):
+            if why is not None:
+                failed.append((str(paths[i]), why))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return out, failed
