@@ -100,5 +100,8 @@ class Ada(Detector):
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
         self.base.train_update(view, ctx)
 
+    def training_parameters(self, feature_dim: int, num_classes: int) -> dict:
+        return self.base.training_parameters(feature_dim, num_classes)
+
     def __repr__(self) -> str:
         return f"Ada({self.base!r}, scale={self.scale})"

@@ -28,7 +28,8 @@ NEEDS = {
     "classifier": "the classifier's weight [K, d] and bias [K] (class outputs only) "
                   "and ModelView.logits_from_features",
     "input_grad": "the input images [N, C, H, W] as the model sees them and ModelView.logits_from_images, "
-                  "run with gradients enabled (an extra forward and backward pass per batch)",
+                  "run with gradients enabled (scoring: an extra forward and backward pass per batch; training: "
+                  "the augmented batch, for losses that forward modified images, e.g. CutMix)",
     "fit": "a fit on the ID training set before scoring: Detector.fit(view) with view.labels, cached per model",
 }
 
@@ -139,6 +140,7 @@ class LossContext:
     generator:    a torch.Generator for random draws inside a loss: seeded per epoch and restored on
                   resume, so a resumed run draws the same numbers.
     num_id:       ID rows come first: rows [:num_id] are ID (slicing by it needs no host sync).
+    parameters:   the detector's own trainable tensors (Detector.training_parameters), by name.
     """
 
     is_id: Tensor
@@ -148,6 +150,7 @@ class LossContext:
     num_id: int | None = None
     class_counts: Tensor | None = None
     generator: Any = None
+    parameters: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.num_id is None:
@@ -297,6 +300,13 @@ class Detector(Configurable):
 
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
         """Called each training step before `loss`, for statistics that track the batch (maha)."""
+
+    def training_parameters(self, feature_dim: int, num_classes: int) -> dict[str, Tensor]:
+        """Trainable tensors the training loss owns besides the model (e.g. COCL's prototypes), created once
+        per run (under the run's seed). The engine optimizes them with the model and keeps them in checkpoints
+        (never in the model file: scoring does not use them) and hands them back, on the training device, to
+        `loss` as `ctx.parameters[name]`."""
+        return {}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

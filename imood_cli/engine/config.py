@@ -154,6 +154,9 @@ class TrainConfig:
     m_out: float | None = opt(None, "Energy loss: OOD margin m_out (OOD energies below it are penalized).",
                               "--m-out", "--m_out", group=METHOD,
                               default_text="the detector's (energy: -5)", metavar="M")
+    train_only: str = opt("all", "Parameters to train: all; classifier (the class head only, e.g. a re-balancing "
+                          "stage after --ckpt-path); bn+classifier (BatchNorm affine and the classifier, PASCL's "
+                          "stage 2).", "--train-only", group=METHOD, choices=("all", "classifier", "bn+classifier"))
     # optimisation
     epochs: int = opt(180, "Epochs (--resume: more epochs extend the run).", "--epochs", "-e", "--e",
                       group=OPTIM, per_benchmark={"imagenet": 100, "digits": 30}, check=at_least(1),

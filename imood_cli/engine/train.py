@@ -120,6 +120,20 @@ def used_heads(detector, aux, cfg: TrainConfig) -> dict[str, bool]:
     }
 
 
+def freeze_for(model: ImOODModel, train_only: str) -> None:
+    """--train-only: keep gradients only for the classifier (and BatchNorm's affine parameters)."""
+    if train_only == "all":
+        return
+    for name, p in model.named_parameters():
+        if name.startswith("backbone."):
+            p.requires_grad_(False)
+    if train_only == "bn+classifier":
+        for m in model.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                for p in m.parameters():
+                    p.requires_grad_(True)
+
+
 def build_detector(cfg: TrainConfig):
     """The training detector of `--ood_metric name[:key=value...]`; --m-in / --m-out reach a detector that
     declares them (energy)."""
@@ -203,12 +217,16 @@ class Trainer:
         self.core = ImOODModel(self.arch, pretrained=cfg.pretrained)
         if cfg.init_from:
             init_weights(self.core, Path(cfg.init_from), cfg.ood_metric)
+        own = self.detector.training_parameters(self.core.feature_dim, b.num_classes)
+        if own:  # a submodule, so DDP reduces their gradients and checkpoints hold them (the model file does not)
+            self.core.ood_params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.float()) for k, v in own.items()})
         self.core = self.core.to(rt.device)
         if rt.channels_last:
             self.core = self.core.to(memory_format=torch.channels_last)
         self.heads = used_heads(self.detector, self.aux, cfg)
         for head, used in self.heads.items():
             getattr(self.core, head).requires_grad_(used)
+        freeze_for(self.core, cfg.train_only)
         params = [p for p in self.core.parameters() if p.requires_grad]
         self.opt = _optimizer(cfg, params, rt.device)
         has_aux = needs_aux and b.aux_ood is not None and len(b.aux_ood) > 0
@@ -265,8 +283,10 @@ class Trainer:
         n = labels.shape[0]
         if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        needs = self.detector.needs
         with self.rt.autocast():
-            out = self.model(x, projections=self.heads["projection"], lambdas=self.heads["lambda_head"])
+            out = self.model(x, projections=self.heads["projection"], lambdas=self.heads["lambda_head"],
+                             feature_map="feature_map" in needs)
         out = out.float()
         labels2 = torch.cat([labels, labels])
         is_id = torch.arange(2 * n + m, device=x.device) < 2 * n
@@ -274,8 +294,9 @@ class Trainer:
         zero = l_in.new_zeros(())
         l_ood = l_aux = zero
         ctx = LossContext(is_id=is_id, labels=labels2, log_prior=self.log_prior, aux_linear=self.core.aux_linear,
-                          num_id=2 * n, class_counts=self.counts_t, generator=getattr(self, "_gen", None))
-        view = ModelView.of(out)
+                          num_id=2 * n, class_counts=self.counts_t, generator=getattr(self, "_gen", None),
+                          parameters=dict(self.core.ood_params) if hasattr(self.core, "ood_params") else None)
+        view = self._view(out, x, needs)
         self.detector.train_update(view, ctx)
         if cfg.Lambda > 0 and self.detector.has_loss:
             l_ood = self.detector.loss(view, ctx)
@@ -286,6 +307,22 @@ class Trainer:
             l_aux = self.aux(AuxBatch(out.projections, full_labels, is_id, pair, self.counts_t))
         loss = l_in + cfg.Lambda * l_ood + cfg.Lambda2 * l_aux
         return torch.stack([loss, l_in, l_ood, l_aux])
+
+    def _view(self, out, x: torch.Tensor, needs) -> ModelView:
+        """The training view: outputs, and the model parts the detector declared (gradients flow)."""
+        more: dict[str, Any] = {}
+        if "classifier" in needs:
+            w, b = self.core.class_weights()
+            more.update(weight=w, bias=b, _head_from_features=lambda f: self.core.logits_from_features(f).float())
+        if "feature_map" in needs:
+            more["_head_from_map"] = lambda m: self.core.logits_from_feature_map(m).float()
+        if "input_grad" in needs:
+            def forward(images):
+                with self.rt.autocast():
+                    return self.model(images).logits.float()
+
+            more.update(images=x, _forward=forward)
+        return ModelView.of(out, **more)
 
     def optimize(self, parts: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -351,7 +388,8 @@ class Trainer:
     def save_model(self) -> Path:
         path = self.cfg.run_dir / MODEL_FILE
         if self.rt.is_main:
-            save_tensors(path, self.core.state_dict(), model_metadata(self.cfg, self.arch, self.class_counts, self.epoch))
+            weights = {k: v for k, v in self.core.state_dict().items() if not k.startswith("ood_params.")}
+            save_tensors(path, weights, model_metadata(self.cfg, self.arch, self.class_counts, self.epoch))
         return path
 
     def _log_record(self, sums: torch.Tensor, count: torch.Tensor, images: int, seconds: float, kind: str) -> dict:
