@@ -57,11 +57,16 @@ class Ada(Detector):
         if type(base).ada_scale is None and scale is None:
             raise ImoodError(f"{type(base).__name__} declares no ada_scale, so it has no ada_ form")
         self.base = base
-        self.scale = float(type(base).ada_scale if scale is None else scale)
+        self.override = None if scale is None else float(scale)
         self.needs = base.needs
         self.extra_outputs = base.extra_outputs
         self.idness_is_logit = base.idness_is_logit
         self.heads = frozenset({"lambda_head"} | (set() if base.idness_is_logit else {"aux_linear"}))
+
+    @property
+    def scale(self) -> float:
+        """c: --ada-scale if given, else the detector's (which a fit may have set from the ID data)."""
+        return self.override if self.override is not None else float(self.base.ada_scale)
 
     def options(self) -> dict:
         return self.base.options()

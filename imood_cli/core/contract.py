@@ -250,7 +250,9 @@ class Detector(Configurable):
     needs:           subset of NEEDS: what the engine must supply besides the logits.
     extra_outputs:   extra classifier outputs the model must have (bin_disc: 1), read as view.extra.
     ada_scale:       c of the ImOOD correction ood = -(g + c·log β̂) (SPEC §2), or None for no `ada_` form.
-                     A detector that declares it gets `ada_<name>` for scoring and ImOOD training.
+                     A detector that declares it gets `ada_<name>` for scoring and ImOOD training. A detector
+                     whose g is a distance may set `self.ada_scale` in `fit` from the ID data (e.g.
+                     0.1·std of g on the training set) and must restore it in `load_fit_state`.
     idness_is_logit: g is already an ID-vs-OOD logit (bin_disc): ImOOD training uses it without aux_linear.
     ada_keeps_loss:  the `ada_` training loss adds this detector's own loss (oe).
     heads:           model heads its training loss uses besides the classifier ("lambda_head", "aux_linear").
