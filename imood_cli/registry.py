@@ -110,7 +110,7 @@ def _check(kind: str, cls: Any) -> None:
             raise TypeError(f"extra_outputs must be a whole number >= 0, got {cls.extra_outputs!r}")
         from imood_cli.core.contract import NEEDS
 
-        unknown = set(cls.needs) - set(NEEDS)
+        unknown = (set(cls.needs) | set(cls.train_needs or ())) - set(NEEDS)
         if unknown:
             raise TypeError(f"unknown needs {sorted(unknown)} (known: {', '.join(NEEDS)})")
     if kind == "dataset" and not all(callable(getattr(cls, m, None)) for m in ("load", "status", "prepare")):

@@ -59,6 +59,7 @@ class Ada(Detector):
         self.base = base
         self.override = None if scale is None else float(scale)
         self.needs = base.needs
+        self.train_needs = base.train_needs
         self.extra_outputs = base.extra_outputs
         self.idness_is_logit = base.idness_is_logit
         self.heads = frozenset({"lambda_head"} | (set() if base.idness_is_logit else {"aux_linear"}))

@@ -248,6 +248,7 @@ class Detector(Configurable):
 
     Declarations (class attributes; the engine reads nothing else):
     needs:           subset of NEEDS: what the engine must supply besides the logits.
+    train_needs:     what the training loss needs, when it differs from `needs` (None: the same).
     extra_outputs:   extra classifier outputs the model must have (bin_disc: 1), read as view.extra.
     ada_scale:       c of the ImOOD correction ood = -(g + c·log β̂) (SPEC §2), or None for no `ada_` form.
                      A detector that declares it gets `ada_<name>` for scoring and ImOOD training. A detector
@@ -264,6 +265,7 @@ class Detector(Configurable):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    train_needs: ClassVar[frozenset[str] | None] = None
     extra_outputs: ClassVar[int] = 0
     ada_scale: ClassVar[float | None] = None
     idness_is_logit: ClassVar[bool] = False

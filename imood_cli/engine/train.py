@@ -283,7 +283,7 @@ class Trainer:
         n = labels.shape[0]
         if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        needs = self.detector.needs
+        needs = self.detector.needs if self.detector.train_needs is None else self.detector.train_needs
         with self.rt.autocast():
             out = self.model(x, projections=self.heads["projection"], lambdas=self.heads["lambda_head"],
                              feature_map="feature_map" in needs)
