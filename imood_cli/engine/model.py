@@ -131,3 +131,29 @@ class ImOODModel(nn.Module):
         """The classifier's weight [K, d] and bias [K] for the K classes (not the extra outputs)."""
         k = self.arch.num_classes
         return self.classifier.weight[:k], self.classifier.bias[:k]
+
+
+@torch.no_grad()
+def forward_macs(model: nn.Module, in_chans: int, size: int) -> float:
+    """Multiply-accumulates of one image's forward pass through the convolutions and linear layers."""
+    total = 0.0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output.numel() * k
+        elif isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, in_chans, size, size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
+

@@ -76,6 +76,26 @@ def setup(device: str = "auto", amp: str = "auto", channels_last: str = "auto") 
     return Runtime(dev, rank, world, local_rank, use_amp, use_cl)
 
 
+# Below this many multiply-accumulates per training step, OpenMP's barriers cost more than a second
+# thread gains on the CPU (bench/bench_threads.py measures the crossover).
+ONE_THREAD_BELOW = 2e9
+
+
+def choose_threads(requested: int, macs_per_step: float, device: torch.device) -> int:
+    """CPU threads for torch: `requested` if > 0, else one thread for tiny models (the default thread count
+    made them several times slower and erratic on small shared machines), else every core."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    if requested > 0:
+        return requested
+    return 1 if macs_per_step < ONE_THREAD_BELOW else (os.cpu_count() or 1)
+
+
+def set_threads(n: int) -> None:
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -28,7 +28,8 @@ from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine.benchmark import load_benchmark
 from imood_cli.engine.checkpoint import CheckpointDir, save_tensors
 from imood_cli.engine.config import TrainConfig, convert, load_run_config, options, show
-from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name
+from imood_cli.engine import runtime
+from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name, forward_macs
 from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RunLock, clear_run
 from imood_cli.engine.runtime import Runtime
 from imood_cli.errors import ImoodError, TrainingDiverged
@@ -220,6 +221,10 @@ class Trainer:
         own = self.detector.training_parameters(self.core.feature_dim, b.num_classes)
         if own:  # a submodule, so DDP reduces their gradients and checkpoints hold them (the model file does not)
             self.core.ood_params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.float()) for k, v in own.items()})
+        if rt.device.type == "cpu":  # fwd + bwd ≈ 3 forwards, over 2 views per ID image and the OOD rows
+            ood_bs = cfg.batch_size if cfg.ood_batch_size is None else cfg.ood_batch_size
+            macs = 3 * forward_macs(self.core, b.channels, b.image_size) * (2 * cfg.batch_size + ood_bs)
+            runtime.set_threads(runtime.choose_threads(cfg.threads, macs, rt.device))
         self.core = self.core.to(rt.device)
         if rt.channels_last:
             self.core = self.core.to(memory_format=torch.channels_last)
