@@ -334,3 +334,105 @@ def test_cli_missing_data_is_one_line_exit_2(tmp_path, capsys):
     code, out, err = run_cli(["data", "prepare", "cifar100", "--drp", tmp_path, "--no-download"], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "cifar-100-python" in err and "SCOOD" in err
+
+
+# ---------------------------------------------------------------- hostile batch files
+
+@pytest.mark.parametrize("payload, why", [
+    (b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"abc", "more memory than there is"),  # BINBYTES8 2^40
+    (b"\x80\x04\x95" + (1 << 40).to_bytes(8, "little") + b"abc", "not a readable CIFAR batch"),  # FRAME 2^40
+    (b"\x80\x02h\x05.", "not a readable CIFAR batch"),  # a memo entry that was never stored
+    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n)R.", "TypeError"),  # an allowed global, called wrongly
+    (b"", "not a readable CIFAR batch"),
+])
+def test_hostile_batch_files_are_one_clear_error(tmp_path, payload, why):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(payload)
+    with pytest.raises(ImoodError) as e:
+        safe_load_pickle(path)
+    assert str(path) in str(e.value) and why in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_batch_that_asks_numpy_for_a_terabyte(tmp_path):
+    # _reconstruct(ndarray, (2**40,), b"B") allocates before any data is read
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x06\x00\x00\x00\x00\x00\x01"
+                     b"\x85C\x01B\x87R.")
+    with pytest.raises(ImoodError, match="data_batch_1"):
+        safe_load_pickle(path)
+
+
+def test_batches_that_are_not_dicts_or_hold_odd_labels(tmp_path):
+    data = write_cifar(tmp_path, "cifar10", per_class=4)
+    path = data["folder"] / "data_batch_2"
+    dump_batch(path, [1, 2, 3])
+    with pytest.raises(ImoodError, match="data_batch_2 is not a CIFAR batch: it holds a list"):
+        cifar.read_batches(data["folder"], CIFAR10.train, "labels", 10)
+    dump_batch(path, {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [[0], [1, 2]]})
+    with pytest.raises(ImoodError, match="labels should be 2 integers"):
+        cifar.read_batches(data["folder"], CIFAR10.train, "labels", 10)
+    dump_batch(data["folder"] / "batches.meta", ["not", "a", "dict"])
+    assert cifar.read_class_names(data["folder"], CIFAR10) is None  # names only label reports
+
+
+def test_random_damage_to_a_batch_only_ever_gives_an_imood_error(tmp_path):
+    data = write_cifar(tmp_path, "cifar10", per_class=2)
+    path = data["folder"] / "data_batch_1"
+    good = path.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(300):
+        raw = bytearray(good)
+        if rng.random() < 0.5:  # flip bytes (mostly in the opcodes and lengths near the start)
+            for i in rng.integers(0, min(len(raw), 400), size=int(rng.integers(1, 4))):
+                raw[i] = int(rng.integers(0, 256))
+        else:  # cut it short
+            raw = raw[:int(rng.integers(0, len(raw)))]
+        path.write_bytes(bytes(raw))
+        try:
+            cifar.read_batches(data["folder"], CIFAR10.train[:1], "labels", 10)
+            outcomes["ok"] += 1
+        except ImoodError as exc:
+            assert str(path) in str(exc)
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100  # the damage was real; nothing but ImoodError came out
+
+
+# ---------------------------------------------------------------- the user's links, verify as recorded
+
+def test_a_linked_batches_folder_is_used_and_completed_from_the_archive(tmp_path):
+    """DATA/cifar-10-batches-py -> another disk: prepare extracts the absent files into it."""
+    disk = tmp_path / "big-disk"
+    disk.mkdir()
+    write_cifar(disk, "cifar10", per_class=20)
+    data = tmp_path / "data"
+    data.mkdir()
+    archive = make_archive(disk, "cifar-10-batches-py", "cifar-10-python.tar.gz")
+    shutil.move(archive, data / archive.name)
+    with tarfile.open(data / archive.name) as tf:  # the linked folder holds part of the files already
+        tf.extract("cifar-10-batches-py/data_batch_1", disk, filter="data")
+    (data / "cifar-10-batches-py").symlink_to(disk / "cifar-10-batches-py", target_is_directory=True)
+    m = Cifar10().prepare(data, imbalance_ratio=0.1, num_ood_samples=0, verify=False, download=False)
+    assert m["options"]["cifar"].startswith("extracted from")
+    assert sorted(p.name for p in (disk / "cifar-10-batches-py").iterdir()) == sorted(
+        [*(f for f, _ in CIFAR10.train), "test_batch", "batches.meta"])
+    assert (data / "cifar-10-batches-py").is_symlink() and m["train_size"] == sum(m["class_counts"])
+    assert all(s.present for s in Cifar10().status(data)[:2])
+
+
+def test_no_verify_data_stays_usable_and_verify_none_follows_the_manifest(tmp_path):
+    write_cifar_benchmark(tmp_path, "cifar10", per_class=20, aux_rows=10)
+    with pytest.raises(ImoodError, match="MD5"):  # no manifest yet: verify=None checks
+        Cifar10().load(tmp_path, imbalance_ratio=0.1, num_ood_samples=0)
+    Cifar10().prepare(tmp_path, imbalance_ratio=0.1, num_ood_samples=10, verify=False, download=False)
+    b = Cifar10().load(tmp_path, imbalance_ratio=0.1, num_ood_samples=10)  # as recorded: not verified
+    assert len(b.train) == sum(int(20 * 0.1 ** (k / 9)) for k in range(10))
+    with pytest.raises(ImoodError, match="MD5"):
+        Cifar10().load(tmp_path, imbalance_ratio=0.1, num_ood_samples=0, verify=True)
+    from imood_cli.engine.benchmark import load_benchmark
+
+    assert len(load_benchmark("cifar10", tmp_path, imbalance_ratio=0.1, num_ood_samples=0).train) == len(b.train)
+    manifest = tmp_path / "cifar10" / "manifest.json"
+    manifest.write_text("{not json")
+    with pytest.raises(ImoodError, match=r"manifest\.json is not valid JSON"):
+        Cifar10().load(tmp_path, imbalance_ratio=0.1, num_ood_samples=0)

@@ -126,3 +126,73 @@ def test_status_and_missing_text(tmp_path):
     text = scood.missing_text(tmp_path, "cifar10")
     assert "test_places365.txt" in text and "test_svhn.txt" not in text and "images/" not in text.split("(")[0]
 
+
+
+# ---------------------------------------------------------------- caches are inputs too
+
+def forge_cache(path, images, labels, key):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, labels=labels, key=np.array(key))
+
+
+@pytest.mark.parametrize("forgery", ["float images", "wrong shape", "fewer labels", "other labels", "int8 images",
+                                     "extra array", "object array", "not a zip"])
+def test_a_cache_that_does_not_fit_the_list_is_ignored_and_rebuilt(tmp_path, forgery):
+    written = write_scood(tmp_path, "cifar10", per_set=3, id_label=2)
+    pixels, labels = written["svhn"]
+    cache_dir = tmp_path / "cache"
+    scood.load_set(tmp_path, "cifar10", "svhn", 10, cache_dir=cache_dir)  # a valid cache, to take its key from
+    path = cache_dir / "scood-svhn-32.npz"
+    with np.load(path, allow_pickle=False) as z:
+        key = str(z["key"])
+    n = len(labels)
+    if forgery == "float images":
+        forge_cache(path, pixels.astype(np.float32) / 255, labels, key)
+    elif forgery == "wrong shape":
+        forge_cache(path, pixels[:, :, :16, :16], labels, key)
+    elif forgery == "fewer labels":
+        forge_cache(path, pixels, labels[:-1], key)
+    elif forgery == "other labels":
+        forge_cache(path, pixels, np.full(n, -1), key)  # the ID-class image would be scored as OOD
+    elif forgery == "int8 images":
+        forge_cache(path, pixels.view(np.int8), labels, key)
+    elif forgery == "extra array":
+        np.savez(path, images=pixels, labels=labels, key=np.array(key), more=np.zeros(3))
+    elif forgery == "object array":
+        np.savez(path, images=np.array([None] * n, dtype=object), labels=labels, key=np.array(key))
+    else:
+        path.write_bytes(b"PK\x03\x04 not really")
+    s = scood.load_set(tmp_path, "cifar10", "svhn", 10, cache_dir=cache_dir)
+    assert np.array_equal(s.images.numpy(), pixels) and s.labels.tolist() == labels.tolist()
+    with np.load(path, allow_pickle=False) as z:  # rebuilt: the next load is a valid hit
+        assert z["images"].dtype == np.uint8 and np.array_equal(z["images"], pixels)
+        assert z["labels"].tolist() == labels.tolist()
+
+
+def test_a_cache_that_would_inflate_past_the_set_is_ignored(tmp_path):
+    written = write_scood(tmp_path, "cifar10", per_set=1)
+    cache_dir = tmp_path / "cache"
+    scood.load_set(tmp_path, "cifar10", "tin", 10, cache_dir=cache_dir)
+    path = cache_dir / "scood-tin-32.npz"
+    with np.load(path, allow_pickle=False) as z:
+        key = str(z["key"])
+    big = np.zeros((2000, 3, 32, 32), dtype=np.uint8)  # 6 MB of zeros in a few KB
+    np.savez_compressed(path, images=big, labels=np.zeros(2000, dtype=np.int64), key=np.array(key))
+    assert path.stat().st_size < 100_000
+    s = scood.load_set(tmp_path, "cifar10", "tin", 10, cache_dir=cache_dir)
+    assert np.array_equal(s.images.numpy(), written["tin"][0])
+
+
+def test_partial_scood_returns_the_sets_on_disk_and_names_the_others(tmp_path):
+    write_scood(tmp_path, "cifar10", per_set=1)
+    scood.imglist_path(tmp_path, "cifar10", "cifar").unlink()
+    scood.imglist_path(tmp_path, "cifar10", "lsun").unlink()
+    sets, missing = scood.load_present_sets(tmp_path, "cifar10", 10)
+    assert list(sets) == ["texture", "svhn", "tin", "places365"]
+    assert list(missing) == ["cifar100", "lsun"]
+    assert "test_lsun.txt is missing" in missing["lsun"] and scood.URL in missing["lsun"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "SCOOD" / "data" / "images")
+    sets, missing = scood.load_present_sets(tmp_path, "cifar10", 10)
+    assert sets == {} and len(missing) == 6 and "images/ is missing" in missing["texture"]

@@ -45,7 +45,7 @@ def prepare(
     from rich.markup import escape
     from rich.table import Table
 
-    from imood_cli.cli.common import console, warn
+    from imood_cli.cli.common import console
     from imood_cli.registry import registry
 
     ds = registry().dataset(name)
@@ -74,10 +74,21 @@ def prepare(
             console.print("[yellow]checksums were not verified (--no-verify)[/]")
         console.print(f"manifest: {escape(manifest['path'])}", soft_wrap=True)
     if missing:  # on stderr, so --json output stays one document
-        warn(f"{name} is ready to train, but {len(missing)} piece(s) are missing: "
-             f"{', '.join(escape(k) for k in missing)}")
+        _warn(f"{name} is ready to train, but {len(missing)} piece(s) are missing: {', '.join(missing)}")
+        by_how: dict[str, list[str]] = {}
         for piece, how in missing.items():
-            warn(escape(f"{piece}: {how}"))
+            by_how.setdefault(how, []).append(piece)
+        for how, pieces in by_how.items():
+            _warn(f"{', '.join(pieces)}: {how}")
+
+
+def _warn(text: str) -> None:
+    """A warning line on stderr, never wrapped by rich: paths and URLs in it stay whole for copying."""
+    from rich.markup import escape
+
+    from imood_cli.cli.common import err_console
+
+    err_console.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)
 
 
 def _status_rows(data_root: Path) -> list[dict]:

@@ -252,7 +252,7 @@ class Cifar:
         if not absent:
             return None
         folder = self.folder(root)
-        odd = [f"{f} is {path_kind(folder / f)}" for f in absent if path_kind(folder / f) is not None]
+        odd = [f"{f} is {absent_or_kind(folder / f)}" for f in absent if path_kind(folder / f) is not None]
         files = "" if len(absent) == len(self._batch_files()) else f" {', '.join(absent)}"
         archive = Path(root) / i.archive
         how = (f"{archive.name} is there: `imood data prepare {i.name} --drp {root}` extracts it"

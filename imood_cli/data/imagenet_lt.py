@@ -28,7 +28,7 @@ from imood_cli.data.augment_spec import AugmentSpec
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet
 from imood_cli.data.images import list_images
 from imood_cli.data.manifest import resolve_verify, write_manifest
-from imood_cli.data.safe_files import check_list_path, is_regular_file, mode_kind, read_lines
+from imood_cli.data.safe_files import absent_or_kind, check_list_path, is_regular_file, mode_kind, read_lines
 from imood_cli.errors import ImoodError
 
 IMAGE_SIZE = 224
@@ -122,8 +122,10 @@ class ImageNetLT:
         base, out = imagenet_dir(root), []
         splits = [SPLIT_FILES[w] for w in SPLIT_FILES if not is_regular_file(split_path(root, w))]
         if splits:
+            odd = [f"{p} is {absent_or_kind(p)}" for f in splits for d in SPLIT_DIRS
+                   if absent_or_kind(p := Path(root) / d / f) != "missing"]
             out.append(f"the OLTR split file(s) {', '.join(splits)} in {base}/ or {Path(root) / SPLIT_DIRS[1]}/ "
-                       f"(from {OLTR_URL})")
+                       f"({'; '.join([*odd, f'from {OLTR_URL}'])})")
         folders = [d for d in ("train", "val") if not (base / d).is_dir()]
         if folders:
             out.append(f"the ImageNet-1k {' and '.join(f'{d}/' for d in folders)} folder(s) in {base}/ "

@@ -81,8 +81,8 @@ def missing_sets(root: Path, benchmark: str) -> dict[str, str]:
         if not set_present(root, benchmark, name):
             lst = imglist_path(root, benchmark, name)
             what = (f"{lst} is {absent_or_kind(lst)}" if images_dir(root).is_dir()
-                    else f"{images_dir(root)}/ is missing")
-            out[display_name(benchmark, name)] = f"SCOOD {name}: {what}; {how_to_get(root)}"
+                    else f"{images_dir(root)}/ is missing")  # the same text for every set: shown once
+            out[display_name(benchmark, name)] = f"{what}; {how_to_get(root)}"
     return out
 
 
