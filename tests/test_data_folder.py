@@ -90,3 +90,26 @@ def test_score_with_ood_dir_end_to_end(tmp_path, capsys):
     tensors, meta = load_tensors(run / "scores" / "msp.safetensors")
     assert tensors["ood.scribbles.score"].shape == (7,)
     assert "scribbles" in meta["ood_sets"] and "digits-6-9" in meta["ood_sets"]
+
+
+# ---------------------------------------------------------------- auxiliary OOD from any folder (--aux-ood-dir)
+
+def test_load_image_folder_names_limits_and_matches_the_ood_dir_reader(tmp_path):
+    from imood_cli.data.folder import load_image_folder
+
+    folder = tmp_path / "aux"
+    rng = np.random.default_rng(4)
+    pixels = {name: random_png(folder / name, rng) for name in ("b/2.png", "a.png", "b/1.png", "c/0.png")}
+    full = load_image_folder(folder, 32, 3)
+    assert full.name == "aux" and full.labels.tolist() == [-1] * 4
+    order = ["a.png", "b/1.png", "b/2.png", "c/0.png"]  # the folder's own files, then subfolders in name order
+    assert all(np.array_equal(full.images[i].numpy(), pixels[n]) for i, n in enumerate(order))
+    assert np.array_equal(load_ood_folder(folder, 32, 3).images.numpy(), full.images.numpy())
+    first = load_image_folder(folder, 32, 3, name="extra", limit=2)
+    assert first.name == "extra" and torch.equal(first.images, full.images[:2])
+    with pytest.raises(ImoodError, match=r"--aux-ood-dir .* holds 4 images, fewer than the 5 asked for"):
+        load_image_folder(folder, 32, 3, limit=5, option="--aux-ood-dir")
+    with pytest.raises(ImoodError, match="whole number >= 1"):
+        load_image_folder(folder, 32, 3, limit=0)
+    big = load_image_folder(folder, 224, 3, limit=3)  # ImageNet sizes stay on disk, for the training loader
+    assert big.images is None and big.files.paths == [str(folder / n) for n in order[:3]]

@@ -123,7 +123,7 @@ def wrap_prose(text: str, width: int, indent: str) -> list[str]:
             prose.clear()
 
     for word in text.split():
-        if URL.fullmatch(word.rstrip(".,;)")):
+        if URL.fullmatch(word.strip("(.,;)")):
             flush()
             lines.append(indent + word)
         else:
