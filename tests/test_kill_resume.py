@@ -160,7 +160,7 @@ def sigint_then_resume(root: Path, reference: Path, after_steps: int, rng: rando
         # the state saved is where training stopped (mid-epoch when it stopped mid-epoch): no step lost
         last = entries[-1]
         per_epoch = len(records(reference, "log")) // EPOCHS
-        assert len(records(run, "log")) == last["epoch"] * per_epoch + last["step"], "steps done but not saved"
+        assert len(records(run, "log")) == last.epoch * per_epoch + last.step, "steps done but not saved"
     p = subprocess.run([str(c) for c in [*IMOOD, "train", "--resume", run]], stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, env=ENV, timeout=300)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
