@@ -1,7 +1,7 @@
-"""imood-extras: OOD metrics `maxlogit` and `knn` and the aux loss `supcon`, as an imood plugin.
+"""imood-extras: the OOD detector `margin` and the aux loss `supcon`, as an imood plugin.
 
 imood finds them through the entry points in this distribution's pyproject.toml; nothing here is
-imported by imood itself.
+imported by imood itself, and nothing here imports more of imood than `imood_cli.plugin_api`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -25,8 +25,8 @@ def imood(*args, **env):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     srp = tmp_path_factory.mktemp("runs")
-    r = imood("train", "--ds", "digits", "--epochs", "2", "--aux_ood_loss", "supcon", "--ood_metric", "ada_bin_disc",
-              "--srp", srp, "--name", "x")
+    r = imood("train", "--ds", "digits", "--epochs", "2", "--aux_ood_loss", "supcon", "--ood_metric", "ada_margin",
+              "--srp", srp, "--drp", srp / "data", "--name", "x")
     assert r.returncode == 0, r.stderr
     return srp / "x"
 
@@ -35,50 +35,37 @@ def test_plugins_listed():
     r = imood("plugins", "list", "--json")
     assert r.returncode == 0, r.stderr
     rows = {(row["kind"], row["name"]): row for row in json.loads(r.stdout)}
-    for key in [("detector", "maxlogit"), ("detector", "ada_maxlogit"), ("detector", "knn"), ("detector", "ada_knn"),
-                ("aux_loss", "supcon")]:
+    for key in [("detector", "margin"), ("detector", "ada_margin"), ("aux_loss", "supcon")]:
         assert rows[key]["loaded"] and rows[key]["distribution"] == "imood-extras", rows[key]
 
 
-def test_train_with_supcon_and_score_with_extras(run):
-    assert json.loads((run / "config.json").read_text())["aux_ood_loss"] == "supcon"
-    r = imood("score", run, "--ood_metric", "ada_maxlogit,knn")
+def test_train_with_supcon_and_score_with_margin(run):
+    config = json.loads((run / "config.json").read_text())
+    assert config["aux_ood_loss"] == "supcon" and config["ood_metric"] == "ada_margin"  # ImOOD training with it
+    r = imood("score", run, "--ood_metric", "margin,ada_margin")
     assert r.returncode == 0, r.stderr
-    assert (run / "scores" / "ada_maxlogit.safetensors").exists()
-    assert (run / "scores" / "knn.safetensors").exists()
-    cached = list((run / "fits").glob("knn-*.safetensors"))
-    assert len(cached) == 1  # the fitted bank is cached next to the checkpoint
+    assert not r.stderr.count("skipped")  # no plugin warning: nothing clashes with a built-in
 
-    # The knn scores imood wrote equal an independent numpy k-NN over the model's own features.
+    # The margins imood wrote equal the top-two gap of the model's own logits, recomputed here.
     from imood_cli.engine.benchmark import load_benchmark
     from imood_cli.engine.runtime import Runtime
     from imood_cli.engine.score import infer, load_model
     from imood_cli.engine.scoreset import ScoreSet
 
     loaded = load_model(run, "cpu")
-    bench = load_benchmark("digits", Path("data"))
-    rt = Runtime(torch.device("cpu"))
-    train = infer(loaded.model, bench.train, rt, 1024, bench.augment, True).features.double().numpy()
-    test = infer(loaded.model, bench.test, rt, 1024, bench.augment, True).features.double().numpy()
-    train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
-    test /= np.maximum(np.linalg.norm(test, axis=1, keepdims=True), 1e-12)
-    k = min(50, len(train))
-    dist = np.sqrt(((test[:, None, :] - train[None, :, :]) ** 2).sum(-1))
-    ref = np.sort(dist, axis=1)[:, k - 1]
-    ss = ScoreSet.load(run / "scores" / "knn.safetensors")
-    np.testing.assert_allclose(ss.id_score.numpy()[: len(ref)], ref, rtol=1e-4, atol=1e-4)
-
-    # A second run reads the cache instead of refitting.
-    stamp = cached[0].stat().st_mtime_ns
-    r = imood("score", run, "--ood_metric", "ada_knn")
-    assert r.returncode == 0, r.stderr
-    assert cached[0].stat().st_mtime_ns == stamp
+    bench = load_benchmark("digits", run.parent / "data")
+    logits = infer(loaded.model, bench.test, Runtime(torch.device("cpu")), 1024, bench.augment, False).logits
+    z = np.sort(logits.double().numpy(), axis=1)
+    ss = ScoreSet.load(run / "scores" / "margin.safetensors")
+    np.testing.assert_allclose(np.asarray(ss.id_score)[: len(z)], -(z[:, -1] - z[:, -2]), rtol=1e-4, atol=1e-4)
+    ada = ScoreSet.load(run / "scores" / "ada_margin.safetensors")
+    assert np.shape(ada.id_score) == np.shape(ss.id_score) and not np.allclose(ada.id_score, ss.id_score)
 
 
 def test_left_out_by_imood_plugins(run):
-    r = imood("score", run, "--ood_metric", "ada_maxlogit", IMOOD_PLUGINS="")
+    r = imood("score", run, "--ood_metric", "ada_margin", IMOOD_PLUGINS="")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "unknown detector 'ada_maxlogit'; did you mean" in lines[0]
+    assert "unknown detector 'ada_margin'" in lines[0]
     assert "imood-extras" in lines[0]  # says which left-out distribution has it

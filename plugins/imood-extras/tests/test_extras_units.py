@@ -1,4 +1,4 @@
-"""maxlogit, knn and supcon against independent float64 computations (numpy and explicit loops)."""
+"""margin and supcon against independent float64 computations (numpy and explicit loops)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import imood_extras.knn as knn_mod
 from imood_cli import api
-from imood_cli.core.ada import Ada
-from imood_cli.core.contract import ModelOutputs, ModelView
-from imood_cli.plugin_api import AuxBatch, LossContext
+from imood_cli.plugin_api import Ada, AuxBatch, ModelOutputs
 from imood_cli.registry import Registry
-from imood_extras.knn import KNN
-from imood_extras.maxlogit import MaxLogit
+from imood_extras.margin import LogitMargin
 from imood_extras.supcon import SupCon
 
 COUNTS = [50, 20, 8, 3]  # long-tailed
@@ -37,118 +33,65 @@ def np_log_beta(logits: np.ndarray, counts, tau: float = 1.0) -> np.ndarray:
     return np.log(np.mean(p / prior, axis=1))
 
 
-def np_kth_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
-    q = queries.astype(np.float64)
-    b = bank.astype(np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    k = min(k, len(b))
-    out = np.empty(len(q))
-    for i in range(len(q)):
-        d = np.sqrt(((b - q[i]) ** 2).sum(1))
-        out[i] = np.sort(d)[k - 1]
-    return out
+def np_margin(logits: np.ndarray) -> np.ndarray:
+    z = np.sort(logits.astype(np.float64), axis=1)
+    return z[:, -1] - z[:, -2]
 
 
 def test_registered_through_entry_points(reg):
     eps = {(ep.group, ep.name): ep.value for ep in md.distribution("imood-extras").entry_points}
-    assert eps == {("imood.ood_metrics", "maxlogit"): "imood_extras.maxlogit:MaxLogit",
-                   ("imood.ood_metrics", "knn"): "imood_extras.knn:KNN",
+    assert eps == {("imood.ood_metrics", "margin"): "imood_extras.margin:LogitMargin",
                    ("imood.aux_losses", "supcon"): "imood_extras.supcon:SupCon"}
     by_name = {(p.kind, p.name): p for p in reg.plugins()}
-    for kind, name in [("detector", "maxlogit"), ("detector", "knn"), ("detector", "ada_maxlogit"), ("detector", "ada_knn"),
-                       ("aux_loss", "supcon")]:
+    for kind, name in [("detector", "margin"), ("detector", "ada_margin"), ("aux_loss", "supcon")]:
         p = by_name[(kind, name)]
         assert p.loaded, p.error
         assert p.distribution == "imood-extras"
-    assert by_name[("detector", "ada_knn")].derived_from == "knn"
-    m = reg.detector("ada_maxlogit")
+    assert by_name[("detector", "ada_margin")].derived_from == "margin"
+    m = reg.detector("ada_margin")
     assert isinstance(m, Ada) and m.scale == 1.0
-    assert reg.detector("ada_knn").scale == 0.1
+    # nothing of this distribution is shadowed by (or shadows) a built-in
+    assert not [p for p in reg.plugins() if p.distribution == "imood-extras" and p.status != "loaded"]
 
 
-def test_maxlogit_matches_numpy():
+def test_margin_matches_numpy():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 4, generator=g) * 3
     z = logits.double().numpy()
-    ref_g = z.max(1)
-    out = ModelOutputs(logits)
-    np.testing.assert_allclose(MaxLogit().idness(out).numpy(), ref_g, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(api.ood_scores("maxlogit", logits, COUNTS).numpy(), -ref_g, rtol=1e-6, atol=1e-6)
+    ref_g = np_margin(z)
+    assert (ref_g > 0).all()
+    np.testing.assert_allclose(LogitMargin().idness(ModelOutputs(logits)).numpy(), ref_g, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(api.ood_scores("margin", logits, COUNTS).numpy(), -ref_g, rtol=1e-6, atol=1e-6)
     for tau in (1.0, 0.5):
         ref = -(ref_g + 1.0 * np_log_beta(z, COUNTS, tau))
-        got = api.ood_scores("ada_maxlogit", logits, COUNTS, logit_adjust=tau).numpy()
+        got = api.ood_scores("ada_margin", logits, COUNTS, logit_adjust=tau).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    # τ = 0: uniform prior, log β̂ = 0, so ada_maxlogit equals maxlogit
-    np.testing.assert_allclose(api.ood_scores("ada_maxlogit", logits, COUNTS, logit_adjust=0.0).numpy(), -ref_g,
+    # τ = 0: uniform prior, log β̂ = 0, so ada_margin equals margin
+    np.testing.assert_allclose(api.ood_scores("ada_margin", logits, COUNTS, logit_adjust=0.0).numpy(), -ref_g,
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_train,k", [(300, 50), (30, 50), (200, 7)])
-def test_knn_matches_numpy(n_train, k):
-    g = torch.Generator().manual_seed(n_train + k)
-    train = torch.randn(n_train, 16, generator=g)
-    queries = torch.cat([torch.randn(40, 16, generator=g), train[:5]])  # a training point: its own neighbour
-    ref = np_kth_distance(queries.numpy(), train.numpy(), k)
-    m = KNN(k=k)
-    m.fit(ModelView(logits=torch.zeros(n_train, 4), features=train, labels=torch.zeros(n_train, dtype=torch.long)))
-    got = -m.idness(ModelOutputs(torch.zeros(len(queries), 4), features=queries))
-    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5)
+def test_margin_is_zero_for_a_tie_and_ranks_a_confident_row_higher():
+    logits = torch.tensor([[2.0, 2.0, -1.0, 0.0], [5.0, 1.0, 0.0, -3.0]])
+    g = LogitMargin().idness(ModelOutputs(logits))
+    assert g.tolist() == [0.0, 4.0]
 
 
-def test_knn_default_k_and_api(reg):
-    g = torch.Generator().manual_seed(1)
-    train = torch.randn(120, 8, generator=g)
-    feats = torch.randn(30, 8, generator=g)
-    logits = torch.randn(30, 4, generator=g)
-    assert reg.detector("knn").k == 50
-    ref = np_kth_distance(feats.numpy(), train.numpy(), 50)
-    got = api.ood_scores("knn", logits, COUNTS, features=feats, fit_features=train,
-                         fit_labels=torch.zeros(120, dtype=torch.long))
-    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5)
-    ref_ada = -(-ref + 0.1 * np_log_beta(logits.numpy(), COUNTS))
-    got_ada = api.ood_scores("ada_knn", logits, COUNTS, features=feats, fit_features=train,
-                             fit_labels=torch.zeros(120, dtype=torch.long))
-    np.testing.assert_allclose(got_ada.numpy(), ref_ada, rtol=1e-5, atol=1e-5)
-
-
-def test_knn_blocks_and_fit_state_round_trip(monkeypatch):
-    g = torch.Generator().manual_seed(2)
-    train, feats = torch.randn(257, 12, generator=g), torch.randn(20, 12, generator=g)
-    m = KNN()
-    m.fit(ModelView(logits=torch.zeros(257, 2), features=train, labels=torch.zeros(257, dtype=torch.long)))
-    out = ModelOutputs(torch.zeros(20, 2), features=feats)
-    whole = m.idness(out)
-    monkeypatch.setattr(knn_mod, "CHUNK", 13)  # the bank searched in 20 blocks
-    np.testing.assert_allclose(m.idness(out).numpy(), whole.numpy(), rtol=1e-6, atol=1e-6)
-    state = m.fit_state()
-    assert set(state) == {"bank"} and state["bank"].shape == (257, 12)
-    fresh = KNN()
-    fresh.load_fit_state(state)
-    np.testing.assert_allclose(fresh.idness(out).numpy(), whole.numpy(), rtol=1e-6, atol=1e-6)
-    with pytest.raises(Exception, match="not fitted"):
-        KNN().idness(out)
-
-
-def test_knn_training_bank_never_holds_the_current_batch():
-    m = KNN(k=1)
-    g = torch.Generator().manual_seed(3)
-    batches = [torch.randn(6, 4, generator=g) for _ in range(3)]
-    for step, f in enumerate(batches):
-        feats = torch.cat([f, torch.randn(2, 4, generator=g)])  # 6 ID rows, then 2 OOD rows
-        is_id = torch.arange(8) < 6
-        ctx = LossContext(is_id=is_id, labels=torch.zeros(6, dtype=torch.long), log_prior=torch.zeros(2))
-        out = ModelOutputs(torch.zeros(8, 2), features=feats.requires_grad_())
-        m.train_update(out, ctx)
-        d = -m.idness(out)
-        if step == 0:  # the first step has only its own batch
-            assert torch.allclose(d[:6], torch.zeros(6), atol=1e-5)
-        else:  # earlier batches only: a view is never its own neighbour, OOD rows never banked
-            prev = torch.cat(batches[:step]).numpy()
-            ref = np_kth_distance(feats.detach().numpy(), prev, 1)
-            np.testing.assert_allclose(d.detach().numpy(), ref, rtol=1e-5, atol=1e-5)
-        d.sum().backward()
-        assert torch.isfinite(out.features.grad).all()
+def test_ada_margin_moves_tail_predictions_toward_id():
+    # Rows predicted as the rarest class get log β̂ > 0 and a lower (more ID) ada score; head rows a higher one.
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(200, 4, generator=g) * 4  # confident rows, as a trained model's
+    vanilla = api.ood_scores("margin", logits, COUNTS)
+    ada = api.ood_scores("ada_margin", logits, COUNTS)
+    probs = logits.softmax(dim=1)
+    pred = logits.argmax(dim=1)
+    tail, head = pred == 3, pred == 0
+    sure_head = probs[:, 0] > 0.97  # so little mass elsewhere that log β̂ < 0 whatever the rest holds
+    assert tail.any() and sure_head.any()
+    assert (ada[tail] < vanilla[tail]).all() and (ada[sure_head] > vanilla[sure_head]).all()
+    rank = lambda s: s.argsort().argsort().double()
+    assert rank(ada)[tail].mean() < rank(vanilla)[tail].mean()
+    assert rank(ada)[head].mean() > rank(vanilla)[head].mean()
 
 
 def np_supcon(z: np.ndarray, labels: np.ndarray, is_id: np.ndarray, T: float) -> float:
@@ -192,7 +135,8 @@ def test_supcon_ignores_ood_rows_and_has_gradients():
     loss = SupCon()(AuxBatch(proj, b.labels, b.is_id, b.pair, b.class_counts))
     moved = b.projections.clone()
     moved[12:] = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)  # other OOD projections
-    assert float(SupCon()(AuxBatch(moved, b.labels, b.is_id, b.pair, b.class_counts))) == pytest.approx(float(loss.detach()))
+    moved_loss = SupCon()(AuxBatch(moved, b.labels, b.is_id, b.pair, b.class_counts))
+    assert float(moved_loss) == pytest.approx(float(loss.detach()))
     loss.backward()
     assert torch.isfinite(proj.grad).all()
     assert proj.grad[12:].abs().max() == 0  # OOD rows take no part
