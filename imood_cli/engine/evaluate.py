@@ -4,16 +4,17 @@ AUROC, AUPR-out, AUPR-in and FPR95 all follow from one walk over the distinct sc
 order, knowing at each distinct score v how many scores are <= v in all (E) and how many of them are
 OOD (O). Ties are therefore grouped into one threshold, exactly as scikit-learn's curves group them.
 
-The walk reads the pooled scores sorted once, in blocks of `_BLOCK`, so that beyond the sorted copy
-(8 bytes per score) and the sort's own work space the memory stays a few megabytes at any size.
-Two ways to pool and sort, both exact:
+The walk reads the pooled scores, sorted once, in blocks of `_BLOCK`: beyond the one sorted copy
+of the scores (and its sort order, for general float64 scores) its memory is a few megabytes at any
+size. Two ways to pool and sort, both exact:
 
 - float32 scores (what score files hold), or float64 scores that are all float32 values, are widened
   to float64 and the last mantissa bit of each OOD score is set. A float32 value widened to float64
   has 29 zero bits at the bottom, so the tag moves no score past another distinct score: one
-  in-place float64 sort orders the pool and keeps the ID/OOD label of every score.
+  in-place float64 sort orders the pool and keeps the ID/OOD label of every score (8 bytes a score).
 - other float64 scores: each set is sorted on its own, then a stable argsort of the two sorted halves
-  (a linear-time merge of two runs in numpy's timsort) tells which positions hold OOD scores.
+  (a linear-time merge of two runs in numpy's timsort) tells which positions hold OOD scores (16
+  bytes a score, and timsort's merge buffer of 8 bytes per score of the smaller set).
 """
 
 from __future__ import annotations
