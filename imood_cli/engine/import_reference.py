@@ -227,6 +227,12 @@ def convert(obj: Any, num_classes: int, path: Path) -> ReferenceWeights:
             what = "number of classes" if k.startswith(("classifier.", "lambda_head.")) else "architecture"
             raise ImoodError(f"{path}: {ref} has shape {tuple(v.shape)}, expected {tuple(target[k].shape)} for "
                              f"{arch.backbone} with {num_classes} classes (wrong {what}?)")
+        want = target[k].dtype
+        if v.dtype != want and not (v.is_floating_point() and want.is_floating_point):
+            # a bool, integer or complex tensor where a float is expected (or the reverse) is not a cast
+            # imood makes silently: it would hide a broken or foreign file
+            ref = next(r for r in sd if _our_name(r) == k)
+            raise ImoodError(f"{path}: {ref} is {v.dtype}, expected {want}; not a weights file of this model")
         if v.is_floating_point() and not torch.isfinite(v).all():
             ref = next(r for r in sd if _our_name(r) == k)
             raise ImoodError(f"{path}: {ref} holds NaN or infinite values; the checkpoint is broken")

@@ -255,6 +255,18 @@ def fit_detectors(detectors: dict[str, Any], loaded: LoadedModel, bench: Benchma
     return notes
 
 
+def _run_detector(label: str, d: Any, view: ModelView, lp: torch.Tensor, n: int) -> torch.Tensor:
+    """One detector's scores for a batch; whatever goes wrong inside it is reported under its name."""
+    try:
+        scores = d.ood_score(view, lp)
+    except (ImoodError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ImoodError(f"detector {label} ({type(d).__name__}) failed: {type(exc).__name__}: {first}") from exc
+    return _check_scores(label, d, scores, n)
+
+
 def _check_scores(label: str, d: Any, scores: Any, n: int) -> torch.Tensor:
     """A detector's output for a batch of n rows, or one clear error naming the detector."""
     if not isinstance(scores, torch.Tensor):
@@ -300,11 +312,11 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
             n = out.logits.shape[0]
             finite.append(torch.isfinite(out.logits).all())
             for label, d in plain.items():
-                scores[label].append(_check_scores(label, d, d.ood_score(view, lp), n))
+                scores[label].append(_run_detector(label, d, view, lp, n))
             if grads:
                 with torch.enable_grad():
                     for label, d in grads.items():
-                        scores[label].append(_check_scores(label, d, d.ood_score(view, lp), n).detach())
+                        scores[label].append(_run_detector(label, d, view, lp, n).detach())
             preds.append(out.logits.argmax(dim=1))
 
         if observer:

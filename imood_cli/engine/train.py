@@ -27,7 +27,8 @@ from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine.benchmark import load_benchmark
 from imood_cli.engine.checkpoint import CheckpointDir, save_tensors
-from imood_cli.engine.config import TrainConfig, convert, load_run_config, options, show
+from imood_cli.engine.config import TrainConfig, convert, default_for, load_run_config, options, show
+from imood_cli.engine.guard import TrainingGuard
 from imood_cli.engine import runtime
 from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name, forward_macs
 from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RunLock, clear_run
@@ -36,7 +37,7 @@ from imood_cli.errors import ImoodError, TrainingDiverged
 from imood_cli.losses.la_ce import logit_adjusted_ce
 from imood_cli.registry import parse_spec, registry
 
-LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux")
+LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux", "train_acc")  # train_acc: top-1 of the class logits, ID rows
 
 
 class Interrupted(ImoodError):
@@ -121,6 +122,14 @@ def used_heads(detector, aux, cfg: TrainConfig) -> dict[str, bool]:
     }
 
 
+def _scalar(value: Any, what: str) -> torch.Tensor:
+    """A loss from a detector or aux loss must be one number (checked on the host: no device sync)."""
+    if not isinstance(value, torch.Tensor) or value.ndim != 0 or not value.is_floating_point():
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ImoodError(f"{what} returned {shape}, not a scalar float tensor")
+    return value.float()
+
+
 def freeze_for(model: ImOODModel, train_only: str) -> None:
     """--train-only: keep gradients only for the classifier (and BatchNorm's affine parameters)."""
     if train_only == "all":
@@ -145,6 +154,8 @@ def build_detector(cfg: TrainConfig):
         value = getattr(cfg, key)
         if value is not None:
             if key not in cls.hyperparameters:
+                if value == default_for(key, cfg.dataset):
+                    continue  # the benchmark's default margin, meant for the detectors that have margins
                 raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins (energy), "
                                  f"not {name}")
             options.setdefault(key, value)
@@ -218,6 +229,8 @@ class Trainer:
         self.core = ImOODModel(self.arch, pretrained=cfg.pretrained)
         if cfg.init_from:
             init_weights(self.core, Path(cfg.init_from), cfg.ood_metric)
+        if not cfg.init_from or float(self.core.aux_linear.weight) <= 0:
+            orient_aux_linear(self.core.aux_linear)
         own = self.detector.training_parameters(self.core.feature_dim, b.num_classes)
         if own:  # a submodule, so DDP reduces their gradients and checkpoints hold them (the model file does not)
             self.core.ood_params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.float()) for k, v in own.items()})
@@ -276,7 +289,7 @@ class Trainer:
 
     # ---- one step
     def loss_parts(self, view1, view2, labels, ood, gen) -> torch.Tensor:
-        """Augment on the device, then the loss: [total, L_in, L_ood, L_aux] as one tensor."""
+        """Augment on the device, then [total, L_in, L_ood, L_aux, training-batch ID accuracy] as one tensor."""
         # One call for all rows: the augmentation's cost is its op count, not the batch size.
         images = torch.cat([view1, view2, ood])
         x = self._apply(images, self.spec, draw(self.spec, images.shape[0], images.device, gen))
@@ -304,14 +317,17 @@ class Trainer:
         view = self._view(out, x, needs)
         self.detector.train_update(view, ctx)
         if cfg.Lambda > 0 and self.detector.has_loss:
-            l_ood = self.detector.loss(view, ctx)
+            l_ood = _scalar(self.detector.loss(view, ctx), f"the training loss of {cfg.ood_metric}")
         if self.heads["projection"]:
             rows = torch.arange(2 * n + m, device=x.device)
             pair = torch.where(rows < n, rows + n, torch.where(rows < 2 * n, rows - n, -1))
             full_labels = torch.cat([labels2, labels2.new_full((m,), -1)])
-            l_aux = self.aux(AuxBatch(out.projections, full_labels, is_id, pair, self.counts_t))
+            l_aux = _scalar(self.aux(AuxBatch(out.projections, full_labels, is_id, pair, self.counts_t)),
+                            f"the aux loss {cfg.aux_ood_loss}")
         loss = l_in + cfg.Lambda * l_ood + cfg.Lambda2 * l_aux
-        return torch.stack([loss, l_in, l_ood, l_aux])
+        with torch.no_grad():  # stays on the device: summed with the losses, read once per log record
+            acc = (out.logits[: 2 * n].argmax(dim=1) == labels2).float().mean()
+        return torch.stack([loss, l_in, l_ood, l_aux, acc])
 
     def _view(self, out, x: torch.Tensor, needs) -> ModelView:
         """The training view: outputs, and the model parts the detector declared (gradients flow)."""
@@ -333,6 +349,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         parts[0].backward()
         self.opt.step()
+        if self.heads["aux_linear"]:
+            keep_aux_linear_increasing(self.core.aux_linear)
         self.sched.step()
 
     def train_step(self, b: Batch, gen: torch.Generator) -> torch.Tensor:
@@ -426,6 +444,7 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg, rt = self.cfg, self.rt
         self.obs.start(cfg, self.bench, self.epoch, self.steps_per_epoch)
+        guard = TrainingGuard.for_run(cfg, self.detector, self.class_counts, cfg.epochs * self.steps_per_epoch)
         last: dict[str, Any] = {}
         self.core.train()
         with _StopFlag() as stop:
@@ -460,6 +479,9 @@ class Trainer:
                     if self.global_step % cfg.log_every == 0:
                         rec = self._log_record(r["sums"], r["count"], r["images"], time.perf_counter() - t0, "log")
                         self.obs.log(rec)
+                        warning = guard.observe(rec)
+                        if warning and rt.is_main:
+                            self.obs.message(f"warning: {warning}")
                         r["sums"].zero_(), r["count"].zero_()
                         r["images"], t0 = 0, time.perf_counter()
                     if stop.set and self.step_in_epoch < len(batches):
@@ -478,7 +500,28 @@ class Trainer:
                     raise Interrupted(f"interrupted after epoch {self.epoch}; continue with: imood train --resume {cfg.run_dir}")
             self.save_model()  # still under the stop flag: a Ctrl-C now waits for the model file
         rt.barrier()
-        return TrainResult(cfg.run_dir, self.epoch, last)
+        return TrainResult(cfg.run_dir, self.epoch, last, warnings=list(guard.warnings))
+
+
+AUX_WEIGHT_FLOOR = 1e-2
+
+
+def orient_aux_linear(head: torch.nn.Linear) -> None:
+    """aux_linear starts as the identity: the ImOOD logit is the statistic itself, higher = more ID.
+
+    A model trained with an ada_ loss is scored with the vanilla statistic (SPEC §3), which is right only if
+    aux_linear is increasing. torch's default init draws its single weight from U(-1, 1): on a negative draw
+    the BCE trains the statistic upside down (on digits: ID energies fall, auxiliary ones rise, and the
+    vanilla energy score ranks OOD as ID, AUROC near 0)."""
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+        head.bias.zero_()
+
+
+def keep_aux_linear_increasing(head: torch.nn.Linear) -> None:
+    """Projected step: the weight stays above a small floor, so the map cannot turn decreasing mid-run."""
+    with torch.no_grad():
+        head.weight.clamp_(min=AUX_WEIGHT_FLOOR)
 
 
 def init_weights(model: ImOODModel, target: Path, metric_name: str) -> None:
