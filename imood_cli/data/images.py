@@ -10,7 +10,6 @@ link is an error naming it, never opened (opening a FIFO blocks forever).
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,17 +27,35 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _entries(folder: Path) -> tuple[list[str], list[str]]:
-    """(file names, folder names) in `folder`; links count as what they point to."""
-    files, dirs = [], []
+def _entries(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """(regular image files, other image-named entries, folders) in `folder`, each sorted by name.
+
+    Links count as what they point to. The directory entry's type answers for most names without
+    a stat call (that matters for folders of a million images); only links are stat-ed.
+    """
+    files, odd, dirs = [], [], []
     with os.scandir(folder) as it:
         for e in it:
             try:
                 is_dir = e.is_dir()  # follows links
             except OSError:
                 is_dir = False
-            (dirs if is_dir else files).append(e.name)
-    return sorted(files), sorted(dirs)
+            if is_dir:
+                dirs.append(e.name)
+            elif is_image_name(e.name):
+                try:
+                    regular = e.is_file()  # follows links; False for FIFOs, sockets, devices, broken links
+                except OSError:
+                    regular = False
+                (files if regular else odd).append(e.name)
+    return sorted(files), sorted(odd), sorted(dirs)
+
+
+def _kind(path: Path) -> str:
+    try:
+        return f"{mode_kind(os.stat(path).st_mode)}, not a regular file"
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else "unreadable"
 
 
 def list_images(folder: Path, what: str | None = None) -> list[Path]:
@@ -60,26 +77,15 @@ def list_images(folder: Path, what: str | None = None) -> list[Path]:
             if key in seen:
                 continue
             seen.add(key)
-            files, dirs = _entries(d)
+            files, odd, dirs = _entries(d)
         except OSError as exc:
             if d == folder:
                 raise ImoodError(f"{what + ' ' if what else ''}{folder}: cannot read the folder "
                                  f"({exc.strerror or exc})") from None
             bad.append((str(d), f"unreadable folder: {exc.strerror or exc}"))
             continue
-        for name in files:
-            if not is_image_name(name):
-                continue
-            path = d / name
-            try:
-                mode = os.stat(path).st_mode
-            except OSError:
-                bad.append((str(path), "a broken symbolic link" if os.path.islink(path) else "unreadable"))
-                continue
-            if stat.S_ISREG(mode):
-                found.append(path)
-            else:
-                bad.append((str(path), f"{mode_kind(mode)}, not a regular file"))
+        found.extend(d / name for name in files)
+        bad.extend((str(d / name), _kind(d / name)) for name in odd)
         stack.extend(d / name for name in reversed(dirs))
     if bad:
         raise ImoodError(failed_message(f"{what + ' ' if what else ''}{folder}", bad, len(found) + len(bad))
