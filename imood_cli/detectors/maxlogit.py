@@ -1,0 +1,19 @@
+"""MaxLogit (Hendrycks et al., "Scaling Out-of-Distribution Detection for Real-World Settings", ICML 2022).
+
+g(x) = max_k z_k; vanilla OOD score −max_k z_k (pytorch-ood's `MaxLogit`, exactly).
+
+c = 1, as for energy: max z ≤ logsumexp z ≤ max z + log K, so both live on the logit scale and move
+together, and log β̂ is a log-ratio of probabilities in the same units. A smaller c would under-correct a
+statistic that already is a logit.
+"""
+
+from __future__ import annotations
+
+from imood_cli.plugin_api import Detector, ModelView
+
+
+class MaxLogit(Detector):
+    ada_scale = 1.0
+
+    def idness(self, view: ModelView):
+        return view.logits.float().amax(dim=1)
