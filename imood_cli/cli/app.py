@@ -17,6 +17,7 @@ from imood_cli.cli import import_ckpt as import_ckpt_cmd
 from imood_cli.cli import plugins as plugins_cmd
 from imood_cli.cli import report as report_cmd
 from imood_cli.cli import score as score_cmd
+from imood_cli.cli import sweep as sweep_cmd
 from imood_cli.cli import train as train_cmd
 from imood_cli.cli.common import DDP_ARGV, set_argv
 from imood_cli.errors import ImoodError
@@ -37,6 +38,7 @@ app.command("score")(score_cmd.score)
 app.command("eval")(eval_cmd.eval_scores)
 app.command("report")(report_cmd.report)
 app.command("import-ckpt")(import_ckpt_cmd.import_ckpt)
+app.command("sweep")(sweep_cmd.sweep)
 
 
 def _version(value: bool) -> None:
