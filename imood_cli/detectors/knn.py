@@ -1,0 +1,126 @@
+"""Deep nearest neighbours (Sun, Ming, Zhu & Li, "Out-of-Distribution Detection with Deep Nearest
+Neighbors", ICML 2022).
+
+Features are L2-normalised, f̂ = f / ‖f‖; the statistic is minus the Euclidean distance to the k-th
+nearest normalised ID training feature (k = 50, the paper's CIFAR-10 value; fewer when the training set
+is smaller):
+
+    g(x) = −‖f̂(x) − f̂_(k)‖₂        vanilla OOD score ‖f̂(x) − f̂_(k)‖₂ (pytorch-ood's score)
+
+The search is exact and blocked: similarities of at most QUERY_BLOCK queries × BANK_BLOCK bank rows
+exist at once and a running top-k is kept, so memory stays linear in the bank (50,000 × 512 features
+need no 50,000² matrix). Neighbours are chosen by cosine similarity (the same order as the distance for
+unit vectors); the distance to the chosen one is then computed directly, which is exact near 0 and
+differentiable for ImOOD training.
+
+ada_ c = 0.1 · std(g on the ID training set), set at fit time and kept with the fit. Distances between
+unit vectors lie in [0, 2] and their ID spread depends on the model, so c is measured in the units of
+g (SPEC §2, distance-scale detectors): c · log β̂ moves g by a tenth of its ID spread per unit of
+log β̂. The std is taken over at most 4096 training rows spread evenly through the set, each scored
+leave-one-out (its own feature is not its neighbour), like a test sample.
+
+Training with ada_knn: no fitted bank exists yet, so the normalised ID features of the last steps
+(up to TRAIN_BANK rows) stand in for it; a batch's rows join the bank one step later, so a view
+never finds itself among its neighbours.
+"""
+
+from __future__ import annotations
+
+from imood_cli.plugin_api import Detector, F, ImoodError, LossContext, ModelView, OptionError, torch
+
+QUERY_BLOCK = 1024
+BANK_BLOCK = 16384
+ADA_FRACTION = 0.1  # c = ADA_FRACTION · std(g on the ID training set)
+ADA_ROWS = 4096  # training rows the std is measured on (all when fewer)
+TRAIN_BANK = 8192
+
+
+def nearest(queries, bank, k: int):
+    """Indices [N, k] of the k bank rows most similar to each query (rows unit length), best first."""
+    best_sim = best_idx = None
+    for start in range(0, bank.shape[0], BANK_BLOCK):
+        sim = queries @ bank[start:start + BANK_BLOCK].T
+        idx = torch.arange(start, start + sim.shape[1], device=sim.device).expand_as(sim)
+        if best_sim is not None:
+            sim, idx = torch.cat([best_sim, sim], dim=1), torch.cat([best_idx, idx], dim=1)
+        top = sim.topk(min(k, sim.shape[1]), dim=1)
+        best_sim, best_idx = top.values, idx.gather(1, top.indices)
+    return best_idx
+
+
+def kth_distance(features, bank, k: int):
+    """‖f̂ − f̂_(k)‖ of each row of `features` against the (normalised) bank, [N]."""
+    q = F.normalize(features.float(), dim=1)
+    k = min(k, bank.shape[0])
+    with torch.no_grad():
+        blocks = [nearest(block, bank, k)[:, k - 1] for block in q.detach().split(QUERY_BLOCK)]
+        kth = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.long, device=q.device)
+    diff = q - bank[kth]
+    return diff.pow(2).sum(dim=1).clamp(min=1e-12).sqrt()  # clamp: a finite gradient at distance 0
+
+
+def evenly_spaced(n: int, at_most: int):
+    """Indices of at most `at_most` rows spread evenly over n (every row when n is small)."""
+    if n <= at_most:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, at_most).round().long()
+
+
+class KNN(Detector):
+    needs = frozenset({"features", "fit"})
+    ada_scale = ADA_FRACTION  # replaced by ADA_FRACTION · std(g) on the ID training set at fit time
+    hyperparameters = ("k",)
+    k = 50
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.bank = None  # [n, d] normalised ID training features
+        self.pending = None  # training: this step's features, banked next step
+
+    def check(self) -> None:
+        if self.k < 1:
+            raise OptionError(f"k must be >= 1, got {self.k}")
+
+    def fit(self, view: ModelView) -> None:
+        features = view.features
+        if features.ndim != 2 or features.shape[0] == 0:
+            raise ImoodError("knn needs at least one ID training feature to fit")
+        self.bank = F.normalize(features.detach().float(), dim=1).contiguous()
+        self.pending = None
+        self.ada_scale = ADA_FRACTION * float(self.leave_one_out_idness().std()) if len(self.bank) > 1 else 0.0
+
+    def leave_one_out_idness(self):
+        """g of evenly spread training rows against the bank without themselves: their (k+1)-th nearest
+        row counting themselves is their k-th nearest other row."""
+        n = self.bank.shape[0]
+        rows = evenly_spaced(n, ADA_ROWS).to(self.bank.device)
+        return -kth_distance(self.bank[rows], self.bank, min(self.k + 1, n))
+
+    def fit_state(self):
+        state = {}
+        if self.bank is not None:
+            state["bank"] = self.bank.detach().cpu().contiguous()
+            state["ada_scale"] = torch.tensor([self.ada_scale], dtype=torch.float64)
+        if self.pending is not None:
+            state["pending"] = self.pending.detach().cpu().contiguous()
+        return state
+
+    def load_fit_state(self, state) -> None:
+        self.bank = state["bank"].float() if "bank" in state else None
+        self.pending = state["pending"].float() if "pending" in state else None
+        if "ada_scale" in state:
+            self.ada_scale = float(state["ada_scale"])
+
+    def idness(self, view: ModelView):
+        if self.bank is None:
+            raise ImoodError("knn is not fitted: fit it on ID training features first")
+        return -kth_distance(view.features, self.bank.to(view.features.device), self.k)
+
+    def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        feats = F.normalize(view.features[: ctx.num_id].detach().float(), dim=1)  # ID rows only, never OOD
+        if self.pending is not None:
+            banked = [t for t in (self.bank, self.pending) if t is not None]
+            self.bank = torch.cat(banked)[-TRAIN_BANK:]
+        elif self.bank is None:  # the very first step: its own batch is all there is
+            self.bank = feats
+        self.pending = feats
