@@ -45,9 +45,9 @@ def parse_prior(text: str) -> list[float] | None:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise OptionError(f"balenergy: p_aux must be comma-separated numbers, got {text!r}") from None
+        raise OptionError(f"p_aux must be comma-separated numbers, got {text!r}") from None
     if any(not v >= 0 or v == float("inf") for v in values) or sum(values) <= 0:
-        raise OptionError(f"balenergy: p_aux must be finite numbers >= 0 with a positive sum, got {text!r}")
+        raise OptionError(f"p_aux must be finite numbers >= 0 with a positive sum, got {text!r}")
     return values
 
 
@@ -92,10 +92,10 @@ class BalEnergy(Detector):
 
     def check(self) -> None:
         if not 0 <= self.momentum <= 1:
-            raise OptionError(f"balenergy: momentum must be in [0, 1], got {self.momentum}")
+            raise OptionError(f"momentum must be in [0, 1], got {self.momentum}")
         for key in ("lamb", "gamma1", "gamma2", "weight"):
             if getattr(self, key) < 0:
-                raise OptionError(f"balenergy: {key} must be >= 0, got {getattr(self, key)}")
+                raise OptionError(f"{key} must be >= 0, got {getattr(self, key)}")
         self._fixed = parse_prior(self.p_aux)
         self._fixed_tensor = None
         self._estimate = None
@@ -105,6 +105,11 @@ class BalEnergy(Detector):
         m_in, lamb = RECIPES.get(num_classes, OTHER_RECIPE)
         given = vars(self)
         return given.get("m_in", m_in), given.get("lamb", lamb)
+
+    def training_parameters(self, feature_dim: int, num_classes: int):
+        # Called once before training: the first place that knows K, so a wrong p_aux fails before any work.
+        self.prior(num_classes, "cpu")
+        return {}
 
     def idness(self, view: ModelView):
         return torch.logsumexp(view.logits.float(), dim=1)

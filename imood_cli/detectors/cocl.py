@@ -145,12 +145,12 @@ class COCL(Detector):
     def check(self) -> None:
         for key in ("lambda1", "lambda2", "lambda3", "margin"):
             if getattr(self, key) < 0:
-                raise OptionError(f"cocl: {key} must be >= 0, got {getattr(self, key)}")
+                raise OptionError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.temperature <= 0:
-            raise OptionError(f"cocl: temperature must be > 0, got {self.temperature}")
+            raise OptionError(f"temperature must be > 0, got {self.temperature}")
         for key in ("head_rate", "tail_rate"):
             if not 0 < getattr(self, key) < 1:
-                raise OptionError(f"cocl: {key} must be in (0, 1), got {getattr(self, key)}")
+                raise OptionError(f"{key} must be in (0, 1), got {getattr(self, key)}")
 
     def idness(self, view: ModelView):
         return torch.logsumexp(view.logits.float(), dim=1) - outlier_logits(view)

@@ -165,17 +165,17 @@ class EAT(Detector):
 
     def check(self) -> None:
         if self.odc < 1:
-            raise OptionError(f"eat: odc (abstention classes) must be >= 1, got {self.odc}")
+            raise OptionError(f"odc (abstention classes) must be >= 1, got {self.odc}")
         if self.stage not in (1, 2):
-            raise OptionError(f"eat: stage must be 1 or 2, got {self.stage}")
+            raise OptionError(f"stage must be 1 or 2, got {self.stage}")
         for key in ("lambda0", "lambda1"):
             if getattr(self, key) < 0:
-                raise OptionError(f"eat: {key} must be >= 0, got {getattr(self, key)}")
+                raise OptionError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("head_rate", "tail_rate"):
             if not 0 < getattr(self, key) < 1:
-                raise OptionError(f"eat: {key} must be in (0, 1), got {getattr(self, key)}")
+                raise OptionError(f"{key} must be in (0, 1), got {getattr(self, key)}")
         if self.pseudo_count <= 0:
-            raise OptionError(f"eat: pseudo_count must be > 0, got {self.pseudo_count}")
+            raise OptionError(f"pseudo_count must be > 0, got {self.pseudo_count}")
         self.extra_outputs = self.odc
         self.train_needs = frozenset({"input_grad"}) if self.stage == 1 and self.lambda0 > 0 else frozenset()
 

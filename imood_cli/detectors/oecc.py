@@ -42,10 +42,10 @@ class OECC(MSP):
 
     def check(self) -> None:
         if not 0 <= self.a_tr <= 1:
-            raise OptionError(f"oecc: a_tr (a training accuracy) must be in [0, 1], got {self.a_tr}")
+            raise OptionError(f"a_tr (a training accuracy) must be in [0, 1], got {self.a_tr}")
         for key in ("lambda1", "lambda2"):
             if getattr(self, key) < 0:
-                raise OptionError(f"oecc: {key} must be >= 0, got {getattr(self, key)}")
+                raise OptionError(f"{key} must be >= 0, got {getattr(self, key)}")
 
     def loss(self, view: ModelView, ctx: LossContext):
         z = view.logits.float()
