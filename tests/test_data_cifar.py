@@ -334,6 +334,8 @@ def test_cli_missing_data_is_one_line_exit_2(tmp_path, capsys):
     code, out, err = run_cli(["data", "prepare", "cifar100", "--drp", tmp_path, "--no-download"], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "cifar-100-python" in err and "SCOOD" in err
+    # the six SCOOD sets share one way to get them: it is named once
+    assert err.count("drive.google.com") == 1 and "texture, svhn, cifar10, tin, lsun, places365: " in err
 
 
 # ---------------------------------------------------------------- hostile batch files

@@ -46,6 +46,7 @@ def prepare(
     from rich.table import Table
 
     from imood_cli.cli.common import console
+    from imood_cli.data.base import group_missing
     from imood_cli.registry import registry
 
     ds = registry().dataset(name)
@@ -75,10 +76,7 @@ def prepare(
         console.print(f"manifest: {escape(manifest['path'])}", soft_wrap=True)
     if missing:  # on stderr, so --json output stays one document
         _warn(f"{name} is ready to train, but {len(missing)} piece(s) are missing: {', '.join(missing)}")
-        by_how: dict[str, list[str]] = {}
-        for piece, how in missing.items():
-            by_how.setdefault(how, []).append(piece)
-        for how, pieces in by_how.items():
+        for pieces, how in group_missing(missing):
             _warn(f"{', '.join(pieces)}: {how}")
 
 

@@ -79,6 +79,19 @@ class FileStatus:
     required: bool = True
 
 
+def group_missing(missing: dict[str, str]) -> list[tuple[list[str], str]]:
+    """(piece names, where to get them) with each distinct way to get them once, in first-seen order."""
+    groups: dict[str, list[str]] = {}
+    for piece, how in missing.items():
+        groups.setdefault(how, []).append(piece)
+    return [(pieces, how) for how, pieces in groups.items()]
+
+
+def missing_phrase(missing: dict[str, str]) -> str:
+    """One line for messages: `texture, svhn: <how>; tinyimages-300k: <how>`."""
+    return "; ".join(f"{', '.join(pieces)}: {how}" for pieces, how in group_missing(missing))
+
+
 class Dataset(Protocol):
     name: str
     description: str

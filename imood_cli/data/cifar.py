@@ -29,7 +29,7 @@ from imood_cli.data import scood, tinyimages
 from imood_cli.data.archive import check_md5, safe_extract
 from imood_cli.data.archive import download as fetch
 from imood_cli.data.augment_spec import CIFAR_AUGMENT
-from imood_cli.data.base import Benchmark, FileStatus, ImageSet
+from imood_cli.data.base import Benchmark, FileStatus, ImageSet, missing_phrase
 from imood_cli.data.longtail import check_imbalance_ratio, longtail_counts, longtail_indices
 from imood_cli.data.manifest import resolve_verify, write_manifest
 from imood_cli.data.safe_files import NotRegularFile, absent_or_kind, is_regular_file, open_regular, path_kind
@@ -273,7 +273,7 @@ class Cifar:
         when it was asked for, and then among the required)."""
         optional = self.missing_pieces(root)
         optional.pop(tinyimages.SET_NAME, None)
-        also = f" (also missing, not needed to start: {'; '.join(optional.values())})" if optional else ""
+        also = f" (also missing, not needed to start: {missing_phrase(optional)})" if optional else ""
         return ImoodError(f"{self.info.name} is not ready, missing: {'; '.join(required)}{also}")
 
     # ---- prepare

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from imood_cli.core.lazy import torch
 from imood_cli.data.augment_spec import AugmentSpec
-from imood_cli.data.base import Benchmark, FileStatus, ImageSet
+from imood_cli.data.base import Benchmark, FileStatus, ImageSet, missing_phrase
 from imood_cli.data.images import list_images
 from imood_cli.data.manifest import resolve_verify, write_manifest
 from imood_cli.data.safe_files import absent_or_kind, check_list_path, is_regular_file, mode_kind, read_lines
@@ -142,7 +142,7 @@ class ImageNetLT:
         it was asked for, and then among the required)."""
         optional = self.missing_pieces(root)
         optional.pop("extra_1k", None)
-        also = f" (also missing, not needed to start: {'; '.join(optional.values())})" if optional else ""
+        also = f" (also missing, not needed to start: {missing_phrase(optional)})" if optional else ""
         return ImoodError(f"{self.name} is not ready, missing: {'; '.join(required)}{also}")
 
     def _folder_set(self, folder: Path, name: str, limit: int | None = None) -> ImageSet:
