@@ -543,8 +543,9 @@ def test_model_files_hold_the_extra_outputs_but_not_the_prototypes(digits_runs):
     assert not torch.equal(tensors["classifier.weight"], stage1["classifier.weight"])
 
 
-def test_cocl_resumes_after_an_interrupt_to_the_same_weights(tmp_path):
-    # COCL draws head negatives and owns prototypes: both must come back exactly
+@pytest.mark.parametrize("metric", ["cocl", "balenergy"])
+def test_resume_after_an_interrupt_reaches_the_same_weights(tmp_path, metric):
+    # COCL draws head negatives and owns prototypes, BalEnergy keeps a running prior: all must come back exactly
     from imood_cli.data.digits import Digits
     from imood_cli.engine.checkpoint import load_tensors
     from imood_cli.engine.config import resolve_config
@@ -561,7 +562,7 @@ def test_cocl_resumes_after_an_interrupt_to_the_same_weights(tmp_path):
 
     def cfg(name):
         return resolve_config(dict(dataset="digits", save_root=str(tmp_path), name=name, epochs=2, batch_size=32,
-                                   ood_batch_size=32, ood_metric="cocl", aux_ood_loss="none", Lambda=1.0,
+                                   ood_batch_size=32, ood_metric=metric, aux_ood_loss="none", Lambda=1.0,
                                    logit_adjust=0.0, log_every=3))
 
     full = train(cfg("full"), rt, bench=bench)
