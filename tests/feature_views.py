@@ -82,3 +82,19 @@ def gaussian_problem(k=5, d=32, n=3000, seed=0):
     test = torch.randn(300, d, generator=g) * 2 @ mix
     weight, bias = torch.randn(k, d, generator=g) * 0.5, torch.randn(k, generator=g)
     return train, y, test, weight, bias
+
+
+def np_vim(train, test, test_logits, weight, bias, dim):
+    """The paper's ViM in float64 numpy: (g on test, α, g on train)."""
+    f, t = train.astype(np.float64), test.astype(np.float64)
+    w, b = weight.astype(np.float64), bias.astype(np.float64)
+    u = -np.linalg.pinv(w) @ b
+    centred = f - u
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(f))
+    order = np.argsort(values)[::-1]
+    residual_space = vectors[:, order[dim:]]  # eigenvectors beyond the D largest eigenvalues
+    train_logits = f @ w.T + b
+    alpha = train_logits.max(1).mean() / np.linalg.norm(centred @ residual_space, axis=1).mean()
+    g_test = np_logsumexp(test_logits) - alpha * np.linalg.norm((t - u) @ residual_space, axis=1)
+    g_train = np_logsumexp(train_logits) - alpha * np.linalg.norm(centred @ residual_space, axis=1)
+    return g_test, alpha, g_train

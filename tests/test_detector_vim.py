@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from feature_views import fitted, gaussian_problem, images, labels, np_logsumexp, tiny_model, view
+from feature_views import fitted, gaussian_problem, images, labels, np_vim, tiny_model, view
 from pytorch_ood.detector import ViM as PoodViM
 
 from imood_cli.core.prior import log_prior
@@ -24,22 +24,6 @@ LOG_PRIOR = log_prior([50, 20, 8, 3, 1], 1.0).float()
 
 def linear_view(x, weight, bias, labels=None):
     return ModelView(logits=x @ weight.T + bias, features=x, weight=weight, bias=bias, labels=labels)
-
-
-def np_vim(train, test, test_logits, weight, bias, dim):
-    """The paper's ViM in float64 numpy: (g on test, α, g on train)."""
-    f, t = train.astype(np.float64), test.astype(np.float64)
-    w, b = weight.astype(np.float64), bias.astype(np.float64)
-    u = -np.linalg.pinv(w) @ b
-    centred = f - u
-    values, vectors = np.linalg.eigh(centred.T @ centred / len(f))
-    order = np.argsort(values)[::-1]
-    residual_space = vectors[:, order[dim:]]  # eigenvectors beyond the D largest eigenvalues
-    train_logits = f @ w.T + b
-    alpha = train_logits.max(1).mean() / np.linalg.norm(centred @ residual_space, axis=1).mean()
-    g_test = np_logsumexp(test_logits) - alpha * np.linalg.norm((t - u) @ residual_space, axis=1)
-    g_train = np_logsumexp(train_logits) - alpha * np.linalg.norm(centred @ residual_space, axis=1)
-    return g_test, alpha, g_train
 
 
 def test_principal_dim_follows_the_paper():
