@@ -9,7 +9,7 @@ DATA ?= data
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench clean report-screenshot
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,13 @@ demo: $(STAMP)
 	$(IMOOD) score $(RUNS)/digits-imood --ood_metric msp,energy
 	$(IMOOD) eval $(RUNS)/digits-imood/scores/msp.safetensors
 	$(IMOOD) report $(RUNS)/digits-baseline $(RUNS)/digits-imood
+
+# make report-screenshot: the demo's report.html drawn by headless Chromium into $(RUNS)/report.png (run make demo first).
+CHROMIUM ?= chromium
+report-screenshot: $(STAMP)
+	$(IMOOD) report $(RUNS)/digits-baseline $(RUNS)/digits-imood --format md > /dev/null
+	$(CHROMIUM) --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,7000 \
+	    --screenshot=$(abspath $(RUNS))/report.png file://$(abspath $(RUNS))/digits-baseline/report.html
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

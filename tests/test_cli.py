@@ -19,7 +19,8 @@ def run(tmp_path_factory):
 
 
 def test_pipeline_end_to_end(run, capsys, tmp_path):
-    code, out, err = run_cli(["score", run, "--ood_metric", "msp,ada_msp,bin_disc,ada_bin_disc,maha,ada_gradnorm"], capsys)
+    detectors = "msp,ada_msp,bin_disc,ada_bin_disc,maha,ada_gradnorm"
+    code, out, err = run_cli(["score", run, "--ood_metric", detectors], capsys)
     assert code == 0, err
     for m in ("msp", "ada_msp", "bin_disc", "ada_bin_disc", "maha", "ada_gradnorm"):
         assert (run / "scores" / f"{m}.safetensors").exists()

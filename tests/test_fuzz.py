@@ -185,7 +185,8 @@ META_TEXT = st.one_of(
                      '{"class_counts": [3, 2, 1]}', '{"class_counts": [3, 2, 1], "ood_sets": ["a", "zzz"]}',
                      '{"class_counts": [1e400]}', '{"class_counts": [NaN]}']),
     st.dictionaries(st.sampled_from(["metric", "class_counts", "ood_sets", "score_direction", "dataset"]),
-                    st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=4), st.lists(st.integers(-1, 9), max_size=4)),
+                    st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=4),
+                              st.lists(st.integers(-1, 9), max_size=4)),
                     max_size=4).map(json.dumps),
 )
 
@@ -213,7 +214,8 @@ def test_eval_of_raw_safetensors(capsys, tensors, meta):
         eval_holds(path, capsys)
 
 
-@settings(max_examples=max(EXAMPLES // 2, 10), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=max(EXAMPLES // 2, 10), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_eval_of_damaged_bytes(capsys, data):
     ss = ScoreSet("msp", torch.randn(20), torch.zeros(20, dtype=torch.long), torch.zeros(20, dtype=torch.long),
@@ -306,7 +308,7 @@ def _paths(argv, score_dir, tmp):
 @given(paths=st.lists(PATHS, max_size=3),
        opts=st.lists(st.sampled_from([["--json"], ["--csv"], ["--bootstrap", "2"], ["--bootstrap", "-1"],
                                       ["--bootstrap", "x"], ["--seed", "-4"], ["--seed", "3"], ["--format", "md"],
-                                      ["--no-save"], ["--bogus"], ["-m", "msp"]]), max_size=3))
+                                      ["--no-save"], ["--bogus"], ["-m", "msp"], ["--allow-stale"]]), max_size=3))
 def test_eval_command_lines(capsys, score_dir, paths, opts):
     with tempfile.TemporaryDirectory() as tmp:
         argv = _paths(["eval", *paths, *[a for o in opts for a in o], "--no-save"], score_dir, tmp)
@@ -324,7 +326,8 @@ def test_eval_command_lines(capsys, score_dir, paths, opts):
        opts=st.lists(st.sampled_from([["--format", "json"], ["--format", "md"], ["--format", "csv"],
                                       ["--format", "latex"], ["--format", "xml"], ["-f", ""], ["--metric", "msp"],
                                       ["--metric", "nope"], ["-m", "ada_msp,msp"], ["--bootstrap", "-2"],
-                                      ["--bootstrap", "2"], ["--bootstrap", "1.5"]]), max_size=3))
+                                      ["--bootstrap", "2"], ["--bootstrap", "1.5"], ["--allow-mismatch"],
+                                      ["--allow-stale"], ["-m", "msp,msp"]]), max_size=3))
 def test_report_command_lines(capsys, score_dir, paths, opts):
     with tempfile.TemporaryDirectory() as tmp:
         argv = _paths(["report", *paths, *[a for o in opts for a in o], "--no-html"], score_dir, tmp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from pathlib import Path
@@ -16,6 +17,18 @@ from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
 from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
 from imood_cli.report.tables import METRICS, eval_tables
+
+
+def abort_on_interrupt(command):
+    """Ctrl-C as click's Abort, which the CLI turns into one line and exit code 130 (Typer itself would
+    turn a KeyboardInterrupt into a silent exit)."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise typer.Abort() from None
+    return run
 
 
 def _eval_json_path(run: Path, stem: str) -> Path:
@@ -37,15 +50,19 @@ def _eval_json_path(run: Path, stem: str) -> Path:
     return target
 
 
+@abort_on_interrupt
 def eval_scores(
-    scores: list[Path] = typer.Argument(..., help="Score files, or run folders / scores folders holding them."),
+    scores: list[Path] = typer.Argument(..., metavar="SCORES", show_default=False,
+                                        help="Score files, or run folders / scores folders holding them."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (several files: keyed by metric)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV: one row per metric and OOD set."),
-    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap rounds for 95% confidence intervals (0: none)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    save: bool = typer.Option(True, "--save/--no-save", help="Write <run>/eval/<metric>.json next to a run's scores."),
-    allow_stale: bool = typer.Option(False, "--allow-stale", help="Evaluate scores of a run computed from an older "
-                                     "model than its model.safetensors (marked stale) instead of refusing them."),
+    bootstrap: int = typer.Option(0, "--bootstrap", metavar="N",
+                                  help="Bootstrap rounds for 95% confidence intervals (0: none)."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the bootstrap."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write RUN/eval/<metric>.json for score files in a "
+                              "run's scores folder."),
+    allow_stale: bool = typer.Option(False, "--allow-stale", help="Evaluate scores computed from an older model than "
+                                     "the run's model.safetensors, marked stale (never saved), instead of refusing."),
 ) -> None:
     """AUROC, AUPR-in, AUPR-out and FPR95 per OOD set and their mean; ID and many/medium/few accuracy."""
     if bootstrap < 0:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from imood_cli.cli.common import console, split_list
+from imood_cli.cli.eval import abort_on_interrupt
 from imood_cli.cli.tables import print_warning, rich_table
 from imood_cli.core.atomic import atomic_write_text
 from imood_cli.errors import ImoodError, unknown_name
@@ -18,20 +19,26 @@ from imood_cli.report.tables import report_tables
 FORMATS = ("terminal", "md", "latex", "json", "csv")
 
 
+@abort_on_interrupt
 def report(
-    runs: list[Path] = typer.Argument(..., help="Run folders (or scores folders, or score files); several are "
-                                      "shown side by side, in the order given."),
-    metric: Optional[str] = typer.Option(None, "--metric", "-m", help="Detectors to include, comma-separated, in this "
-                                         "order. (default: all scored, each base detector then its ada_ form)"),
-    fmt: str = typer.Option("terminal", "--format", "-f", help="terminal | md | latex | json | csv."),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Where to write report.html. "
-                                             "(default: <first run>/report.html)"),
+    runs: list[Path] = typer.Argument(..., metavar="RUN", show_default=False,
+                                      help="Run folders (or scores folders, or score files); several are shown side "
+                                           "by side, in the order given."),
+    metric: Optional[str] = typer.Option(None, "--metric", "-m", metavar="NAMES",
+                                         help="Detectors to include, comma-separated, in this order. [default: all "
+                                              "scored, each base detector then its ada_ form]"),
+    fmt: str = typer.Option("terminal", "--format", "-f", metavar="FORMAT",
+                            help="terminal, md, latex, json or csv; each carries every table."),
+    html_path: Optional[Path] = typer.Option(None, "--html", metavar="FILE",
+                                             help="Where to write the page with plots. [default: <first run>/"
+                                                  "report.html]"),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write report.html."),
-    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap rounds for confidence intervals in JSON output."),
+    bootstrap: int = typer.Option(0, "--bootstrap", metavar="N", help="Bootstrap rounds for 95% intervals in the "
+                                  "JSON output (0: none)."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Report rows scored on different OOD sets or "
-                                        "ID data side by side (marked) instead of refusing."),
-    allow_stale: bool = typer.Option(False, "--allow-stale", help="Report scores of a run computed from an older "
-                                     "model than its model.safetensors (marked stale) instead of refusing them."),
+                                        "ID data side by side, marked, instead of refusing."),
+    allow_stale: bool = typer.Option(False, "--allow-stale", help="Report scores computed from an older model than "
+                                     "the run's model.safetensors, marked (stale), instead of refusing them."),
 ) -> None:
     """Every table (mean metrics, ada_ gains, ID accuracy, per OOD set, shot-group errors) and plots."""
     if fmt not in FORMATS:

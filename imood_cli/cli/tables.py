@@ -25,8 +25,10 @@ def _styled(column, value) -> str:
 def rich_table(t: Table) -> RichTable:
     out = RichTable(title=t.title, title_justify="left", caption=" ".join(t.notes) or None, caption_justify="left")
     for c in t.columns:
-        out.add_column(escape(c.heading), justify="left" if c.kind == "text" else "right",
-                       no_wrap=c.key == "label", overflow="fold")
+        if c.key == "label" or c.kind == "text":  # names wrap, so that numbers and set names never break
+            out.add_column(escape(c.heading), justify="left", overflow="fold")
+        else:
+            out.add_column(escape(c.heading), justify="right", no_wrap=True, min_width=len(c.heading))
     for row, stale in zip(t.rows, t.stale):
         out.add_row(*[_styled(c, v) for c, v in zip(t.columns, row)], style="yellow" if stale else None)
     return out

@@ -36,7 +36,7 @@ def _plain_text(fn):
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)  # the constrained layout already fits titles and legends
     return buf.getvalue()
 
 
@@ -137,15 +137,34 @@ def _class_axis(ax, counts: np.ndarray, order: np.ndarray, groups: dict[str, np.
             continue
         if start > 0:
             ax.axvline(start - 0.5, color="0.35", ls="--", lw=0.9)
-        ax.text(start + n / 2 - 0.5, 1.01, f"{name} ({n})", transform=ax.get_xaxis_transform(), ha="center",
-                va="bottom", fontsize=8, color=GROUP_COLORS[name])
+        ax.axvspan(start - 0.5, start + n - 0.5, color=GROUP_COLORS[name], alpha=0.05, lw=0)
+        if n >= 0.12 * k:  # a narrow group is named in the title only, so names never overlap
+            ax.text(start + n / 2 - 0.5, 1.01, name, transform=ax.get_xaxis_transform(), ha="center",
+                    va="bottom", fontsize=8, color=GROUP_COLORS[name])
         start += n
+
+
+def _group_sizes(groups: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{name} {len(groups[name])}" for name in ("many", "medium", "few"))
+
+
+def _binned(values: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, mean) of each run of `width` consecutive classes: with hundreds of classes of a few test images
+    each, single classes are noise; the mean over neighbours in the head-to-tail order shows the trend."""
+    if width == 1:
+        return np.arange(values.size, dtype=np.float64), values
+    starts = np.arange(0, values.size, width)
+    with np.errstate(invalid="ignore"):
+        means = np.array([np.nanmean(values[i:i + width]) if np.isfinite(values[i:i + width]).any() else np.nan
+                          for i in starts])
+    return starts + (np.minimum(starts + width, values.size) - starts - 1) / 2, means
 
 
 def _count_bars(ax, counts: np.ndarray, order: np.ndarray) -> None:
     """Training images per class as grey bars on a second axis, behind the lines."""
     bars = ax.twinx()
-    bars.bar(np.arange(counts.size), counts[order], width=0.9, color="0.88", zorder=0)
+    edges = np.arange(counts.size + 1) - 0.5  # one filled outline, not one patch per class
+    bars.stairs(counts[order], edges, fill=True, color="0.91", baseline=0.8 if counts.min() > 0 else 0, zorder=0)
     if counts.min() > 0 and counts.max() / counts.min() > 20:
         bars.set_yscale("log")
         bars.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # the default is mathtext
@@ -182,18 +201,21 @@ def per_class(report: Report) -> list[tuple[str, bytes]]:
         acc_ax = fig.add_subplot(grid[0, :])
         _count_bars(acc_ax, counts, order)
         marker = {"marker": "o", "ms": 3} if k <= 60 else {}
+        width = 1 if k <= 100 else int(math.ceil(k / 50))
         seen, acc_values = set(), []
         for e in entries:
             if e.model in seen:  # accuracy belongs to the model, not the detector: one line per model
                 continue
             seen.add(e.model)
             acc = np.array([np.nan if a is None else a for a in e.result["id"]["per_class"]], np.float64)
-            acc_values.append(acc)
+            x, y = _binned(acc[order], width)
+            acc_values.append(y)
             name = (e.run or report.runs[0][0]) + (" (stale)" if e.stale else "")
-            acc_ax.plot(np.arange(k), acc[order], lw=1.2, label=name, **marker)
+            acc_ax.plot(x, y, lw=1.2, label=name, **marker)
         _fitted_ylim(acc_ax, acc_values)
         acc_ax.set_ylabel("ID accuracy")
-        acc_ax.set_title("accuracy per class", fontsize=10, pad=16)
+        per = "per class" if width == 1 else f"mean over each {width} consecutive classes"
+        acc_ax.set_title(f"accuracy, {per} (classes: {_group_sizes(groups)})", fontsize=10, pad=16)
         _class_axis(acc_ax, counts, order, groups)
         acc_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.07, 1), frameon=False, title="model",
                       title_fontsize=8)
@@ -210,8 +232,9 @@ def per_class(report: Report) -> list[tuple[str, bytes]]:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     rate = np.bincount(labels, weights=flagged, minlength=k) / seen_k
                 rate[seen_k == 0] = np.nan
-                rates.append(rate)
-                line = ax.plot(np.arange(k), rate[order], lw=1.1, color=colors[id(e)], label=e.label, **marker)[0]
+                x, y = _binned(rate[order], width)
+                rates.append(y)
+                line = ax.plot(x, y, lw=1.1, color=colors[id(e)], label=e.label, **marker)[0]
                 handles.setdefault(e.label, line)
             _fitted_ylim(ax, rates)
             ax.set_ylabel("ID flagged as OOD")

@@ -8,15 +8,14 @@ taken as they are.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imood_cli.engine.evaluate import evaluate
+from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, run_of, sha256_file
 from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
 
-MODEL_FILE = "model.safetensors"
 SCORES = "scores"
 COPIED_META = ("dataset", "id_set", "checkpoint", "logit_adjust", "ada_scale", "moved_to_id", "trained_with")
 
@@ -40,15 +39,7 @@ def evaluate_scoreset(ss: ScoreSet, bootstrap: int = 0, seed: int = 0) -> dict:
 # ---- run folders and their score files
 def is_run_folder(folder: Path) -> bool:
     """A folder `imood train` or `imood import-ckpt` made (or one being trained)."""
-    return any((folder / name).exists() for name in (MODEL_FILE, "config.json", "checkpoint"))
-
-
-def run_of(score_file: Path) -> Path | None:
-    """The run folder a score file belongs to: RUN for RUN/scores/<metric>.safetensors when RUN has a model."""
-    parent = score_file.parent
-    if parent.name == SCORES and (parent.parent / MODEL_FILE).is_file():
-        return parent.parent
-    return None
+    return any((folder / name).exists() for name in (MODEL_FILE, CONFIG_FILE, CHECKPOINT_DIR))
 
 
 def source_root(arg: Path) -> Path:
@@ -56,7 +47,7 @@ def source_root(arg: Path) -> Path:
     folder (or, for scores of another tool, the folder holding them)."""
     if arg.is_file():
         return run_of(arg) or arg.parent
-    if arg.name == SCORES:
+    if arg.name == SCORES and is_run_folder(arg.parent):  # another tool's scores folder stays its own root
         return arg.parent
     return arg
 
@@ -94,14 +85,6 @@ def score_files(paths: list[Path], metrics: list[str] | None = None) -> list[Pat
     return list(unique.values())
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class ModelCheck:
     """Whether the scores of a run's score file come from the run's current model (hashed once per run)."""
 
@@ -115,7 +98,7 @@ class ModelCheck:
             return None
         model = (run / MODEL_FILE).resolve()
         if model not in self._sha:
-            self._sha[model] = _sha256_file(model)
+            self._sha[model] = sha256_file(model)
         if recorded == self._sha[model]:
             return None
         return (f"{path} were computed from an older model (its checkpoint_sha256 is not that of "

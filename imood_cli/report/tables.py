@@ -78,7 +78,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 # ---- the records behind every report table
 RECORD_COLUMNS = (
-    "run", "metric", "ood_set", "stale", "auroc", "aupr_in", "aupr_out", "fpr95", "threshold",
+    "run", "metric", "dataset", "id_set", "ood_set", "stale", "auroc", "aupr_in", "aupr_out", "fpr95", "threshold",
     *(f"gain_{k}" for k, _, _ in METRICS), "id_acc", *GROUPS,
     *(f"{short}_{g}" for _, short in GROUP_PARTS for g in GROUPS), "mean_over",
 )
@@ -105,7 +105,8 @@ def records(report: Report) -> list[dict[str, Any]]:
         for s in [*e.sets, "mean"]:
             m = e.result["ood"][s]
             over = e.sets if s == "mean" else [s]
-            rec: dict[str, Any] = {"run": run, "metric": e.metric, "ood_set": s, "stale": e.stale,
+            rec: dict[str, Any] = {"run": run, "metric": e.metric, "dataset": e.scores.meta.get("dataset"),
+                                   "id_set": e.scores.meta.get("id_set"), "ood_set": s, "stale": e.stale,
                                    "label": e.label, "entry": e}
             rec.update({k: m[k] for k, _, _ in METRICS})
             rec["threshold"] = m.get("threshold")
@@ -134,10 +135,13 @@ def report_tables(report: Report) -> list[Table]:
     means = [r for r in recs if r["ood_set"] == "mean"]
     differ = report.sets_differ
 
-    over = [Column("mean_over", "mean over", "text")] if differ else []
-    summary = Table("summary", "OOD detection, mean over OOD sets (%)", [_label_column(), *_metric_columns(), *over])
+    id_differ = "dataset" in report.mismatches or "id_set" in report.mismatches
+    extra = ([Column("id_data", "ID data", "text")] if id_differ else []) + (
+        [Column("mean_over", "mean over", "text")] if differ else [])
+    summary = Table("summary", "OOD detection, mean over OOD sets (%)", [_label_column(), *_metric_columns(), *extra])
     for r in means:
-        summary.add([r["label"], *[r[k] for k, _, _ in METRICS]] + ([r["mean_over"]] if differ else []), r["stale"])
+        r["id_data"] = " / ".join(str(r[k]) for k in ("dataset", "id_set") if r[k] is not None) or None
+        summary.add([r["label"], *[r[k] for k, _, _ in METRICS], *[r[c.key] for c in extra]], r["stale"])
     if differ:
         summary.notes.append(_sentence(report.mismatches.get("ood_sets", "the rows cover different OOD sets")) +
                              " Each mean is over the sets in its 'mean over' column: compare only rows that list "
