@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from conftest import run_cli
 from safetensors.numpy import load_file
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from conftest import run_cli
 from imood_cli import plans
 from imood_cli.engine import sweep as engine
 from imood_cli.engine.config import resolve_config
@@ -61,7 +61,8 @@ BAD_PLANS = [
      r"unknown key in \[sweep\] of {plan}: 'seed'; did you mean 'seeds'"),
     ("seeds as text", GOOD.replace("seeds = [0, 1]", 'seeds = "0,1"'),
      r"seeds in \[sweep\] of {plan} must be a non-empty list of whole numbers >= 0"),
-    ("a seed twice", GOOD.replace("seeds = [0, 1]", "seeds = [0, 0]"), r"seeds in \[sweep\] of {plan} lists a seed twice"),
+    ("a seed twice", GOOD.replace("seeds = [0, 1]", "seeds = [0, 0]"),
+     r"seeds in \[sweep\] of {plan} lists a seed twice"),
     ("unknown train option", GOOD.replace('ood_metric = "oe"', "epoch = 3"),
      r"unknown key in train of run 'A' in {plan}: 'epoch'; did you mean 'epochs'"),
     ("train option of the wrong type", GOOD.replace('ood_metric = "oe"', 'epochs = "many"'),
