@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Hermetic: plugins installed in the environment never change an outcome. Tests that need a plugin
+# register it in process or install it themselves (test_plugin_guide, test_contract's imood-extras).
+os.environ["IMOOD_PLUGINS"] = ""
 
 import pytest
 import torch

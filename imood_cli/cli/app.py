@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="imood", standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C inside a command into Exit(130) without a word
+            print("imood: interrupted", file=sys.stderr)
     except EXITS as exc:
         code = exc.exit_code
     except CLICK_ERRORS as exc:

@@ -170,12 +170,10 @@ def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
                            num_ood_samples=cfg.num_ood_samples if needs_aux and not from_folder else 0,
                            ood_tests=False)
     if from_folder:
-        from imood_cli.data.folder import load_ood_folder
+        from imood_cli.data.folder import load_image_folder
 
-        aux = load_ood_folder(Path(cfg.aux_ood_dir), bench.image_size, bench.channels)
-        if cfg.num_ood_samples is not None and cfg.num_ood_samples < len(aux):
-            aux = aux.subset(torch.arange(cfg.num_ood_samples))
-        bench.aux_ood = aux
+        bench.aux_ood = load_image_folder(Path(cfg.aux_ood_dir), bench.image_size, bench.channels,
+                                          limit=cfg.num_ood_samples, option="--aux-ood-dir")
     return bench
 
 
