@@ -118,9 +118,10 @@ def test_the_comparison_table_renders_paper_values_and_signed_points():
 
 
 def test_report_rows_are_matched_by_run_name_or_sweep_folder():
-    def entry(run, metric, auroc):
+    def entry(run, metric, auroc, dataset="cifar10"):
         result = {"ood": {"mean": {"auroc": auroc, "aupr_out": 0.5, "fpr95": 0.5}}, "id": {"acc": 0.7}}
-        return SimpleNamespace(run=run, label=f"{run} · {metric}", result=result)
+        return SimpleNamespace(run=run, label=f"{run} · {metric}", result=result,
+                               scores=SimpleNamespace(meta={"dataset": dataset}))
 
     report = SimpleNamespace(entries=[entry("oe-seed0", "msp", 0.9), entry("pascl+imood-seed3", "bin_disc", 0.95),
                                       entry("mystery", "msp", 0.5)], runs=[("oe-seed0", Path("x"))])
@@ -129,6 +130,10 @@ def test_report_rows_are_matched_by_run_name_or_sweep_folder():
                                                                            "PASCL + ImOOD"], ["mystery · msp", None]]
     auroc_diff = table.rows[1][[c.key for c in table.columns].index("diff_auroc")]
     assert math.isclose(auroc_diff, 0.95 - 0.9293)
+    report.entries.append(entry("digits-run", "msp", 0.9, dataset="digits"))
+    with pytest.raises(ImoodError, match="--published table1-cifar10: the paper's Table 1 reports cifar10, but the "
+                       "report's rows come from digits"):
+        published.for_report("table1-cifar10", report)
 
 
 def test_loading_the_data_imports_no_torch():

@@ -235,6 +235,12 @@ def for_report(key: str, report: Any) -> Table:
     """`imood report --published KEY`: the report's rows beside the paper's table, each matched by its run's
     name ('OE', or a sweep's run folder 'pascl+imood-seed0'); rows of runs named otherwise stay unmatched."""
     t = table(key)
+    if t.units != "percent":
+        raise ImoodError(f"{key} holds {t.units} values, not detection metrics to compare with")
+    others = sorted({d for e in report.entries if isinstance(d := e.scores.meta.get("dataset"), str)} - {t.dataset})
+    if t.dataset is not None and others:
+        raise ImoodError(f"--published {key}: the paper's {t.table} reports {t.dataset}, but the report's rows come "
+                         f"from {', '.join(others)}")
     mapping = {}
     for e in report.entries:
         row = _match(t, e.run or report.runs[0][0])
