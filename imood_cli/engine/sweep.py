@@ -404,7 +404,6 @@ def units(plan: Plan, full: Plan | None = None) -> list[Unit]:
 class UnitState:
     train: str | None  # "train", "resume", or None when the model exists
     score: list[str]  # detector specs still to score
-    why: str = ""
 
     @property
     def complete(self) -> bool:
@@ -432,10 +431,10 @@ def unit_state(unit: Unit) -> UnitState:
             meta = score_meta(unit.folder / SCORES / f"{score_file_stem(spec)}.safetensors")
             if meta is None or meta.get("checkpoint_sha256") != sha:
                 todo.append(spec)
-        return UnitState(None, todo, "scores missing or stale" if todo else "complete")
-    if (unit.folder / CONFIG_FILE).is_file():
-        return UnitState("resume", unit.specs, "trained in part (no model file yet)")
-    return UnitState("train", unit.specs, "not started")
+        return UnitState(None, todo)
+    if (unit.folder / CONFIG_FILE).is_file():  # started, no model yet: killed, interrupted or still running
+        return UnitState("resume", unit.specs)
+    return UnitState("train", unit.specs)
 
 
 def check_drift(unit: Unit) -> None:
