@@ -1,6 +1,5 @@
-"""Predictive entropy (used as an OOD score by Hendrycks et al., "Deep Anomaly Detection with Outlier
-Exposure", ICLR 2019, and by Chan et al., "Entropy Maximization and Meta Classification for
-Out-of-Distribution Detection in Semantic Segmentation", ICCV 2021).
+"""Predictive entropy as an OOD score (Chan et al., "Entropy Maximization and Meta Classification for
+Out-of-Distribution Detection in Semantic Segmentation", ICCV 2021, the paper pytorch-ood cites for it).
 
 g(x) = −H(p(x)) = Σ_k p_k log p_k, in [−log K, 0]; vanilla OOD score H(p(x)). pytorch-ood's `Entropy`
 returns H as well, with p clipped to ≥ 1e-7 before the log; here log p comes from log_softmax, which needs
