@@ -40,11 +40,13 @@ def nearest(queries, bank, k: int):
     best_sim = best_idx = None
     for start in range(0, bank.shape[0], BANK_BLOCK):
         sim = queries @ bank[start:start + BANK_BLOCK].T
-        idx = torch.arange(start, start + sim.shape[1], device=sim.device).expand_as(sim)
-        if best_sim is not None:
-            sim, idx = torch.cat([best_sim, sim], dim=1), torch.cat([best_idx, idx], dim=1)
         top = sim.topk(min(k, sim.shape[1]), dim=1)
-        best_sim, best_idx = top.values, idx.gather(1, top.indices)
+        block_sim, block_idx = top.values, top.indices + start
+        if best_sim is not None:  # merge two short lists, never the whole block
+            block_sim, block_idx = torch.cat([best_sim, block_sim], dim=1), torch.cat([best_idx, block_idx], dim=1)
+            top = block_sim.topk(min(k, block_sim.shape[1]), dim=1)
+            block_sim, block_idx = top.values, block_idx.gather(1, top.indices)
+        best_sim, best_idx = block_sim, block_idx
     return best_idx
 
 
