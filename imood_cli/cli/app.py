@@ -48,7 +48,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version.")) -> None:
     """Out-of-distribution detection on long-tailed data with ImOOD."""
 
 
@@ -84,6 +85,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(f"imood: warning: {str(message).removeprefix('imood: ')}", file=sys.stderr)
 
 
+def _plain_argument_help(command) -> None:
+    """Arguments are named by their metavar in --help, without the Python type newer Typers add ('<path>')."""
+    for param in getattr(command, "params", []):
+        if param.param_type_name == "argument" and hasattr(type(param), "display_type_rich"):
+            param.display_type_rich = lambda ctx=None: None
+    for sub in getattr(command, "commands", {}).values():
+        _plain_argument_help(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args and DDP_ARGV in os.environ and "WORLD_SIZE" in os.environ:
@@ -93,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     set_argv(args)
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
+    _plain_argument_help(command)
     try:
         code = command.main(args=args, prog_name="imood", standalone_mode=False)
         if code == 130:  # Typer turns Ctrl-C inside a command into Exit(130) without a word

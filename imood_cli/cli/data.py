@@ -16,7 +16,7 @@ import typer
 
 app = typer.Typer(help="Prepare benchmarks and see which are present.", no_args_is_help=True)
 
-DRP = typer.Option(Path("data"), "--data-root", "--drp", "--data_root_path",
+DRP = typer.Option(Path("data"), "--data-root", "--drp", "--data_root_path", metavar="DIR",
                    help="Folder that holds every dataset ($DATA).")
 INDENT = "  "
 PIECE_INDENT = " " * 4
@@ -25,13 +25,14 @@ URL = re.compile(r"https?://\S+")
 
 @app.command("prepare")
 def prepare(
-    name: str = typer.Argument(..., help="Benchmark: digits, cifar10, cifar100, imagenet, or a plugin's."),
+    name: str = typer.Argument(..., metavar="NAME",
+                               help="Benchmark: digits, cifar10, cifar100, imagenet, or a plugin's."),
     data_root: Path = DRP,
     imbalance_ratio: Optional[float] = typer.Option(
-        None, "--imbalance-ratio", "--imbalance_ratio",
-        help="ρ of the long-tail split, in (0, 1]. (default: the benchmark's)"),
+        None, "--imbalance-ratio", "--imbalance_ratio", metavar="RHO",
+        help="ρ of the long-tail split, in (0, 1]. [default: the benchmark's]"),
     num_ood_samples: Optional[int] = typer.Option(
-        None, "--num-ood-samples", "--num_ood_samples",
+        None, "--num-ood-samples", "--num_ood_samples", metavar="N",
         help="Auxiliary OOD images to use (CIFAR: the first 30,000 of 300K; 0: none)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check checksums of the known files."),
     download: bool = typer.Option(True, "--download/--no-download", help="Download what can be downloaded."),

@@ -6,18 +6,32 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from imood_cli.cli.common import console, warn
 
 
 def import_ckpt(
-    file: Path = typer.Argument(..., help="The reference code's checkpoint: a .pth state dict (plain or under 'model' / 'state_dict', DDP 'module.' keys are fine)."),
-    dataset: str = typer.Option(..., "--dataset", "--ds", help="Benchmark it was trained on: cifar10 | cifar100 | digits | ... (sets K and the class counts)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", "--drp", help="Dataset folder ($DATA), read for the class counts of the long-tailed split. [default: data]"),
-    imbalance_ratio: Optional[float] = typer.Option(None, "--imbalance-ratio", "--imbalance_ratio", help="ρ it was trained with. [default: the benchmark's, 0.01 for CIFAR]"),
-    class_counts: Optional[str] = typer.Option(None, "--class-counts", help="Training images per class, comma-separated (instead of reading the dataset), e.g. 5000,2997,1796,1077,645,387,232,139,83,50."),
-    ood_metric: Optional[str] = typer.Option(None, "--ood-metric", "--ood_metric", help="The --ood_metric it was trained with (recorded in the metadata). [default: bin_disc if linear has K+1 outputs, else oe]"),
-    logit_adjust: Optional[float] = typer.Option(None, "--logit-adjust", "--logit_adjust", help="The τ it was trained with (recorded in the metadata). [default: 1.0]"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder to create. [default: runs/<file name without .pth>]"),
+    file: Path = typer.Argument(..., metavar="FILE", help="The reference code's checkpoint: a .pth state dict (plain or under "
+                                "'model' / 'state_dict'; DDP 'module.' keys are fine).", show_default=False),
+    dataset: str = typer.Option(..., "--dataset", "--ds", metavar="NAME", help="Benchmark it was trained on: "
+                                "cifar10, cifar100, digits, ... (sets K and the class counts)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", "--drp", metavar="DIR", help="Dataset folder "
+                                             "($DATA), read for the class counts of the long-tailed split. "
+                                             "[default: data]"),
+    imbalance_ratio: Optional[float] = typer.Option(None, "--imbalance-ratio", "--imbalance_ratio", metavar="RHO",
+                                                    help="ρ it was trained with. [default: the benchmark's, 0.01 "
+                                                         "for CIFAR]"),
+    class_counts: Optional[str] = typer.Option(None, "--class-counts", metavar="N,N,...", help="Training images per "
+                                               "class, comma-separated, instead of reading the dataset, e.g. "
+                                               "5000,2997,1796,1077,645,387,232,139,83,50."),
+    ood_metric: Optional[str] = typer.Option(None, "--ood-metric", "--ood_metric", metavar="NAME", help="The "
+                                             "--ood_metric it was trained with (recorded in the metadata). [default: "
+                                             "bin_disc if linear has K+1 outputs, else oe]"),
+    logit_adjust: Optional[float] = typer.Option(None, "--logit-adjust", "--logit_adjust", metavar="TAU",
+                                                 help="The τ it was trained with (recorded in the metadata). "
+                                                      "[default: 1.0]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Run folder to create. [default: "
+                                       "runs/<file name without .pth>]"),
     force: bool = typer.Option(False, "--force", help="Overwrite the model in an existing, non-empty --out folder."),
 ) -> None:
     """Import a checkpoint of the reference ImOOD/PASCL code as an imood run folder (then: imood score OUT).
@@ -36,10 +50,12 @@ def import_ckpt(
     table = Table(title=f"imported {file}", title_justify="left", show_header=False)
     table.add_row("architecture", f"{a.backbone} ({'CIFAR stem' if a.cifar_stem else 'ImageNet stem'}, "
                                   f"{a.in_chans} input channels)")
-    table.add_row("classes", f"{a.num_classes}" + (f" + {a.extra_outputs} extra output (bin_disc)" if a.extra_outputs else ""))
+    extra = f" + {a.extra_outputs} extra output (bin_disc)" if a.extra_outputs else ""
+    table.add_row("classes", f"{a.num_classes}{extra}")
     table.add_row("class counts", ", ".join(map(str, result.class_counts)))
     where = f"under {result.container!r}" if result.container else "the file itself"
-    table.add_row("state dict", where + (f", prefix {result.stripped_prefix!r} removed" if result.stripped_prefix else ""))
+    prefix = f", prefix {result.stripped_prefix!r} removed" if result.stripped_prefix else ""
+    table.add_row("state dict", where + prefix)
     if result.epoch is not None:
         table.add_row("epoch", str(result.epoch))
     table.add_row("heads loaded", ", ".join(result.heads_loaded))

@@ -6,17 +6,16 @@ import json
 import os
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from imood_cli.cli.common import console
-from imood_cli.registry import ENV, LABELS, registry
 
 app = typer.Typer(help="Detectors, aux losses and datasets: the built-ins and installed plugins.",
                   no_args_is_help=True)
 
 
 def plugin_rows() -> list[dict]:
+    from imood_cli.registry import LABELS, registry
+
     rows = [{"name": p.name, "kind": p.kind, "distribution": p.distribution, "version": p.version,
              "loaded": p.loaded, "status": p.status, "error": p.error, "derived_from": p.derived_from,
              "target": p.target, "builtin": p.builtin}
@@ -24,7 +23,8 @@ def plugin_rows() -> list[dict]:
     kinds = list(LABELS)
     # ada_x right after x
     return sorted(rows, key=lambda r: (kinds.index(r["kind"]) if r["kind"] in kinds else len(kinds),
-                                       r["derived_from"] or r["name"], r["derived_from"] is not None, r["distribution"]))
+                                       r["derived_from"] or r["name"], r["derived_from"] is not None,
+                                       r["distribution"]))
 
 
 @app.command("list")
@@ -34,6 +34,11 @@ def list_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON:
     A plugin that failed to import, breaks the protocol or clashes with another one's name is listed
     with its error; the other commands skip it with a warning.
     """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from imood_cli.registry import ENV, LABELS
+
     rows = plugin_rows()
     if as_json:
         print(json.dumps(rows, indent=2))

@@ -14,7 +14,32 @@ from imood_cli.errors import ImoodError
 DEFAULT_DETECTORS = "msp,energy,ada_msp,ada_energy"
 
 
-def expand_all(requested: list[str], extra_outputs: int) -> list[str]:
+def reads_extra_outputs(name: str, trained_with: str | None) -> bool:
+    """A detector that reads extra classifier outputs fits a model only if that model was trained with it:
+    the same column is bin_disc's ID logit, COCL's outlier class or EAT's abstention classes."""
+    from imood_cli.registry import parse_spec
+
+    base = parse_spec(trained_with or "")[0].removeprefix("ada_")
+    return name.removeprefix("ada_") == base
+
+
+def default_detectors(extra_outputs: int, trained_with: str | None) -> list[str]:
+    """msp and energy with their ada_ forms, and the training detector's own score when it reads extra outputs."""
+    from imood_cli.registry import parse_spec, registry
+
+    specs = split_list(DEFAULT_DETECTORS)
+    base = parse_spec(trained_with or "")[0].removeprefix("ada_")
+    if extra_outputs and base:
+        try:
+            cls = registry().get("detector", base).cls
+        except ImoodError:
+            return specs
+        if cls.extra_outputs:
+            specs += [base] + ([f"ada_{base}"] if cls.ada_scale is not None else [])
+    return specs
+
+
+def expand_all(requested: list[str], extra_outputs: int, trained_with: str | None) -> list[str]:
     """`all`: every registered detector the model can run, each followed by its ada_ form."""
     from imood_cli.registry import registry
 
@@ -27,6 +52,8 @@ def expand_all(requested: list[str], extra_outputs: int) -> list[str]:
         for name in reg.names("detector"):
             cls = reg.get("detector", name).cls
             if name.startswith("ada_") or cls.extra_outputs > extra_outputs:
+                continue
+            if cls.extra_outputs and not reads_extra_outputs(name, trained_with):
                 continue
             out.append(name)
             if cls.ada_scale is not None:
@@ -53,14 +80,16 @@ def extra_sets(folders: list[Path], taken: set[str], image_size: int, channels: 
 
 
 def score(
-    run: Optional[Path] = typer.Argument(None, help="Run folder (or a model .safetensors file).", show_default=False),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder (or a model .safetensors file).",
+                                         show_default=False),
     ckpt_path: Optional[Path] = typer.Option(None, "--ckpt-path", "--ckpt_path", metavar="RUN",
                                              help="Same as RUN, in the reference's spelling."),
     ood_metric: Optional[str] = typer.Option(
         None, "--ood-metric", "--ood_metric", "-m", metavar="NAMES",
         help="Detectors, comma-separated: msp energy bin_disc maha gradnorm ..., their ada_ forms, a plugin's, "
              "or all; name:key=value sets a detector's option (-m react:p=95). See imood plugins list. "
-             f"[default: {DEFAULT_DETECTORS}, plus bin_disc and ada_bin_disc when the model has the extra output]"),
+             f"[default: {DEFAULT_DETECTORS}, plus the training detector and its ada_ form when it reads "
+             "extra outputs (bin_disc, cocl, eat)]"),
     logit_adjust: float = typer.Option(1.0, "--logit-adjust", "--logit_adjust", metavar="TAU",
                                        help="τ of the prior π̃ ∝ π^τ used by ada_ scores; 0 turns the correction "
                                             "off (ada_x = x)."),
@@ -112,9 +141,9 @@ def score(
     if not isinstance(ds, str) or not ds:
         raise ImoodError(f"{loaded.path} does not say which benchmark it was trained on: pass --ds")
     root = data_root or Path(cfg.get("data_root") or "data")
-    extra_outputs = loaded.model.arch.extra_outputs
-    specs = expand_all(requested, extra_outputs) if requested else split_list(DEFAULT_DETECTORS) + (
-        ["bin_disc", "ada_bin_disc"] if extra_outputs else [])
+    extra_outputs, trained_with = loaded.model.arch.extra_outputs, loaded.meta.get("metric")
+    specs = expand_all(requested, extra_outputs, trained_with) if requested else default_detectors(
+        extra_outputs, trained_with)
     bench = load_benchmark(ds, root, imbalance_ratio=cfg.get("imbalance_ratio"), num_ood_samples=0)
     extra = extra_sets(ood_dir or [], set(bench.ood_tests), bench.image_size, bench.channels)
     for name, how in (getattr(bench, "missing", None) or {}).items():
