@@ -77,6 +77,8 @@ BAD_PLANS = [
      r"score in run 'A' in {plan} names a detector twice"),
     ("unknown detector", GOOD.replace('score = ["msp"]', 'score = ["mps"]'),
      r"score of run 'A' in {plan}: unknown detector 'mps'; did you mean 'msp'"),
+    ("unknown detector option", GOOD.replace('score = ["msp"]', 'score = ["msp:foo=1"]'),
+     r"score of run 'A' in {plan}: msp: MSP has no option 'foo'"),
     ("unknown training loss", GOOD.replace('ood_metric = "oe"', 'ood_metric = "oee"'),
      r"ood_metric of run 'A' in {plan}: unknown detector 'oee'; did you mean 'oe'"),
     ("unknown benchmark", GOOD.replace('["digits"]', '["cifar11"]'),

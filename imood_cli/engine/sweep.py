@@ -289,21 +289,22 @@ def check_names(plan: Plan) -> None:
 
     reg = registry()
     for b in plan.benchmarks:
-        _named(reg, "dataset", b, f"benchmarks of {plan.path}")
+        _named(f"benchmarks of {plan.path}", reg.get, "dataset", b)
     for r in plan.runs:
         where = f"run {r.name!r} in {plan.path}"
-        for spec in r.score:
-            _named(reg, "detector", parse_spec(spec)[0], f"score of {where}")
         values = {**plan.defaults, **r.train}
-        if "ood_metric" in values:
-            _named(reg, "detector", parse_spec(values["ood_metric"])[0], f"ood_metric of {where}")
+        specs = [(s, "score") for s in r.score] + ([(values["ood_metric"], "ood_metric")] if "ood_metric" in values
+                                                   else [])
+        for spec, what in specs:
+            name, opts = parse_spec(spec)
+            _named(f"{what} of {where}", reg.detector, name, **opts)  # its options are checked too
         if "aux_ood_loss" in values:
-            _named(reg, "aux_loss", values["aux_ood_loss"], f"aux_ood_loss of {where}")
+            _named(f"aux_ood_loss of {where}", reg.get, "aux_loss", values["aux_ood_loss"])
 
 
-def _named(reg: Any, kind: str, name: str, where: str) -> None:
+def _named(where: str, lookup: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     try:
-        reg.get(kind, name)
+        lookup(*args, **kwargs)
     except ImoodError as exc:
         raise ImoodError(f"{where}: {exc}") from None
 
