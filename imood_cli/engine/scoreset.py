@@ -160,7 +160,7 @@ def as_array(values: Any, what: str) -> np.ndarray:
     return a
 
 
-@dataclass
+@dataclass(eq=False)  # arrays have no single truth value: two score sets are equal only when they are one
 class ScoreSet:
     """One detector's scores on the ID test set and each OOD test set, as numpy arrays.
 

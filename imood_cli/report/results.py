@@ -106,9 +106,9 @@ class ModelCheck:
 
 
 # ---- a report: rows in argument order, runs told apart, like compared with like
-@dataclass
+@dataclass(eq=False)  # rows are told apart by identity; their arrays have no single truth value
 class Entry:
-    """One (run, detector) row of a report."""
+    """One (run, detector) row of a report; `result` is its `imood eval --json` document."""
 
     run: str  # how the run is called in the report ("" when the report shows one run)
     metric: str
@@ -125,7 +125,7 @@ class Entry:
 
     @property
     def sets(self) -> list[str]:
-        return [s for s in self.result["ood"] if s != "mean"]
+        return list(self.scores.ood_score)
 
     @property
     def model(self) -> tuple[str, str]:
@@ -190,16 +190,18 @@ def collect(args: list[Path], metrics: list[str] | None = None, bootstrap: int =
                 raise ImoodError(reason)
             if reason:
                 warnings.append(reason.split(";")[0] + "; shown marked (stale)")
-            rows.append(Entry(label, ss.metric, ss, evaluate_scoreset(ss, bootstrap, seed), f, root, bool(reason)))
+            rows.append(Entry(label, ss.metric, ss, {}, f, root, bool(reason)))
         entries += sorted(rows, key=lambda e: _order_key(e.metric, metrics))
     sets = list(dict.fromkeys(s for e in entries for s in e.sets))
     report = Report(entries, [(label or root.name, root) for (_, root), label in zip(roots.items(), labels)], sets,
                     warnings)
-    problems = mismatches(report)
+    problems = mismatches(report)  # from the files' contents, before the evaluation's work
     if problems and not allow_mismatch:
         raise ImoodError(f"{next(iter(problems.values()))}; pass --allow-mismatch to report them side by side, marked")
     report.mismatches = problems
     warnings += [p + "; reported side by side as --allow-mismatch asks" for p in problems.values()]
+    for e in entries:
+        e.result = evaluate_scoreset(e.scores, bootstrap, seed)
     return report
 
 
