@@ -230,7 +230,7 @@ def stand_in(tmp_path: Path, behaviour: dict[str, str]):
     script.write_text(CHILD)
 
     def launch(cmd, env, log):
-        name = cmd[cmd.index("--name") + 1]
+        name = cmd[cmd.index("--name") + 1] if "--name" in cmd else Path(cmd[2]).name  # train, or score RUN
         ready = tmp_path / f"{name}.ready"
         return subprocess.Popen([sys.executable, str(script), name, str(record), str(ready),
                                  behaviour.get(name, "ok")], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -288,6 +288,33 @@ def test_pool_runs_one_command_per_gpu_in_dependency_order_and_survives_a_failur
     assert {e["gpu"] for e in starts.values()} == {"0", "1"}  # two slots, both used
     log = us[0].log.read_text()
     assert "CUDA_VISIBLE_DEVICES=" in log and "$ imood train --name a-seed0\n" in log and "# exit 0 after" in log
+
+
+def test_a_failing_run_is_reported_with_its_log_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    plan = write(tmp_path, GOOD)
+    launch, record = stand_in(tmp_path, {"a-seed0": "fail"})
+    monkeypatch.setattr(engine, "launch", launch)
+    code, out, err = run_cli(["sweep", plan, "--save-root", tmp_path / "runs", "--format", "json"], capsys)
+    assert code == 1
+    log = tmp_path / "runs" / "logs" / "digits" / "a-seed0.log"
+    assert f"imood: failed: digits · A · seed 0: `imood train` exited with 3; log: {log}" in err
+    started = [e["name"] for e in events(record) if e["event"] == "start"]
+    assert started == ["a-seed0", "a-seed1", "a-seed1"]  # seed 1 went on: its train, then its score
+    doc = json.loads(out)  # the report still comes, with what is missing and what failed
+    assert doc["benchmarks"]["digits"]["rows"][0]["missing"] == {"0": "no model", "1": "no model"}
+    assert [f["run"] for f in doc["failed"]] == ["digits · A · seed 0"]
+
+
+def test_a_command_that_cannot_start_is_a_failure_not_a_lost_run(tmp_path):
+    plan, us, work = plan_units(tmp_path, PIPELINE)
+
+    def launch(cmd, env, log):
+        raise FileNotFoundError(2, "No such file or directory", "imood")
+
+    outcomes, interrupted = engine.run_work(work[:1], set(), [None], launcher=launch)
+    assert not interrupted
+    assert [(o.status, o.message) for o in outcomes] == [
+        ("failed", "`imood train` could not run: FileNotFoundError: [Errno 2] No such file or directory: 'imood'")]
 
 
 def test_gpu_slots_group_gpus_per_run():

@@ -568,11 +568,12 @@ def gpu_slots(gpus: list[str] | None, per_run: int) -> list[str | None]:
 
 def run_work(work: list[Work], done: set[tuple[str, str, int]], slots: list[str | None],
              observer: SweepObserver | None = None,
-             launcher: Callable[[list[str], dict[str, str], Any], Any] = launch) -> tuple[list[Outcome], bool]:
+             launcher: Callable[[list[str], dict[str, str], Any], Any] | None = None) -> tuple[list[Outcome], bool]:
     """Run the units' commands, one unit per slot at a time; returns the outcomes and whether the sweep was
     interrupted. A failing unit is recorded and the others go on; a unit whose init_from model failed is
     blocked. Ctrl-C (or SIGTERM) stops starting work and passes SIGINT to every running command, so a
     training saves its checkpoint; the next sweep resumes it."""
+    launcher = launcher or launch
     pending = list(work)
     finished: dict[tuple[str, str, int], bool] = {k: True for k in done}
     outcomes: list[Outcome] = []
@@ -633,7 +634,12 @@ def run_work(work: list[Work], done: set[tuple[str, str, int]], slots: list[str 
                 continue
             outcome = Outcome(w.unit, "done")
             for cmd in w.cmds:
-                code = step(w, cmd, slot)
+                try:
+                    code = step(w, cmd, slot)
+                except Exception as exc:  # a log that cannot be written, a command that cannot start
+                    outcome = Outcome(w.unit, "failed", f"`{shlex.join(cmd[:2])}` could not run: "
+                                                        f"{type(exc).__name__}: {exc}")
+                    break
                 if code == 0:
                     continue
                 if stop.is_set() or code in (130, -signal.SIGINT):
