@@ -21,8 +21,8 @@ from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, t
 def percentile(values, p: float):
     """The p-th percentile (0-100) of all entries of `values`, linearly interpolated, as a float64 scalar.
 
-    kthvalue rather than torch.quantile: quantile refuses inputs above 2^24 entries, and a training set's
-    activations (50,000 × 512) are more than that.
+    kthvalue rather than torch.quantile: quantile sorts a full copy and, in most torch releases imood supports,
+    refuses inputs above 2^24 entries, fewer than a training set's activations (50,000 × 512).
     """
     flat = values.detach().reshape(-1)
     n = flat.numel()
