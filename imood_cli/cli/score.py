@@ -93,8 +93,11 @@ def score(
     logit_adjust: float = typer.Option(1.0, "--logit-adjust", "--logit_adjust", metavar="TAU",
                                        help="τ of the prior π̃ ∝ π^τ used by ada_ scores; 0 turns the correction "
                                             "off (ada_x = x)."),
-    ada_scale: Optional[float] = typer.Option(None, "--ada-scale", metavar="C",
-                                              help="Override c in ood = -(g + c·log β̂). [default: the detector's]"),
+    ada_scale: Optional[str] = typer.Option(None, "--ada-scale", metavar="C|auto",
+                                            help="c in ood = -(g + c·log β̂) for every ada_ detector: a number, or "
+                                                 "auto: the c that makes each class's mean ID score uncorrelated "
+                                                 "with its log prior on the ID training set (imood's heuristic, "
+                                                 "not the paper's). [default: each detector's own c]"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "--ds", metavar="NAME",
                                           help="Benchmark. [default: the one the model was trained on]"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", "--drp", metavar="DIR",
@@ -120,8 +123,13 @@ def score(
         raise ImoodError(f"--workers must be >= 0, got {workers}")
     if not (math.isfinite(logit_adjust) and logit_adjust >= 0):
         raise ImoodError(f"--logit_adjust must be a finite number >= 0, got {logit_adjust}")
-    if ada_scale is not None and not (math.isfinite(ada_scale) and ada_scale >= 0):
-        raise ImoodError(f"--ada-scale must be a finite number >= 0, got {ada_scale}")
+    if ada_scale is not None and ada_scale != "auto":
+        try:
+            ada_scale = float(ada_scale)
+        except ValueError:
+            raise ImoodError(f"--ada-scale takes a number >= 0 or auto, got {ada_scale!r}") from None
+        if not (math.isfinite(ada_scale) and ada_scale >= 0):
+            raise ImoodError(f"--ada-scale must be a finite number >= 0, got {ada_scale}")
 
     from imood_cli.engine import runtime
     from imood_cli.engine.benchmark import load_benchmark

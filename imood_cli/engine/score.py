@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ import torch
 
 from imood_cli.core.ada import Ada
 from imood_cli.core.contract import ModelOutputs, ModelView
-from imood_cli.core.prior import log_prior
+from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import Benchmark, ImageSet
+from imood_cli.engine import runtime
 from imood_cli.engine.checkpoint import load_tensors, save_tensors
-from imood_cli.engine.model import Architecture, ImOODModel
+from imood_cli.engine.model import Architecture, ImOODModel, forward_macs
 from imood_cli.engine.run import check_model_metadata as check_metadata
 from imood_cli.engine.run import model_path, sha256_file
 from imood_cli.engine.runtime import Runtime
@@ -180,10 +182,11 @@ def infer(model: ImOODModel, images: ImageSet, rt: Runtime, batch_size: int, spe
 class ScoreRequest:
     detectors: list[str]  # "name" or "name:key=value:..." specs
     logit_adjust: float = 1.0
-    ada_scale: float | None = None
+    ada_scale: float | str | None = None  # a number, "auto" (fitted on the ID training set) or None
     batch_size: int = 512
     workers: int = 0
     extra_ood: dict[str, ImageSet] = field(default_factory=dict)
+    threads: int = 0  # CPU threads; 0: from the model's size (one thread for tiny models)
 
 
 def detector_label(spec: str) -> str:
@@ -267,6 +270,52 @@ def _run_detector(label: str, d: Any, view: ModelView, lp: torch.Tensor, n: int)
     return _check_scores(label, d, scores, n)
 
 
+AUTO_RULE = ("auto: the c that makes the per-class mean ID score uncorrelated with log π̃ over the ID training "
+             "set, c = -cov_k(mean g, log π̃) / cov_k(mean log β̂, log π̃), at least 0 (imood's heuristic)")
+
+
+def fit_auto_scales(detectors: dict[str, Ada], loaded: LoadedModel, bench: Benchmark, rt: Runtime,
+                    req: ScoreRequest, lp: torch.Tensor, observer: ScoreObserver | None) -> None:
+    """--ada-scale auto: for each ada_ detector, the c that removes the correlation between a class's mean ID
+    score and its log prior on the training set: the bias the correction exists to remove."""
+    if not detectors:
+        return
+    model, access = loaded.model, ModelAccess(loaded.model, rt)
+    needs = set().union(*(d.needs for d in detectors.values()))
+    g = {k: [] for k in detectors}
+    lb = []
+
+    def each(out: ModelOutputs, x: torch.Tensor, start: int) -> None:
+        view = access.view(out, needs, images=x)
+        lb.append(log_beta(out.logits, lp))
+        for label, d in detectors.items():
+            with torch.enable_grad() if "input_grad" in d.needs else nullcontext():
+                g[label].append(d.base.idness(view).detach().float())
+
+    if observer:
+        observer.start_set(f"--ada-scale auto on {bench.train.name}", len(bench.train))
+    infer(model, bench.train, rt, req.batch_size, bench.augment, True, observer, req.workers, each=each,
+          feature_map="feature_map" in needs)
+    if observer:
+        observer.end_set("auto")
+    labels = bench.train.labels.to(rt.device)
+    k = bench.num_classes
+    present = torch.bincount(labels, minlength=k).double()
+
+    def class_means(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(k, dtype=torch.float64, device=values.device).index_add_(0, labels, values.double()) / present
+
+    def cov(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(((a - a.mean()) * (b - b.mean())).mean())
+
+    prior = lp.double()
+    beta_means = class_means(torch.cat(lb))
+    for label, d in detectors.items():
+        denom = cov(beta_means, prior)
+        c = -cov(class_means(torch.cat(g[label])), prior) / denom if abs(denom) > 1e-12 else 0.0
+        d.override = max(c, 0.0)
+
+
 def _check_scores(label: str, d: Any, scores: Any, n: int) -> torch.Tensor:
     """A detector's output for a batch of n rows, or one clear error naming the detector."""
     if not isinstance(scores, torch.Tensor):
@@ -287,12 +336,19 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
     model, arch = loaded.model, loaded.model.arch
     if bench.num_classes != arch.num_classes:
         raise ImoodError(f"the checkpoint has {arch.num_classes} classes but {bench.name} has {bench.num_classes}")
-    detectors = build_detectors(req.detectors, req.ada_scale, arch)
+    auto = req.ada_scale == "auto"
+    detectors = build_detectors(req.detectors, None if auto else req.ada_scale, arch)
+    if rt.device.type == "cpu":
+        macs = forward_macs(model, arch.in_chans, bench.image_size) * req.batch_size
+        runtime.set_threads(runtime.choose_threads(req.threads, macs, rt.device))
     fit_notes = fit_detectors(detectors, loaded, bench, rt, req, cache_dir, observer)
     if notes is not None:
         notes.extend(fit_notes)
     counts = loaded.class_counts
     lp = log_prior(counts, req.logit_adjust).float().to(rt.device)
+    if auto:
+        fit_auto_scales({k: d for k, d in detectors.items() if isinstance(d, Ada)}, loaded, bench, rt, req, lp,
+                        observer)
     needs = set().union(*(d.needs for d in detectors.values()))
     plain = {k: d for k, d in detectors.items() if "input_grad" not in d.needs}
     grads = {k: d for k, d in detectors.items() if "input_grad" in d.needs}
@@ -328,7 +384,7 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         if finite and not bool(torch.stack(finite).all()):
             raise ImoodError(f"the model's outputs on {full.name} are NaN or infinite: the weights in {loaded.path} "
                              "are damaged or diverged; nothing was written")
-        cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)  # noqa: E731
+        cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)
         result = {k: cat(v) for k, v in scores.items()}, cat(preds).long()
         return gather_shards(result, rt) if rt.distributed else result
 
@@ -370,7 +426,9 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
     }
     out = {}
     for label, d in detectors.items():
-        extra = {"ada_scale": d.scale} if isinstance(d, Ada) else {}
+        extra = {}
+        if isinstance(d, Ada):
+            extra = {"ada_scale": d.scale, **({"ada_scale_rule": AUTO_RULE} if auto else {})}
         out[label] = ScoreSet(label, id_scores[label], id_label, id_pred, ood_scores[label], dict(ood_preds),
                               {**meta, **extra, "detector_options": d.options()})
     return out
