@@ -389,6 +389,29 @@ def test_different_datasets_are_refused_then_noted(two_runs, tmp_path, capsys):
     assert [row[-1] for row in summary] == ["toy / toy-test"] * 3 + ["cifar100 / cifar100-test"] * 3
 
 
+def test_published_numbers_beside_the_rows(tmp_path, capsys):
+    from imood_cli.report import published
+
+    run = make_run(tmp_path / "MSP", metrics=("msp",), dataset="cifar10")
+    code, out, err = run_cli(["report", run, "--published", "table1-cifar10", "--format", "json",
+                              "--html", tmp_path / "r.html"], capsys)
+    assert code == 0, err
+    table = json.loads(out)["tables"][-1]
+    assert table["key"] == "published_table1-cifar10"
+    cell = dict(zip([c["key"] for c in table["columns"]], table["rows"][0]))
+    paper = published.lookup("table1-cifar10", "MSP").metrics
+    ours = reference(run / "scores" / "msp.safetensors")
+    mean_auroc = np.mean([m["auroc"] for m in ours["sets"].values()])
+    assert cell["label"] == "msp" and cell["paper_auroc"] == pytest.approx(paper["auroc"] / 100, abs=1e-12)
+    assert cell["diff_auroc"] == pytest.approx(mean_auroc - paper["auroc"] / 100, abs=1e-12)
+    assert cell["diff_acc"] == pytest.approx(ours["id"]["acc"] - paper["acc"] / 100, abs=1e-12)
+    page = TableParser()
+    page.feed((tmp_path / "r.html").read_text())
+    assert [row[0] for row in page.tables["published_table1-cifar10"][1:]] == ["msp"]
+    code, out, err = run_cli(["report", run, "--published", "table1-cifar1", "--no-html"], capsys)
+    assert code == 2 and "unknown published table 'table1-cifar1'" in err and err.count("\n") == 1
+
+
 # ---- the model behind the scores
 def test_stale_scores_are_refused_unless_allowed(tmp_path, capsys):
     run = make_run(tmp_path / "run")

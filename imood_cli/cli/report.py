@@ -39,12 +39,19 @@ def report(
                                         "ID data side by side, marked, instead of refusing."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Report scores computed from an older model than "
                                      "the run's model.safetensors, marked (stale), instead of refusing them."),
+    published: Optional[str] = typer.Option(None, "--published", metavar="TABLE",
+                                            help="Add a table of the ImOOD paper's numbers beside the rows (e.g. "
+                                                 "table1-cifar10), each row matched by its run's name."),
 ) -> None:
     """Every table (mean metrics, ada_ gains, ID accuracy, per OOD set, shot-group errors) and plots."""
     if fmt not in FORMATS:
         raise unknown_name("report format", fmt, FORMATS)
     if bootstrap < 0:
         raise ImoodError("--bootstrap must be >= 0")
+    if published:
+        from imood_cli.report import published as paper
+
+        paper.table(published)  # a misspelt table fails before any work
     target = None
     if not no_html:
         from imood_cli.report.html import check_replaceable
@@ -56,10 +63,12 @@ def report(
     for w in rep.warnings:
         print_warning(w)
     tables = report_tables(rep)
+    if published:
+        tables.append(paper.for_report(published, rep))
     if fmt == "terminal":
         for t in tables:
             console.print(rich_table(t))
-    elif fmt == "csv":
+    elif fmt == "csv":  # the records behind the report's own tables
         print(formats.as_csv(rep), end="")
     else:
         render = {"md": formats.markdown, "latex": formats.latex, "json": formats.as_json}[fmt]

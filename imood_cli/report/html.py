@@ -61,7 +61,7 @@ def render(report: Report, title: str = "imood report", tables: list[Table] | No
     ]
     if report.warnings:
         parts.append('<div class="warn">' + "".join(f"<p>{html.escape(w)}</p>" for w in report.warnings) + "</div>")
-    links = [(f"table-{t.key}", NAV.get(t.key, t.key)) for t in tables] + [
+    links = [(f"table-{t.key}", NAV.get(t.key) or t.title.split(":")[0]) for t in tables] + [
         ("plots-roc", "ROC"), ("plots-pr", "PR"), ("plots-class", "per class"), ("plots-scores", "scores")]
     parts.append("<nav>" + "".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in links) + "</nav>")
     parts += [table_html(t) for t in tables]
