@@ -150,10 +150,14 @@ class TrainConfig:
                              group=METHOD, check=at_least(0, strict=True), metavar="T")
     m_in: float | None = opt(None, "Energy loss: ID margin m_in (ID energies above it are penalized).",
                              "--m-in", "--m_in", group=METHOD,
-                             default_text="the detector's (energy: -23 for 10 classes, else -27)", metavar="M")
+                             per_benchmark={"cifar10": -23.0, "cifar100": -27.0, "imagenet": -27.0, "digits": -6.0},
+                             default_text="-23 (cifar10), -27 (cifar100, imagenet), -6 (digits); other benchmarks: "
+                             "two log K below the median energy of the first training batch", metavar="M")
     m_out: float | None = opt(None, "Energy loss: OOD margin m_out (OOD energies below it are penalized).",
                               "--m-out", "--m_out", group=METHOD,
-                              default_text="the detector's (energy: -5)", metavar="M")
+                              per_benchmark={"cifar10": -5.0, "cifar100": -5.0, "imagenet": -5.0, "digits": -2.0},
+                              default_text="-5 (cifar10, cifar100, imagenet), -2 (digits); other benchmarks: one "
+                              "log K below the median energy of the first training batch", metavar="M")
     train_only: str = opt("all", "Parameters to train: all; classifier (the class head only, e.g. a re-balancing "
                           "stage after --ckpt-path); bn+classifier (BatchNorm affine and the classifier, PASCL's "
                           "stage 2).", "--train-only", group=METHOD, choices=("all", "classifier", "bn+classifier"))

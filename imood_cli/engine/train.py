@@ -227,7 +227,7 @@ class Trainer:
         self.core = ImOODModel(self.arch, pretrained=cfg.pretrained)
         if cfg.init_from:
             init_weights(self.core, Path(cfg.init_from), cfg.ood_metric)
-        if not cfg.init_from or float(self.core.aux_linear.weight) <= 0:
+        if not cfg.init_from or float(self.core.aux_linear.weight.detach()) <= 0:
             orient_aux_linear(self.core.aux_linear)
         own = self.detector.training_parameters(self.core.feature_dim, b.num_classes)
         if own:  # a submodule, so DDP reduces their gradients and checkpoints hold them (the model file does not)

@@ -1,0 +1,204 @@
+"""Ablation of the ImOOD regularizer on the embedded digits benchmark, one variable at a time.
+
+Each pair differs in the training loss only: `X` against `ada_X` (ImOOD's constraint + BCE on X's statistic)
+at the same logit-adjusted CE (τ = 1) and the same aux loss (none, then pascl); every model is scored with
+the vanilla detector of its training metric (oe → msp), as the paper tests. `maha` has no training loss
+(post hoc only): its pair is one model scored with `maha` and with the post-hoc `ada_maha`. One extra row
+trains `oe` with plain CE (τ = 0), the baseline of the README's demo, so that each step from it to
+`ada_oe + pascl` (LA-CE, the regularizer, PASCL) is measured on its own.
+
+Per configuration: mean ± std over seeds of AUROC / FPR95 (means over the three OOD sets), ID accuracy,
+few-shot accuracy and the shot-group errors at the FPR95 threshold (ID test images flagged as OOD, many /
+medium / few-shot); then the paired differences (ada_ − vanilla, same seed) and the health checks
+(ID accuracy ≥ 90%, no OOD set scored below AUROC 50).
+
+    python bench/ablation_digits.py                    # 5 seeds × 30 epochs (the digits recipe), Markdown
+    python bench/ablation_digits.py --seeds 0,1 --epochs 10 --out runs/ablation --json ablation.json
+
+Everything runs in this process (no `imood` start-up per run). With --out, each run's evaluation is kept
+in OUT/<run>/ablation-eval.json and reused when the script is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from common import write_json
+
+from imood_cli.core.atomic import atomic_write_text
+from imood_cli.data.digits import Digits
+from imood_cli.engine.config import resolve_config
+from imood_cli.engine.evaluate import evaluate
+from imood_cli.engine.runtime import setup
+from imood_cli.engine.score import ScoreRequest, load_model, score
+from imood_cli.engine.train import train
+
+EVAL_FILE = "ablation-eval.json"
+VANILLA = {"oe": "msp", "energy": "energy", "bin_disc": "bin_disc"}
+GROUPS = ("many", "medium", "few")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One trained model family: training metric, aux loss, τ; and the detector that scores it."""
+
+    metric: str
+    aux: str
+    tau: float
+    detector: str
+
+    @property
+    def run(self) -> str:
+        return f"{self.metric}-{self.aux}-tau{self.tau:g}"
+
+    @property
+    def label(self) -> str:
+        ce = "CE" if self.tau == 0 else "LA-CE"
+        return f"{self.metric} · {self.aux} · {ce} → {self.detector}"
+
+
+def configurations(bases: list[str], auxes: list[str], plain_ce: bool) -> list[tuple[Config, Config]]:
+    """(vanilla, ada_) pairs that differ in one thing."""
+    pairs = []
+    for aux in auxes:
+        for base in bases:
+            if base == "maha":  # post hoc only: one model, two detectors
+                pairs.append((Config("maha", aux, 1.0, "maha"), Config("maha", aux, 1.0, "ada_maha")))
+            else:
+                pairs.append((Config(base, aux, 1.0, VANILLA[base]), Config(f"ada_{base}", aux, 1.0, VANILLA[base])))
+    if plain_ce and "oe" in bases and "none" in auxes:
+        pairs.insert(0, (Config("oe", "none", 0.0, "msp"), Config("oe", "none", 1.0, "msp")))
+    return pairs
+
+
+def run_one(cfg: Config, seed: int, epochs: int, root: Path, bench, rt, detectors: list[str],
+            device: str = "cpu") -> dict[str, dict]:
+    """Train (unless this run's evaluation is already in its folder) and evaluate; {detector: result}."""
+    folder = root / f"{cfg.run}-seed{seed}"
+    cached = folder / EVAL_FILE
+    if cached.is_file():
+        data = json.loads(cached.read_text())
+        if data.get("epochs") == epochs and all(d in data["results"] for d in detectors):
+            return data["results"]
+    opts = {"dataset": "digits", "save_root": str(root), "name": folder.name, "ood_metric": cfg.metric,
+            "aux_ood_loss": cfg.aux, "logit_adjust": cfg.tau, "seed": seed, "epochs": epochs, "device": device}
+    t0 = time.perf_counter()
+    result = train(resolve_config(opts), rt, bench=bench, force=True)
+    seconds = time.perf_counter() - t0
+    loaded = load_model(folder)
+    # ada_ scores use the prior of the training labels at τ = 1 (SPEC §2), whatever τ the model trained with.
+    scoresets = score(loaded, bench, ScoreRequest(detectors, logit_adjust=1.0, batch_size=1024), rt)
+    results = {}
+    for name, s in scoresets.items():
+        ev = evaluate(s.id_score, s.ood_score, id_labels=s.id_label, id_preds=s.id_pred,
+                      class_counts=loaded.class_counts)
+        groups = {g: float(np.mean([ev["groups"][k]["id_flagged_as_ood"][g] for k in s.ood_score])) for g in GROUPS}
+        results[name] = {"auroc": ev["ood"]["mean"]["auroc"], "fpr95": ev["ood"]["mean"]["fpr95"],
+                         "acc": ev["id"]["acc"], "few": ev["id"]["few"], "flagged": groups,
+                         "per_set_auroc": {k: v["auroc"] for k, v in ev["ood"].items() if k != "mean"},
+                         "warnings": result.warnings, "train_seconds": seconds}
+    atomic_write_text(cached, json.dumps({"epochs": epochs, "results": results}, indent=1))
+    return results
+
+
+def mean_std(values: list[float], scale: float = 100.0) -> str:
+    v = np.asarray(values, dtype=np.float64) * scale
+    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+
+def summary_row(cfg: Config, runs: list[dict]) -> list[str]:
+    flagged = " / ".join(f"{100 * np.mean([r['flagged'][g] for r in runs]):.1f}" for g in GROUPS)
+    return [cfg.label, mean_std([r["auroc"] for r in runs]), mean_std([r["fpr95"] for r in runs]),
+            mean_std([r["acc"] for r in runs]), mean_std([r["few"] for r in runs]), flagged]
+
+
+def paired_row(a: Config, b: Config, ra: list[dict], rb: list[dict]) -> list[str]:
+    """b − a per seed: mean ± std, and on how many seeds b is better."""
+    cells = [f"{a.label} ⇒ {b.metric if b.metric != a.metric else b.detector}"]
+    for key, higher_better in (("auroc", True), ("fpr95", False), ("acc", True), ("few", True)):
+        d = [y[key] - x[key] for x, y in zip(ra, rb)]
+        wins = sum((v > 0) if higher_better else (v < 0) for v in d)
+        cells.append(f"{mean_std(d)} ({wins}/{len(d)})")
+    return cells
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0-4)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: the digits recipe's 30)")
+    p.add_argument("--metrics", default="oe,energy,bin_disc,maha", help="base metrics to ablate")
+    p.add_argument("--aux", default="none,pascl", help="aux losses, each a separate block")
+    p.add_argument("--no-plain-ce", action="store_true", help="skip the plain-CE oe row")
+    p.add_argument("--out", type=Path, default=None, help="keep the runs here (reused when present)")
+    p.add_argument("--json", default=None, help="also write every number to this JSON file")
+    p.add_argument("--device", default="cpu", help="training and scoring device (default cpu)")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    pairs = configurations(args.metrics.split(","), args.aux.split(","), not args.no_plain_ce)
+    bench = Digits().load(None)
+    rt = setup(args.device)
+    tmp = None if args.out else tempfile.TemporaryDirectory(prefix="imood-ablation-")
+    root = args.out or Path(tmp.name)
+    by_model: dict[tuple[str, str, float], list[str]] = {}
+    for pair in pairs:
+        for c in pair:
+            dets = by_model.setdefault((c.metric, c.aux, c.tau), [])
+            if c.detector not in dets:
+                dets.append(c.detector)
+    results: dict[Config, list[dict]] = {}
+    started = time.perf_counter()
+    for (metric, aux, tau), dets in by_model.items():
+        for seed in seeds:
+            model_cfg = Config(metric, aux, tau, dets[0])
+            out = run_one(model_cfg, seed, args.epochs, root, bench, rt, dets, args.device)
+            for d in dets:
+                results.setdefault(Config(metric, aux, tau, d), []).append(out[d])
+            print(f"  {model_cfg.run} seed {seed}: " + ", ".join(
+                f"{d} AUROC {100 * out[d]['auroc']:.2f} acc {100 * out[d]['acc']:.2f}" for d in dets),
+                file=sys.stderr, flush=True)
+    took = time.perf_counter() - started
+    header = ["training → detector", "AUROC", "FPR95", "ID acc", "few-shot acc",
+              "ID flagged at FPR95: many / medium / few"]
+    ordered = list(dict.fromkeys(c for pair in pairs for c in pair))
+    print(f"\n### digits ablation: {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs\n")
+    print(markdown(header, [summary_row(c, results[c]) for c in ordered]))
+    print("\nPaired differences (second − first, same seed), in points; (wins/seeds):\n")
+    print(markdown(["change", "ΔAUROC", "ΔFPR95", "ΔID acc", "Δfew-shot acc"],
+                   [paired_row(a, b, results[a], results[b]) for a, b in pairs]))
+    health = []
+    for c in ordered:
+        for seed, r in zip(seeds, results[c]):
+            low = {k: v for k, v in r["per_set_auroc"].items() if v < 0.5}
+            if r["acc"] < 0.9 or low:
+                health.append(f"{c.label} seed {seed}: ID acc {100 * r['acc']:.2f}, AUROC<50 on {sorted(low)}")
+    worst_acc = min(r["acc"] for rs in results.values() for r in rs)
+    worst_auroc = min(v for rs in results.values() for r in rs for v in r["per_set_auroc"].values())
+    print(f"\nHealth: lowest ID accuracy {100 * worst_acc:.2f}%, lowest per-set AUROC {100 * worst_auroc:.2f} "
+          f"over {sum(len(v) for v in results.values())} scored runs; "
+          + ("all runs ≥ 90% ID accuracy and ≥ 50 AUROC on every OOD set" if not health else
+             "violations:\n  " + "\n  ".join(health)))
+    warned = sorted({w for rs in results.values() for r in rs for w in r["warnings"]})
+    print(f"Training warnings: {len(warned)}" + "".join(f"\n  {w}" for w in warned))
+    print(f"Wall time {took / 60:.1f} min")
+    write_json(args.json, {"benchmark": "ablation_digits", "seeds": seeds, "epochs": args.epochs,
+                           "results": {c.label: results[c] for c in ordered}})
+    if tmp is not None:
+        tmp.cleanup()
+    return 1 if health else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

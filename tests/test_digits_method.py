@@ -1,0 +1,98 @@
+"""The method on the data imood ships: energy and ada_energy training on digits keep the classifier and rank
+every OOD set the right way round, on the seeds that used to fail; and why ada_energy failed on them (the
+sign of aux_linear's weight)."""
+
+import pytest
+import torch
+
+from imood_cli.data.digits import Digits
+from imood_cli.engine.checkpoint import load_tensors, save_tensors
+from imood_cli.engine.config import resolve_config
+from imood_cli.engine.evaluate import evaluate
+from imood_cli.engine.model import ImOODModel
+from imood_cli.engine.runtime import setup
+from imood_cli.engine.score import ScoreRequest, load_model, score
+from imood_cli.engine.train import AUX_WEIGHT_FLOOR, Trainer, architecture, keep_aux_linear_increasing, train
+
+# torch's default init of Linear(1, 1) draws aux_linear's weight from U(-1, 1): negative for these seeds on
+# the digits model, the seeds on which ada_energy used to score flower patches at AUROC 0.02 and noise at 4.
+SEEDS = (0, 3)
+EPOCHS = 20
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return Digits().load(None)
+
+
+def config(tmp_path, name, **kw):
+    opts = {"dataset": "digits", "save_root": str(tmp_path), "name": name, "aux_ood_loss": "none",
+            "logit_adjust": 1.0, **kw}
+    return resolve_config(opts)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_default_init_would_start_these_seeds_decreasing(seed, digits):
+    cfg = config("unused", "x", ood_metric="ada_energy", seed=seed)
+    torch.manual_seed(seed)
+    plain = ImOODModel(architecture(cfg, digits, 0))
+    assert plain.aux_linear.weight.item() < 0
+
+
+def test_training_starts_aux_linear_as_the_identity_and_keeps_it_increasing(tmp_path, digits):
+    trainer = Trainer(config(tmp_path, "init", ood_metric="ada_energy", seed=0), setup("cpu"), bench=digits)
+    head = trainer.core.aux_linear
+    assert head.weight.item() == 1.0 and head.bias.item() == 0.0
+    with torch.no_grad():
+        head.weight.fill_(-0.7)
+    keep_aux_linear_increasing(head)
+    assert head.weight.item() == pytest.approx(AUX_WEIGHT_FLOOR)
+    with torch.no_grad():
+        head.weight.fill_(2.5)
+    keep_aux_linear_increasing(head)
+    assert head.weight.item() == 2.5
+
+
+def test_a_started_from_model_with_a_decreasing_aux_linear_is_turned_around(tmp_path, digits):
+    rt = setup("cpu")
+    first = config(tmp_path, "first", ood_metric="oe", epochs=1, batch_size=32)
+    train(first, rt, bench=digits)
+    path = first.run_dir / "model.safetensors"
+    tensors, meta = load_tensors(path)
+    tensors["aux_linear.weight"] = torch.full_like(tensors["aux_linear.weight"], -0.4)
+    save_tensors(path, tensors, meta)
+    trainer = Trainer(config(tmp_path, "second", ood_metric="ada_energy", init_from=str(first.run_dir)), rt,
+                      bench=digits)
+    assert trainer.core.aux_linear.weight.item() == 1.0
+
+
+def train_and_evaluate(tmp_path, digits, metric, seed):
+    cfg = config(tmp_path, f"{metric}-{seed}", ood_metric=metric, seed=seed, epochs=EPOCHS)
+    rt = setup("cpu")
+    result = train(cfg, rt, bench=digits)
+    loaded = load_model(cfg.run_dir)
+    s = score(loaded, digits, ScoreRequest(["energy"], batch_size=1024), rt)["energy"]
+    ev = evaluate(s.id_score, s.ood_score, id_labels=s.id_label, id_preds=s.id_pred,
+                  class_counts=loaded.class_counts)
+    return result, loaded, ev
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("metric", ["energy", "ada_energy"])
+def test_energy_training_on_digits_keeps_the_classifier_and_the_ranking(tmp_path, digits, metric, seed):
+    result, loaded, ev = train_and_evaluate(tmp_path, digits, metric, seed)
+    assert ev["id"]["acc"] >= 0.90, ev["id"]
+    per_set = {k: v["auroc"] for k, v in ev["ood"].items() if k != "mean"}
+    assert set(per_set) == {"digits-6-9", "flower-patches", "noise"}
+    assert min(per_set.values()) >= 0.5, per_set
+    assert result.warnings == []
+    if metric == "ada_energy":
+        assert loaded.model.aux_linear.weight.item() > AUX_WEIGHT_FLOOR
+
+
+def test_ada_energy_seed_0_ranks_far_ood_as_ood(tmp_path, digits):
+    """The cheap check that runs by default: the seed that inverted, at fewer epochs."""
+    result, loaded, ev = train_and_evaluate(tmp_path, digits, "ada_energy", 0)
+    assert ev["id"]["acc"] >= 0.90
+    assert ev["ood"]["flower-patches"]["auroc"] >= 0.9 and ev["ood"]["noise"]["auroc"] >= 0.9, ev["ood"]
