@@ -119,9 +119,19 @@ def summary_row(cfg: Config, runs: list[dict]) -> list[str]:
             mean_std([r["acc"] for r in runs]), mean_std([r["few"] for r in runs]), flagged]
 
 
+def change_label(a: Config, b: Config) -> str:
+    """The one thing that differs between a and b, with what they share."""
+    if a.tau != b.tau:
+        return f"{a.metric} · {a.aux}: CE → LA-CE"
+    ce = "CE" if a.tau == 0 else "LA-CE"
+    if a.metric != b.metric:
+        return f"{ce} · {a.aux}: {a.metric} → {b.metric}"
+    return f"{a.metric} model · {ce} · {a.aux}: {a.detector} → {b.detector} (post hoc)"
+
+
 def paired_row(a: Config, b: Config, ra: list[dict], rb: list[dict]) -> list[str]:
     """b − a per seed: mean ± std, and on how many seeds b is better."""
-    cells = [f"{a.label} ⇒ {b.metric if b.metric != a.metric else b.detector}"]
+    cells = [change_label(a, b)]
     for key, higher_better in (("auroc", True), ("fpr95", False), ("acc", True), ("few", True)):
         d = [y[key] - x[key] for x, y in zip(ra, rb)]
         wins = sum((v > 0) if higher_better else (v < 0) for v in d)

@@ -92,7 +92,8 @@ def bench_reference(trainer: Trainer, bench, steps: int, warmup: int, workers: i
     id_loader = torch.utils.data.DataLoader(PILPairs(bench.train.images, bench.train.labels, tf, 2), batch_size=batch,
                                             shuffle=True, drop_last=True, num_workers=workers, pin_memory=pin,
                                             persistent_workers=workers > 0)
-    ood_loader = torch.utils.data.DataLoader(PILPairs(bench.aux_ood.images, bench.aux_ood.labels, tf, 1), batch_size=batch,
+    ood_loader = torch.utils.data.DataLoader(PILPairs(bench.aux_ood.images, bench.aux_ood.labels, tf, 1),
+                                             batch_size=batch,
                                              shuffle=True, drop_last=True, num_workers=workers, pin_memory=pin,
                                              persistent_workers=workers > 0)
 
@@ -149,9 +150,10 @@ def main() -> None:
             print(f"  {name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
 
     # Each trainer is made inside its measurement and dropped after it, so only one holds memory.
-    measure("reference_style_fp32",
-            lambda: bench_reference(make_trainer(bench, args, fast=False), bench, args.steps, args.warmup, args.workers))
-    measure("imood_device_aug_fp32", lambda: bench_imood(make_trainer(bench, args, fast=False), args.steps, args.warmup))
+    measure("reference_style_fp32", lambda: bench_reference(make_trainer(bench, args, fast=False), bench, args.steps,
+                                                            args.warmup, args.workers))
+    measure("imood_device_aug_fp32",
+            lambda: bench_imood(make_trainer(bench, args, fast=False), args.steps, args.warmup))
     fast = make_trainer(bench, args, fast=True)
     measure("imood_bf16_channels_last", lambda: bench_imood(fast, args.steps, args.warmup))
     comp = None

@@ -29,7 +29,8 @@ def synthetic_cifar_lt(num_aux: int = 30000, size: int = 32, classes: int = 10, 
     test = torch.randint(0, 256, (1000, 3, size, size), dtype=torch.uint8, generator=g)
     minus = lambda n: torch.full((n,), -1, dtype=torch.long)
     return Benchmark("synthetic-cifar10-lt", classes, counts, ImageSet("train", labels, images),
-                     ImageSet("test", torch.arange(1000) % classes, test), {"noise": ImageSet("noise", minus(1000), test)},
+                     ImageSet("test", torch.arange(1000) % classes, test),
+                     {"noise": ImageSet("noise", minus(1000), test)},
                      ImageSet("aux", minus(num_aux), aux), 3, size, CIFAR_AUGMENT)
 
 
@@ -47,7 +48,8 @@ def timed(fn, device: torch.device) -> float:
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     try:

@@ -67,7 +67,11 @@ def ood_scores(detector_name: str, logits, class_counts: Sequence[int], *, extra
 def evaluate(id_scores, ood_scores_by_set: dict, *, id_labels=None, id_preds=None, class_counts=None,
              ood_preds_by_set=None, bootstrap: int = 0, seed: int = 0) -> dict:
     """Metrics with the keys of `imood eval --json` (OOD positive, scores higher for more OOD)."""
-    as_np = lambda x: None if x is None else (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+    def as_np(x):
+        if x is None:
+            return None
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
     return _evaluate(as_np(id_scores), {k: as_np(v) for k, v in ood_scores_by_set.items()},
                      id_labels=as_np(id_labels), id_preds=as_np(id_preds), class_counts=class_counts,
                      ood_preds_by_set={k: as_np(v) for k, v in (ood_preds_by_set or {}).items()},

@@ -104,7 +104,7 @@ def _check(kind: str, cls: Any) -> None:
         if cls.idness is Detector.idness:
             raise TypeError(f"{cls.__name__} must define idness(view) -> Tensor[N]")
         c = cls.ada_scale
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0 or c == float("inf")):
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < float("inf")):
             raise TypeError(f"ada_scale must be a finite number >= 0 or None, got {c!r}")
         if not isinstance(cls.extra_outputs, int) or isinstance(cls.extra_outputs, bool) or cls.extra_outputs < 0:
             raise TypeError(f"extra_outputs must be a whole number >= 0, got {cls.extra_outputs!r}")
@@ -169,7 +169,8 @@ class Registry:
             return
         if held.builtin != p.builtin:  # the built-in keeps the name; the plugin is shadowed
             builtin, other = (held, p) if held.builtin else (p, held)
-            other.status, other.error = "shadowed", f"{other.name!r} is a built-in name: {other.distribution}'s is ignored"
+            other.status = "shadowed"
+            other.error = f"{other.name!r} is a built-in name: {other.distribution}'s is ignored"
             table[key] = builtin
             self._others.append(other)
             return

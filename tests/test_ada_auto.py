@@ -39,7 +39,7 @@ def expected_c(run, statistic) -> float:
     k = len(counts)
     gm = np.array([g[y == c].mean() for c in range(k)])
     bm = np.array([log_beta[y == c].mean() for c in range(k)])
-    cov = lambda a, b: ((a - a.mean()) * (b - b.mean())).mean()  # noqa: E731
+    cov = lambda a, b: ((a - a.mean()) * (b - b.mean())).mean()
     return max(-cov(gm, log_pi) / cov(bm, log_pi), 0.0)
 
 

@@ -32,8 +32,9 @@ def per_image(img: torch.Tensor, d, i: int, spec: AugmentSpec) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("channels,spec", [(3, CIFAR_AUGMENT), (1, AugmentSpec(crop_padding=1, jitter=(0.4, 0.4, 0, 0), jitter_p=0.8)),
-                                           (3, AugmentSpec(crop_padding=2, flip=True, jitter=(0, 0.3, 0, 0.2), jitter_p=1.0))])
+@pytest.mark.parametrize("channels,spec", [
+    (3, CIFAR_AUGMENT), (1, AugmentSpec(crop_padding=1, jitter=(0.4, 0.4, 0, 0), jitter_p=0.8)),
+    (3, AugmentSpec(crop_padding=2, flip=True, jitter=(0, 0.3, 0, 0.2), jitter_p=1.0))])
 def test_same_draws_same_pixels(channels, spec):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, channels, 12, 10), dtype=torch.uint8, generator=g)

@@ -4,10 +4,10 @@ determinism, float32 and bf16 autocast on the CPU, finite losses with gradients.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from torch import nn
 

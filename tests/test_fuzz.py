@@ -412,6 +412,7 @@ def test_known_crashes(capsys, trained_run, score_dir, tmp_path, case):
 
 
 def test_a_metric_named_twice_is_scored_once(capsys, trained_run, tmp_path):
-    code, out, err = cli(["score", str(trained_run), "-m", "msp,msp", "--device", "cpu", "--out", str(tmp_path)], capsys)
+    code, out, err = cli(["score", str(trained_run), "-m", "msp,msp", "--device", "cpu", "--out", str(tmp_path)],
+                         capsys)
     assert code == 0, err
     assert [p.name for p in tmp_path.iterdir()] == ["msp.safetensors"]

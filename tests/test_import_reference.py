@@ -115,7 +115,8 @@ def reference_file(tmp_path_factory, reference_bin_disc):
 
 
 def test_imported_model_matches_the_reference(tmp_path, reference_bin_disc, reference_file):
-    res = import_reference(reference_file, tmp_path / "imp", "cifar10", class_counts=[int(c) for c in COUNTS.split(",")])
+    counts = [int(c) for c in COUNTS.split(",")]
+    res = import_reference(reference_file, tmp_path / "imp", "cifar10", class_counts=counts)
     assert res.arch.backbone == "resnet18" and res.arch.cifar_stem and res.arch.extra_outputs == 1
     assert res.heads_missing == []
     loaded = load_model(res.out)  # the run folder loads like any trained one
@@ -134,7 +135,8 @@ def test_imported_model_matches_the_reference(tmp_path, reference_bin_disc, refe
     torch.testing.assert_close(got.lambdas, want_lambda, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model.aux_linear.weight, ref.aux_linear.weight)
     # BN statistics came across (not left at 0/1)
-    torch.testing.assert_close(model.backbone.layer2[0].downsample[1].running_var, ref.layer2[0].shortcut[1].running_var)
+    torch.testing.assert_close(model.backbone.layer2[0].downsample[1].running_var,
+                               ref.layer2[0].shortcut[1].running_var)
     meta = loaded.meta
     assert meta["format"] == "imood-model" and meta["class_counts"] == [int(c) for c in COUNTS.split(",")]
     assert meta["metric"] == "bin_disc" and meta["dataset"] == "cifar10"
@@ -244,7 +246,8 @@ def test_mismatches_are_one_clear_error(tmp_path, capsys, reference_bin_disc):
                   "missing 1 required tensor")
     _expect_error(tmp_path, capsys, {k: v for k, v in sd.items() if k != "projection.2.bias"},
                   "projection head is incomplete")
-    _expect_error(tmp_path, capsys, {**sd, "lambda_linear.weight": torch.zeros(5, 512)}, "lambda_linear.weight has shape")
+    _expect_error(tmp_path, capsys, {**sd, "lambda_linear.weight": torch.zeros(5, 512)},
+                  "lambda_linear.weight has shape")
     _expect_error(tmp_path, capsys, {**sd, "layer1.0.conv1.weight": torch.zeros(64, 64, 5, 5)}, "architecture")
     _expect_error(tmp_path, capsys, {k: v for k, v in sd.items() if not k.startswith("layer4.1.")}, "blocks per stage")
     _expect_error(tmp_path, capsys, {**sd, "linear.bias": torch.full((11,), float("nan"))}, "NaN")

@@ -141,8 +141,9 @@ def test_ada_bin_disc_loss_matches_reference_and_hits_every_clamp():
     cons, bce_v = imood_training_loss(torch.tensor(g, dtype=torch.float32), out, ctx_for(labels, 8))
     assert math.isclose(cons.item(), cons_ref, rel_tol=1e-5, abs_tol=1e-7)
     assert math.isclose(bce_v.item(), bce_ref, rel_tol=1e-5)
-    full = registry().detector("ada_bin_disc").loss(
-        ModelOutputs(out.logits, torch.tensor(g[:, None], dtype=torch.float32), lambdas=out.lambdas), ctx_for(labels, 8))
+    extra = torch.tensor(g[:, None], dtype=torch.float32)
+    full = registry().detector("ada_bin_disc").loss(ModelOutputs(out.logits, extra, lambdas=out.lambdas),
+                                                    ctx_for(labels, 8))
     assert math.isclose(full.item(), cons_ref + bce_ref, rel_tol=1e-5)
 
 

@@ -343,7 +343,8 @@ def test_malformed_model_metadata_is_one_line(run, capsys, edit, part):
 
 @pytest.mark.parametrize("toml,part", [
     ('epochs = "ten"', "epochs in"), ("batch_size = 2.5", "batch_size in"), ("lr = 1979-05-27", "lr in"),
-    ('milestones = "abc"', "milestones in"), ('name = "a\\u0000b"', "name in"), ("crop_padding = -3", "crop_padding in"),
+    ('milestones = "abc"', "milestones in"), ('name = "a\\u0000b"', "name in"),
+    ("crop_padding = -3", "crop_padding in"),
     ("crop_padding = 1000000", "crop_padding in"), ("epochs = 2.5", "epochs in"), ("lr = true", "lr in"),
     ("color_jitter = [0.4, 0.4, 0.4, 5.0]", "color_jitter in"), ('flip = "no"', "flip in"),
     ("[[train]]\nepochs = 1", "must hold a table"), ("bogus = 1", "unknown key"),

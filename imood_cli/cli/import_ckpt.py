@@ -11,8 +11,9 @@ from imood_cli.cli.common import console, warn
 
 
 def import_ckpt(
-    file: Path = typer.Argument(..., metavar="FILE", help="The reference code's checkpoint: a .pth state dict (plain or under "
-                                "'model' / 'state_dict'; DDP 'module.' keys are fine).", show_default=False),
+    file: Path = typer.Argument(..., metavar="FILE", show_default=False,
+                                help="The reference code's checkpoint: a .pth state dict (plain or under 'model' / "
+                                     "'state_dict'; DDP 'module.' keys are fine)."),
     dataset: str = typer.Option(..., "--dataset", "--ds", metavar="NAME", help="Benchmark it was trained on: "
                                 "cifar10, cifar100, digits, ... (sets K and the class counts)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", "--drp", metavar="DIR", help="Dataset folder "

@@ -89,5 +89,7 @@ class Mahalanobis(Detector):
             centred = f - means[ctx.labels]
             cov = centred.T @ centred / max(f.shape[0], 1)
             eye = RIDGE * torch.eye(f.shape[1], dtype=torch.float64, device=f.device)
-            cov = cov + eye if self.means is None else self.momentum * (self.cov - eye) + (1 - self.momentum) * cov + eye
+            if self.means is not None:
+                cov = self.momentum * (self.cov - eye) + (1 - self.momentum) * cov
+            cov = cov + eye
             self._set(means, cov)

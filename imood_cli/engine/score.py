@@ -303,7 +303,8 @@ def fit_auto_scales(detectors: dict[str, Ada], loaded: LoadedModel, bench: Bench
     present = torch.bincount(labels, minlength=k).double()
 
     def class_means(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(k, dtype=torch.float64, device=values.device).index_add_(0, labels, values.double()) / present
+        sums = torch.zeros(k, dtype=torch.float64, device=values.device).index_add_(0, labels, values.double())
+        return sums / present
 
     def cov(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(((a - a.mean()) * (b - b.mean())).mean())

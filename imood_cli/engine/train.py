@@ -25,11 +25,11 @@ from imood_cli.data.augment import AugmentSpec, draw
 from imood_cli.data.augment import apply as augment_apply
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
+from imood_cli.engine import runtime
 from imood_cli.engine.benchmark import load_benchmark
 from imood_cli.engine.checkpoint import CheckpointDir, save_tensors
 from imood_cli.engine.config import TrainConfig, convert, default_for, load_run_config, options, show
 from imood_cli.engine.guard import TrainingGuard
-from imood_cli.engine import runtime
 from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name, forward_macs
 from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RunLock, clear_run
 from imood_cli.engine.runtime import Runtime
@@ -421,12 +421,14 @@ class Trainer:
         values = (sums / count.clamp(min=1)).tolist()
         record = {"kind": kind, "epoch": self.epoch + 1, "step": self.global_step,
                   **{k: round(v, 6) for k, v in zip(LOSS_PARTS, values)},
-                  "lr": self.opt.param_groups[0]["lr"], "images_per_s": round(images * self.rt.world_size / max(seconds, 1e-9), 1)}
+                  "lr": self.opt.param_groups[0]["lr"],
+                  "images_per_s": round(images * self.rt.world_size / max(seconds, 1e-9), 1)}
         if not all(math.isfinite(v) for v in values):
             last = self.ckpt.last_path()
             parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_PARTS, values))
             keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss is not finite at epoch {self.epoch + 1}, step {self.global_step} ({parts}); {keep}")
+            raise TrainingDiverged(f"loss is not finite at epoch {self.epoch + 1}, step {self.global_step} "
+                                   f"({parts}); {keep}")
         if self.rt.is_main:
             with open(self.cfg.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -495,7 +497,8 @@ class Trainer:
                 self.save_checkpoint()
                 self.obs.epoch_end(last)
                 if stop.set and self.epoch < cfg.epochs:
-                    raise Interrupted(f"interrupted after epoch {self.epoch}; continue with: imood train --resume {cfg.run_dir}")
+                    raise Interrupted(f"interrupted after epoch {self.epoch}; continue with: "
+                                      f"imood train --resume {cfg.run_dir}")
             self.save_model()  # still under the stop flag: a Ctrl-C now waits for the model file
         rt.barrier()
         return TrainResult(cfg.run_dir, self.epoch, last, warnings=list(guard.warnings))
