@@ -17,7 +17,8 @@ from imood_cli.engine.checkpoint import load_tensors
 def test_sharding_is_a_disjoint_split_of_one_permutation():
     n = 103
     train = ImageSet("t", torch.arange(n) % 5, torch.zeros(n, 1, 2, 2, dtype=torch.uint8))
-    aux = ImageSet("a", -torch.ones(40, dtype=torch.long), torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous())
+    pixels = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
+    aux = ImageSet("a", -torch.ones(40, dtype=torch.long), pixels)
     one = InMemoryEpoch(train, aux, 10, 4, seed=3, epoch=2, rank=0, world_size=1)
     ranks = [InMemoryEpoch(train, aux, 5, 2, seed=3, epoch=2, rank=r, world_size=2) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == n // 10
