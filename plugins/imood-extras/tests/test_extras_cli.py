@@ -18,8 +18,9 @@ IMOOD = shutil.which("imood", path=str(BIN)) or shutil.which("imood")
 
 
 def imood(*args, **env):
+    base = {k: v for k, v in os.environ.items() if k != "IMOOD_PLUGINS"}  # every installed plugin, unless told
     return subprocess.run([IMOOD, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+                          env={**base, "HF_HUB_OFFLINE": "1", **env})
 
 
 @pytest.fixture(scope="module")

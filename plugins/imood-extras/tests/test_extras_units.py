@@ -10,7 +10,7 @@ import torch
 
 from imood_cli import api
 from imood_cli.plugin_api import Ada, AuxBatch, ModelOutputs
-from imood_cli.registry import Registry
+from imood_cli.registry import Registry, reset_registry
 from imood_extras.margin import LogitMargin
 from imood_extras.supcon import SupCon
 
@@ -18,7 +18,16 @@ COUNTS = [50, 20, 8, 3]  # long-tailed
 torch.set_num_threads(2)  # two cores here and in CI
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True)
+def _extras_loaded(monkeypatch):
+    # imood's own suite sets IMOOD_PLUGINS="" (built-ins only); these tests are about the installed plugin.
+    monkeypatch.delenv("IMOOD_PLUGINS", raising=False)
+    previous = reset_registry(None)
+    yield
+    reset_registry(previous)
+
+
+@pytest.fixture
 def reg():
     return Registry()  # the installed entry points, independent of the process-wide registry
 
