@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("bench_metrics.py", ["--sizes", "2e4", "--repeat", "1"], "metric computation"),
     ("bench_score.py", ["--tiny"], "scoring throughput"),
     ("bench_train.py", ["--tiny"], "training throughput"),
+    ("bench_cli.py", ["--quick"], "command start-up"),
 ])
 def test_bench_script_runs_and_writes_json(tmp_path, script, args, title):
     out = tmp_path / "r.json"

@@ -11,12 +11,7 @@ from pathlib import Path
 import typer
 
 from imood_cli.cli.common import console
-from imood_cli.cli.tables import print_warning, rich_table
-from imood_cli.core.atomic import atomic_write_text
-from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
-from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
-from imood_cli.report.tables import METRICS, eval_tables
 
 
 def abort_on_interrupt(command):
@@ -65,6 +60,13 @@ def eval_scores(
                                      "the run's model.safetensors, marked stale (never saved), instead of refusing."),
 ) -> None:
     """AUROC, AUPR-in, AUPR-out and FPR95 per OOD set and their mean; ID and many/medium/few accuracy."""
+    # numpy and the report modules load only when the command runs: `imood --help` stays fast
+    from imood_cli.cli.tables import print_warning, rich_table
+    from imood_cli.core.atomic import atomic_write_text
+    from imood_cli.engine.scoreset import ScoreSet
+    from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
+    from imood_cli.report.tables import METRICS, eval_tables
+
     if bootstrap < 0:
         raise ImoodError("--bootstrap must be >= 0")
     if seed < 0:

@@ -9,12 +9,7 @@ import typer
 
 from imood_cli.cli.common import console, split_list
 from imood_cli.cli.eval import abort_on_interrupt
-from imood_cli.cli.tables import print_warning, rich_table
-from imood_cli.core.atomic import atomic_write_text
 from imood_cli.errors import ImoodError, unknown_name
-from imood_cli.report import formats
-from imood_cli.report.results import collect, source_root
-from imood_cli.report.tables import report_tables
 
 FORMATS = ("terminal", "md", "latex", "json", "csv")
 
@@ -44,6 +39,12 @@ def report(
                                                  "table1-cifar10), each row matched by its run's name."),
 ) -> None:
     """Every table (mean metrics, ada_ gains, ID accuracy, per OOD set, shot-group errors) and plots."""
+    from imood_cli.cli.tables import print_warning, rich_table
+    from imood_cli.core.atomic import atomic_write_text
+    from imood_cli.report import formats
+    from imood_cli.report.results import collect, source_root
+    from imood_cli.report.tables import report_tables
+
     if fmt not in FORMATS:
         raise unknown_name("report format", fmt, FORMATS)
     if bootstrap < 0:

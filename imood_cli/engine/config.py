@@ -10,6 +10,7 @@ builds from it without torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -233,8 +234,9 @@ class TrainConfig:
         return Path(self.save_root) / self.run_name
 
 
+@functools.cache
 def options() -> dict[str, tuple[Option, Any, Any]]:
-    """{field name: (Option, type, default)} in declaration order."""
+    """{field name: (Option, type, default)} in declaration order (do not modify: it is cached)."""
     hints = typing.get_type_hints(TrainConfig)
     out = {}
     for f in dataclasses.fields(TrainConfig):
