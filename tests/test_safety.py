@@ -381,3 +381,10 @@ def test_device_in_a_config_file_is_used(tmp_path, capsys):
     if torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
     one_error(code, err, "cuda")
+
+
+def test_an_untrainable_ada_detector_is_refused_before_the_run_folder_exists(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--ds", "digits", "--srp", tmp_path, "--name", "x", "--ood_metric", "ada_react",
+                            "--device", "cpu"], capsys)
+    one_error(code, err, "ada_react cannot be trained", "react needs statistics fitted on a trained model")
+    assert not (tmp_path / "x").exists()

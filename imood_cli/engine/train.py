@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from imood_cli import __version__
 from imood_cli.core.atomic import atomic_write_text, is_temp_file
-from imood_cli.core.contract import AuxBatch, LossContext, ModelView
+from imood_cli.core.contract import AuxBatch, Detector, LossContext, ModelView
 from imood_cli.core.prior import log_prior
 from imood_cli.data.augment import AugmentSpec, draw
 from imood_cli.data.augment import apply as augment_apply
@@ -159,7 +159,12 @@ def build_detector(cfg: TrainConfig):
                 raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins (energy), "
                                  f"not {name}")
             options.setdefault(key, value)
-    return reg.detector(name, **options)
+    detector = reg.detector(name, **options)
+    base = getattr(detector, "base", None)
+    if base is not None and base.needs_fit and type(base).train_update is Detector.train_update:
+        raise ImoodError(f"{name} cannot be trained: {name.removeprefix('ada_')} needs statistics fitted on a trained "
+                         f"model and does not track them during training; score a trained model with {name} instead")
+    return detector
 
 
 def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
