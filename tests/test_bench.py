@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("bench_score.py", ["--tiny"], "scoring throughput"),
     ("bench_train.py", ["--tiny"], "training throughput"),
     ("bench_cli.py", ["--quick"], "command start-up"),
+    ("bench_ops.py", ["--model", "imood_resnet_micro"], "dispatched ops per training step"),
 ])
 def test_bench_script_runs_and_writes_json(tmp_path, script, args, title):
     out = tmp_path / "r.json"
