@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("bench_train.py", ["--tiny"], "training throughput"),
     ("bench_cli.py", ["--quick"], "command start-up"),
     ("bench_ops.py", ["--model", "imood_resnet_micro"], "dispatched ops per training step"),
+    ("bench_threads.py", ["--quick"], "training step on the CPU"),
 ])
 def test_bench_script_runs_and_writes_json(tmp_path, script, args, title):
     out = tmp_path / "r.json"
