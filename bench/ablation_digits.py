@@ -3,14 +3,15 @@
 Each pair differs in the training loss only: `X` against `ada_X` (ImOOD's constraint + BCE on X's statistic)
 at the same logit-adjusted CE (τ = 1) and the same aux loss (none, then pascl); every model is scored with
 the vanilla detector of its training metric (oe → msp), as the paper tests. `maha` has no training loss
-(post hoc only): its pair is one model scored with `maha` and with the post-hoc `ada_maha`. One extra row
+(post hoc only): one model scored with `maha`, with the post-hoc `ada_maha` (c = 0.01) and with `ada_maha`
+at `--ada-scale auto` (c fitted on the ID training set). One extra row
 trains `oe` with plain CE (τ = 0), the baseline of the README's demo, so that each step from it to
 `ada_oe + pascl` (LA-CE, the regularizer, PASCL) is measured on its own.
 
 Per configuration: mean ± std over seeds of AUROC / FPR95 (means over the three OOD sets), ID accuracy,
 few-shot accuracy and the shot-group errors at the FPR95 threshold (ID test images flagged as OOD, many /
-medium / few-shot); then the paired differences (ada_ − vanilla, same seed) and the health checks
-(ID accuracy ≥ 90%, no OOD set scored below AUROC 50).
+medium / few-shot); then the paired differences (ada_ − vanilla, pascl − none, LA-CE − CE; same seed) and
+the health checks (ID accuracy ≥ 90%, no OOD set scored below AUROC 50).
 
     python bench/ablation_digits.py                    # 5 seeds × 30 epochs (the digits recipe), Markdown
     python bench/ablation_digits.py --seeds 0,1 --epochs 10 --out runs/ablation --json ablation.json
@@ -41,6 +42,8 @@ from imood_cli.engine.score import ScoreRequest, load_model, score
 from imood_cli.engine.train import train
 
 EVAL_FILE = "ablation-eval.json"
+TIE = 1e-4  # differences below 0.01 points are not counted as wins
+AUTO = "@auto"  # a detector label suffix: scored with --ada-scale auto (c fitted on the ID training set)
 VANILLA = {"oe": "msp", "energy": "energy", "bin_disc": "bin_disc"}
 GROUPS = ("many", "medium", "few")
 
@@ -61,7 +64,11 @@ class Config:
     @property
     def label(self) -> str:
         ce = "CE" if self.tau == 0 else "LA-CE"
-        return f"{self.metric} · {self.aux} · {ce} → {self.detector}"
+        return f"{self.metric} · {self.aux} · {ce} → {shown(self.detector)}"
+
+
+def shown(detector: str) -> str:
+    return detector.replace(AUTO, " (--ada-scale auto)")
 
 
 def configurations(bases: list[str], auxes: list[str], plain_ce: bool) -> list[tuple[Config, Config]]:
@@ -69,43 +76,63 @@ def configurations(bases: list[str], auxes: list[str], plain_ce: bool) -> list[t
     pairs = []
     for aux in auxes:
         for base in bases:
-            if base == "maha":  # post hoc only: one model, two detectors
+            if base == "maha":  # post hoc only: one model, scored with maha, ada_maha, ada_maha with c fitted
                 pairs.append((Config("maha", aux, 1.0, "maha"), Config("maha", aux, 1.0, "ada_maha")))
+                pairs.append((Config("maha", aux, 1.0, "maha"), Config("maha", aux, 1.0, "ada_maha" + AUTO)))
             else:
                 pairs.append((Config(base, aux, 1.0, VANILLA[base]), Config(f"ada_{base}", aux, 1.0, VANILLA[base])))
     if plain_ce and "oe" in bases and "none" in auxes:
         pairs.insert(0, (Config("oe", "none", 0.0, "msp"), Config("oe", "none", 1.0, "msp")))
+    if "none" in auxes:  # the aux loss, all else equal
+        for other in (a for a in auxes if a != "none"):
+            first = {}  # one detector per trained model: the vanilla one
+            for c in (c for pair in pairs for c in pair if c.aux == "none" and c.tau == 1.0):
+                first.setdefault(c.metric, c)
+            pairs += [(c, Config(c.metric, other, c.tau, c.detector)) for c in first.values()]
     return pairs
+
+
+def evaluate_detectors(loaded, bench, rt, detectors: list[str]) -> dict[str, dict]:
+    """{detector label: metrics} for detectors scored on a trained model (labels ending in @auto: c fitted)."""
+    out = {}
+    for auto in (False, True):
+        names = [d.removesuffix(AUTO) for d in detectors if d.endswith(AUTO) == auto]
+        if not names:
+            continue
+        # ada_ scores use the prior of the training labels at τ = 1 (SPEC §2), whatever τ the model trained with.
+        req = ScoreRequest(names, logit_adjust=1.0, batch_size=1024, ada_scale="auto" if auto else None)
+        for name, s in score(loaded, bench, req, rt).items():
+            ev = evaluate(s.id_score, s.ood_score, id_labels=s.id_label, id_preds=s.id_pred,
+                          class_counts=loaded.class_counts)
+            groups = {g: float(np.mean([ev["groups"][k]["id_flagged_as_ood"][g] for k in s.ood_score]))
+                      for g in GROUPS}
+            out[name + (AUTO if auto else "")] = {
+                "auroc": ev["ood"]["mean"]["auroc"], "fpr95": ev["ood"]["mean"]["fpr95"], "acc": ev["id"]["acc"],
+                "few": ev["id"]["few"], "flagged": groups, "ada_scale": s.meta.get("ada_scale"),
+                "per_set_auroc": {k: v["auroc"] for k, v in ev["ood"].items() if k != "mean"}}
+    return out
 
 
 def run_one(cfg: Config, seed: int, epochs: int, root: Path, bench, rt, detectors: list[str],
             device: str = "cpu") -> dict[str, dict]:
-    """Train (unless this run's evaluation is already in its folder) and evaluate; {detector: result}."""
+    """Train and evaluate; {detector: result}. A run whose folder already holds this script's evaluation
+    reuses it, and its model for detectors not evaluated yet."""
     folder = root / f"{cfg.run}-seed{seed}"
     cached = folder / EVAL_FILE
-    if cached.is_file():
-        data = json.loads(cached.read_text())
-        if data.get("epochs") == epochs and all(d in data["results"] for d in detectors):
-            return data["results"]
-    opts = {"dataset": "digits", "save_root": str(root), "name": folder.name, "ood_metric": cfg.metric,
-            "aux_ood_loss": cfg.aux, "logit_adjust": cfg.tau, "seed": seed, "epochs": epochs, "device": device}
-    t0 = time.perf_counter()
-    result = train(resolve_config(opts), rt, bench=bench, force=True)
-    seconds = time.perf_counter() - t0
-    loaded = load_model(folder)
-    # ada_ scores use the prior of the training labels at τ = 1 (SPEC §2), whatever τ the model trained with.
-    scoresets = score(loaded, bench, ScoreRequest(detectors, logit_adjust=1.0, batch_size=1024), rt)
-    results = {}
-    for name, s in scoresets.items():
-        ev = evaluate(s.id_score, s.ood_score, id_labels=s.id_label, id_preds=s.id_pred,
-                      class_counts=loaded.class_counts)
-        groups = {g: float(np.mean([ev["groups"][k]["id_flagged_as_ood"][g] for k in s.ood_score])) for g in GROUPS}
-        results[name] = {"auroc": ev["ood"]["mean"]["auroc"], "fpr95": ev["ood"]["mean"]["fpr95"],
-                         "acc": ev["id"]["acc"], "few": ev["id"]["few"], "flagged": groups,
-                         "per_set_auroc": {k: v["auroc"] for k, v in ev["ood"].items() if k != "mean"},
-                         "warnings": result.warnings, "train_seconds": seconds}
-    atomic_write_text(cached, json.dumps({"epochs": epochs, "results": results}, indent=1))
-    return results
+    data = json.loads(cached.read_text()) if cached.is_file() else {}
+    if data.get("epochs") == epochs:
+        results, info = data["results"], data["training"]
+    else:
+        opts = {"dataset": "digits", "save_root": str(root), "name": folder.name, "ood_metric": cfg.metric,
+                "aux_ood_loss": cfg.aux, "logit_adjust": cfg.tau, "seed": seed, "epochs": epochs, "device": device}
+        t0 = time.perf_counter()
+        result = train(resolve_config(opts), rt, bench=bench, force=True)
+        results, info = {}, {"warnings": result.warnings, "train_seconds": time.perf_counter() - t0}
+    missing = [d for d in detectors if d not in results]
+    if missing:
+        results.update(evaluate_detectors(load_model(folder), bench, rt, missing))
+        atomic_write_text(cached, json.dumps({"epochs": epochs, "training": info, "results": results}, indent=1))
+    return {d: {**results[d], **info} for d in detectors}
 
 
 def mean_std(values: list[float], scale: float = 100.0) -> str:
@@ -115,7 +142,9 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
 
 def summary_row(cfg: Config, runs: list[dict]) -> list[str]:
     flagged = " / ".join(f"{100 * np.mean([r['flagged'][g] for r in runs]):.1f}" for g in GROUPS)
-    return [cfg.label, mean_std([r["auroc"] for r in runs]), mean_std([r["fpr95"] for r in runs]),
+    per_set = " / ".join(f"{100 * np.mean([r['per_set_auroc'][k] for r in runs]):.1f}"
+                         for k in runs[0]["per_set_auroc"])
+    return [cfg.label, mean_std([r["auroc"] for r in runs]), per_set, mean_std([r["fpr95"] for r in runs]),
             mean_std([r["acc"] for r in runs]), mean_std([r["few"] for r in runs]), flagged]
 
 
@@ -124,9 +153,11 @@ def change_label(a: Config, b: Config) -> str:
     if a.tau != b.tau:
         return f"{a.metric} · {a.aux}: CE → LA-CE"
     ce = "CE" if a.tau == 0 else "LA-CE"
+    if a.aux != b.aux:
+        return f"{ce} · {a.metric} → {shown(a.detector)}: {a.aux} → {b.aux}"
     if a.metric != b.metric:
         return f"{ce} · {a.aux}: {a.metric} → {b.metric}"
-    return f"{a.metric} model · {ce} · {a.aux}: {a.detector} → {b.detector} (post hoc)"
+    return f"{a.metric} model · {ce} · {a.aux}: {shown(a.detector)} → {shown(b.detector)} (post hoc)"
 
 
 def paired_row(a: Config, b: Config, ra: list[dict], rb: list[dict]) -> list[str]:
@@ -134,7 +165,7 @@ def paired_row(a: Config, b: Config, ra: list[dict], rb: list[dict]) -> list[str
     cells = [change_label(a, b)]
     for key, higher_better in (("auroc", True), ("fpr95", False), ("acc", True), ("few", True)):
         d = [y[key] - x[key] for x, y in zip(ra, rb)]
-        wins = sum((v > 0) if higher_better else (v < 0) for v in d)
+        wins = sum((v > TIE) if higher_better else (v < -TIE) for v in d)
         cells.append(f"{mean_std(d)} ({wins}/{len(d)})")
     return cells
 
@@ -180,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{d} AUROC {100 * out[d]['auroc']:.2f} acc {100 * out[d]['acc']:.2f}" for d in dets),
                 file=sys.stderr, flush=True)
     took = time.perf_counter() - started
-    header = ["training → detector", "AUROC", "FPR95", "ID acc", "few-shot acc",
+    sets = " / ".join(next(iter(results.values()))[0]["per_set_auroc"])
+    header = ["training → detector", "AUROC", f"AUROC {sets}", "FPR95", "ID acc", "few-shot acc",
               "ID flagged at FPR95: many / medium / few"]
     ordered = list(dict.fromkeys(c for pair in pairs for c in pair))
     print(f"\n### digits ablation: {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs\n")
     print(markdown(header, [summary_row(c, results[c]) for c in ordered]))
-    print("\nPaired differences (second − first, same seed), in points; (wins/seeds):\n")
+    print("\nPaired differences (second − first, same seed), in points; (seeds where the second is better by "
+          "0.01 points or more / seeds):\n")
     print(markdown(["change", "ΔAUROC", "ΔFPR95", "ΔID acc", "Δfew-shot acc"],
                    [paired_row(a, b, results[a], results[b]) for a, b in pairs]))
     health = []
@@ -202,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
              "violations:\n  " + "\n  ".join(health)))
     warned = sorted({w for rs in results.values() for r in rs for w in r["warnings"]})
     print(f"Training warnings: {len(warned)}" + "".join(f"\n  {w}" for w in warned))
-    print(f"Wall time {took / 60:.1f} min")
+    print(f"Wall time of this invocation {took / 60:.1f} min (runs already in --out are reused, not retrained)")
     write_json(args.json, {"benchmark": "ablation_digits", "seeds": seeds, "epochs": args.epochs,
                            "results": {c.label: results[c] for c in ordered}})
     if tmp is not None:
