@@ -599,3 +599,24 @@ def test_report_html_in_headless_chromium(two_runs, tmp_path, capsys):
     assert pixels[..., :3].std() > 0.05  # text, tables and plots, not a blank page
     rows_with_ink = (pixels[..., :3].min(axis=2) < 0.5).any(axis=1).mean()
     assert rows_with_ink > 0.3  # the page is filled from top to bottom
+
+
+def test_figures_show_the_headline_detectors_and_the_tables_every_row(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    names = ["entropy", "ada_entropy", "msp", "ada_msp", "energy", "ada_energy"]
+    for name in names:
+        ScoreSet(name, rng.normal(size=200), None, None, {"noise": rng.normal(1, size=100)}, {},
+                 {}).save(folder / f"{name}.safetensors")
+    code, out, err = run_cli(["report", folder, "--html", tmp_path / "r.html", "--plots", "2"], capsys)
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 + 2  # ROC, PR, and a histogram each for msp, ada_msp
+    assert 'alt="scores of msp"' in page and 'alt="scores of ada_msp"' in page and "scores of entropy" not in page
+    assert "The figures show 2 of the 6 rows" in page
+    assert all(f">{n}<" in page for n in names)  # every row is in the tables
+    code, out, err = run_cli(["report", folder, "--html", tmp_path / "all.html", "--plots", "0"], capsys)
+    assert code == 0 and (tmp_path / "all.html").read_text().count("data:image/png;base64,") == 2 + 6
+    code, out, err = run_cli(["report", folder, "--plots", "-1"], capsys)
+    assert code == 2 and "--plots must be >= 0" in err

@@ -28,6 +28,9 @@ def report(
                                              help="Where to write the page with plots. [default: <first run>/"
                                                   "report.html]"),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write report.html."),
+    plots: int = typer.Option(4, "--plots", metavar="N", help="Detectors of each run drawn in the page's figures "
+                              "(the run's training detector, msp and energy first, each with its ada_ form); "
+                              "0 draws every one. The tables always hold every row."),
     bootstrap: int = typer.Option(0, "--bootstrap", metavar="N", help="Bootstrap rounds for 95% intervals in the "
                                   "JSON output (0: none)."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Report rows scored on different OOD sets or "
@@ -54,6 +57,8 @@ def report(
 
         paper.table(published)  # a misspelt table fails before any work
     target = None
+    if plots < 0:
+        raise ImoodError(f"--plots must be >= 0, got {plots}")
     if not no_html:
         from imood_cli.report.html import check_replaceable
 
@@ -78,6 +83,6 @@ def report(
         from imood_cli.report.html import render as render_html
 
         title = "imood report: " + ", ".join(name for name, _ in rep.runs)
-        atomic_write_text(target, render_html(rep, title, tables))
+        atomic_write_text(target, render_html(rep, title, tables, plots_per_run=plots))
         if fmt == "terminal":
             console.print(f"report with plots: {target}")

@@ -51,8 +51,11 @@ def table_html(t: Table) -> str:
             f'<table data-table="{t.key}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}</section>')
 
 
-def render(report: Report, title: str = "imood report", tables: list[Table] | None = None) -> str:
+def render(report: Report, title: str = "imood report", tables: list[Table] | None = None,
+           plots_per_run: int = 4) -> str:
+    """The page: every table, and figures of at most `plots_per_run` detectors per run (0: all)."""
     tables = tables or report_tables(report)
+    drawn = plots.select_entries(report, plots_per_run)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     parts = [
         f"<h1>{html.escape(title)}</h1>",
@@ -67,12 +70,17 @@ def render(report: Report, title: str = "imood report", tables: list[Table] | No
     parts += [table_html(t) for t in tables]
     parts += [
         '<section id="plots-roc"><h2>ROC curves, one panel per OOD set</h2>',
-        _img(plots.roc_curves(report), "ROC curves"), "</section>",
+        _img(plots.roc_curves(drawn), "ROC curves"), "</section>",
         '<section id="plots-pr"><h2>Precision-recall curves (OOD positive), one panel per OOD set</h2>',
-        _img(plots.pr_curves(report), "PR curves"), "</section>",
+        _img(plots.pr_curves(drawn), "PR curves"), "</section>",
         '<section id="plots-class"><h2>Per class, from head to tail</h2>',
     ]
-    figures = plots.per_class(report)
+    if len(drawn.entries) < len(report.entries):
+        shown = ", ".join(e.label for e in drawn.entries)
+        parts.insert(parts.index('<section id="plots-roc"><h2>ROC curves, one panel per OOD set</h2>'),
+                     f'<p class="note">The figures show {len(drawn.entries)} of the {len(report.entries)} rows '
+                     f"({html.escape(shown)}); imood report --plots 0 draws every one.</p>")
+    figures = plots.per_class(drawn)
     if not figures:
         parts.append('<p class="note">Not available: the score files hold no ID labels, predictions and class '
                      "counts.</p>")
@@ -81,7 +89,7 @@ def render(report: Report, title: str = "imood report", tables: list[Table] | No
               f'<p class="note">Each panel spans the {plots.HIST_RANGE[0]}–{plots.HIST_RANGE[1]} percentile range of '
               "the ID and OOD scores (and the threshold); scores beyond it are counted in the end bins. ID scores "
               "per shot group where the score file has labels.</p>"]
-    parts += [_img(plots.score_histograms(e), f"scores of {e.label}") for e in report.entries]
+    parts += [_img(plots.score_histograms(e), f"scores of {e.label}") for e in drawn.entries]
     parts.append("</section>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><meta name=\"generator\" content=\"{GENERATOR} "
             f"{html.escape(__version__)}\"><title>{html.escape(title)}</title><style>{CSS}</style></head>"

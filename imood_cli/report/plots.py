@@ -7,6 +7,7 @@ so scores near ±1e308 draw like any others, the extremes piled into the end bin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -56,6 +57,31 @@ def _grid(n: int, cols: int = 3, width: float = 4.2, height: float = 3.7):
     for ax in axes[n:]:
         ax.axis("off")
     return fig, axes[:n]
+
+
+HEADLINE = ("msp", "energy", "bin_disc", "maxlogit")
+
+
+def _rank(e: Entry, first: list[str], rows: list[Entry]) -> tuple[int, int]:
+    base = e.metric.split(":")[0].removeprefix("ada_")
+    return (first.index(base) if base in first else len(first), rows.index(e))
+
+
+def select_entries(report: Report, per_run: int) -> Report:
+    """The report restricted to at most `per_run` detectors of each run for the figures (0: every one): the
+    run's training detector and msp / energy first, each followed by its ada_ form, then the others in report
+    order. Tables always show every row; drawing 45 detectors (-m all) would make an unreadable figure."""
+    if per_run <= 0:
+        return report
+    chosen = []
+    for run in dict.fromkeys(e.run for e in report.entries):
+        rows = [e for e in report.entries if e.run == run]
+        trained = str(rows[0].scores.meta.get("trained_with") or "").split(":")[0].removeprefix("ada_") if rows else ""
+        first = [trained, *HEADLINE]
+
+        chosen += sorted(rows, key=functools.partial(_rank, first=first, rows=rows))[:per_run]
+    keep = {id(e) for e in chosen}
+    return dataclasses.replace(report, entries=[e for e in report.entries if id(e) in keep])
 
 
 def _colors(report: Report) -> dict[int, str]:
