@@ -8,29 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
-from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from imood_cli.core.contract import ModelOutputs
+from imood_cli.engine import micro
 from imood_cli.errors import ImoodError, unknown_name
 
 PROJECTION_DIM = 128
 LAMBDA_MIN = 1e-4
-
-
-@register_model
-def imood_resnet_micro(pretrained: bool = False, **kwargs) -> ResNet:
-    """A 4-stage ResNet with one BasicBlock per stage and widths 16-128, for 8×8 inputs (digits)."""
-    if pretrained:
-        raise ImoodError("imood_resnet_micro has no pretrained weights")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)  # timm passes its config plumbing to every entry function
-    kwargs.setdefault("stem_width", 16)
-    return ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), **kwargs)
 
 
 @dataclass(frozen=True)
@@ -66,14 +53,28 @@ def apply_cifar_stem(backbone: nn.Module, in_chans: int) -> None:
 
 def canonical_model_name(name: str) -> str:
     """timm's spelling of a model name: the reference code's `--md ResNet50` is timm's `resnet50`."""
+    if name.lower() == micro.NAME:
+        return micro.NAME
+    import timm
+
     if timm.is_model(name) or not timm.is_model(name.lower()):
         return name
     return name.lower()
 
 
 def create_backbone(name: str, in_chans: int, cifar_stem: bool, pretrained: bool = False) -> nn.Module:
+    """The timm model of this name without its classifier (or imood's own micro ResNet, built without timm)."""
+    if name == micro.NAME:
+        if pretrained:
+            raise ImoodError(f"{micro.NAME} has no pretrained weights")
+        backbone = micro.MicroResNet(in_chans)
+        if cifar_stem:
+            apply_cifar_stem(backbone, in_chans)
+        return backbone
+    import timm
+
     if not timm.is_model(name):
-        raise unknown_name("timm model", name, timm.list_models())
+        raise unknown_name("timm model", name, [*timm.list_models(), micro.NAME])
     try:
         backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
     except ImoodError:
