@@ -1,3 +1,3 @@
 """imood: out-of-distribution detection on long-tailed data (the ImOOD method)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
