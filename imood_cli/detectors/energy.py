@@ -8,9 +8,10 @@ code: 0.2 · Lambda 0.5 = the energy paper's 0.1).
 Margins. The paper's are CIFAR values (m_in −23 for CIFAR-10, −27 for CIFAR-100, m_out −5) tuned for a
 fine-tuned WideResNet; they are the per-benchmark defaults of `--m-in` / `--m-out` for CIFAR and
 ImageNet. They are not portable: an untrained K-class network starts at E ≈ −log K, so m_in = −27 puts
-the ID hinge at ~(27 − log K)² — hundreds of times the cross-entropy — and on a small benchmark the
-hinge is all the network learns. When no margin is given, each is chosen from the energies of the
-first training batch (see `margins_from_energies`) and kept from then on (in checkpoints too).
+the weighted ID hinge at 0.1 · (27 − log K)², about 35 times the cross-entropy for K = 6, and in the 120
+steps of the digits recipe the hinge is most of what the network learns (ID accuracy 18–50%). When no
+margin is given, each is chosen from the energies of the first training batch (see
+`margins_from_energies`) and kept from then on (in checkpoints too).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from imood_cli.core.contract import coerce_option
 from imood_cli.plugin_api import Detector, F, LossContext, ModelView, OptionError, torch
 
 MARGINS = ("m_in", "m_out")
-# Data-derived margins, in units of log K above/below E0, the median energy of the untrained network.
-# Measured on digits (bench/ablation_digits.py): the ID margin two log K below E0 is reached within the
-# 30-epoch recipe without displacing the cross-entropy, and the OOD margin one log K below E0 stops the
-# auxiliary images from gaining confidence while starting inactive.
+# Data-derived margins, in log K below E0, the median energy of the untrained network. On digits (2 seeds,
+# 30 epochs) they gave AUROC 93.9 and ID accuracy 96.6% against 85.0 and 34.4% for the CIFAR margins: the ID
+# margin two log K below E0 is reached within the recipe without displacing the cross-entropy, and the OOD
+# margin one log K below E0 starts inactive and stops the auxiliary images from gaining confidence.
 ID_GAP, OOD_GAP = 2.0, 1.0
 
 
@@ -63,7 +64,6 @@ class Energy(Detector):
         for key in MARGINS:
             value = given.get(key)
             setattr(self, key, None if value is None else coerce_option("Energy", key, 0.0, value))
-        self.margins_from_data = {k: k not in given or given[k] is None for k in MARGINS}
 
     def check(self) -> None:
         if self.weight < 0:
