@@ -151,8 +151,6 @@ def train(resume_run: Optional[Path], config: Optional[Path], force: bool, ddp: 
     table.add_row("wall time", f"{took:.1f} s")
     table.add_row("model", str(result.run_dir / "model.safetensors"))
     console.print(table)
-    for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"next: imood score {name}")
 
 
