@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    repeat = 2 if args.quick else args.repeat
+    repeat = 1 if args.quick else args.repeat
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
     with tempfile.TemporaryDirectory() as tmp:
         scores = score_file(Path(tmp))

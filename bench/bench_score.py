@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.tiny:
-        args.images, args.train, args.batch, args.model = 256, 512, 128, "imood_resnet_micro"
+        args.images, args.train, args.batch, args.model = 128, 256, 128, "imood_resnet_micro"
     rt = setup(args.device)
     bench = synthetic_cifar_lt(num_aux=0)
     g = torch.Generator().manual_seed(1)
@@ -62,10 +62,11 @@ def main() -> None:
     known = set(registry().names("detector"))
     rows, results = [], {}
     every = [n for n in registry().names("detector") if registry().get("detector", n).cls.extra_outputs == 0]
-    runs = [("msp alone", ["msp"]), ("one pass: " + ONE_PASS.replace(",", " "), ONE_PASS.split(",")),
-            (f"-m all ({len(every)} detectors)", every)]
+    runs = [("msp alone", ["msp"]), ("one pass: " + ONE_PASS.replace(",", " "), ONE_PASS.split(","))]
+    if not args.tiny:  # the CI check runs the script, it does not measure -m all
+        runs.append((f"-m all ({len(every)} detectors)", every))
     runs += [(f"{name} alone (fit included)" if registry().detector(name).needs_fit else f"{name} alone", [name])
-             for name in EXPENSIVE if name in known]
+             for name in (EXPENSIVE[:2] if args.tiny else EXPENSIVE) if name in known]
     bench_once(loaded, bench, ["msp"], rt, args.batch)  # warm-up
     base = None
     for label, specs in runs:

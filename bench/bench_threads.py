@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     cases = CASES[:1] if args.quick else CASES
-    steps = 3 if args.quick else args.steps
+    steps = 1 if args.quick else args.steps
     rows, results = [], {}
     for dataset, model, batch in cases:
         one, macs = seconds_per_step(dataset, model, batch, 1, steps)

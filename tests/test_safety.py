@@ -244,6 +244,7 @@ class NaNDetector:
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """In-process detector plugins that break the contract in different ways."""
+    monkeypatch.delenv("IMOOD_PLUGINS", raising=False)  # the suite's default loads no third-party plugin
     from imood_cli.plugin_api import Detector
     from imood_cli.registry import Registry, entry_points, reset_registry
 
