@@ -24,18 +24,11 @@ demo: $(STAMP)
 	$(IMOOD) train --ds digits --drp $(DATA) --srp $(RUNS) --name digits-baseline --force \
 	    --ood_metric oe --logit_adjust 0 --aux_ood_loss none
 	$(IMOOD) train --ds digits --drp $(DATA) --srp $(RUNS) --name digits-imood --force \
-	    --ood_metric ada_oe --logit_adjust 1.0 --aux_ood_loss pascl
-	$(IMOOD) score $(RUNS)/digits-baseline --ood_metric msp,ada_msp,energy,ada_energy
+	    --ood_metric ada_oe --logit_adjust 1.0 --aux_ood_loss none
+	$(IMOOD) score $(RUNS)/digits-baseline --ood_metric all
 	$(IMOOD) score $(RUNS)/digits-imood --ood_metric msp,energy
 	$(IMOOD) eval $(RUNS)/digits-imood/scores/msp.safetensors
 	$(IMOOD) report $(RUNS)/digits-baseline $(RUNS)/digits-imood
-
-# make report-screenshot: the demo's report.html drawn by headless Chromium into $(RUNS)/report.png (run make demo first).
-CHROMIUM ?= chromium
-report-screenshot: $(STAMP)
-	$(IMOOD) report $(RUNS)/digits-baseline $(RUNS)/digits-imood --format md > /dev/null
-	$(CHROMIUM) --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,7000 \
-	    --screenshot=$(abspath $(RUNS))/report.png file://$(abspath $(RUNS))/digits-baseline/report.html
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,45 +1,27 @@
-"""Plugin discovery: entry points → a dict of classes (DESIGN.md "Plugin contract").
+"""The registry: the entry points (imood_cli.discovery) as a dict of classes (DESIGN.md "Plugin contract").
 
-Every entry point names a class: a `Detector` (group `imood.ood_metrics`), an `AuxLoss`
-(`imood.aux_losses`) or a dataset with load/status/prepare (`imood.datasets`). Built-ins are
-registered the same way and recognised by their module (`imood_cli.*`), never by a distribution
-name, which anyone can claim. Built-ins always load and always win a name; `IMOOD_PLUGINS=a,b` limits
-which third-party distributions load (set but empty: none). A plugin that fails to import or breaks
-the contract is kept with its error, shown by `imood plugins list`, and skipped elsewhere. The
-`ada_<name>` form of a detector that declares `ada_scale` is derived at lookup (`core.ada`).
+Built-ins are recognised by their module, never by a distribution name anyone can claim; they always load
+and always win a name. `IMOOD_PLUGINS=a,b` limits which third-party distributions load (set but empty:
+none). A plugin that fails to import or breaks the contract is kept with its error (`imood plugins list`)
+and skipped elsewhere. `ada_<name>` is derived at lookup for a detector that declares `ada_scale`.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from imood_cli.core.contract import check_class
+from imood_cli.core.contract import parse_spec as parse_spec  # re-exported: callers spell detectors with it
+from imood_cli.discovery import GROUPS, OWN_PACKAGE, entry_points, normalize_dist
 from imood_cli.errors import ImoodError, unknown_name
 
-GROUPS = {"detector": "imood.ood_metrics", "aux_loss": "imood.aux_losses", "dataset": "imood.datasets"}
 LABELS = {"detector": "detector", "aux_loss": "aux loss", "dataset": "dataset"}
 ADA_PREFIX = "ada_"
 ENV = "IMOOD_PLUGINS"
-OWN_PACKAGE = "imood_cli"
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'react:p=95:mode=b' -> ('react', {'p': '95', 'mode': 'b'}): a detector name with its options."""
-    name, *parts = spec.strip().split(":")
-    options = {}
-    for part in parts:
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise ImoodError(f"detector options go as name:key=value, got {spec!r}")
-        options[key.strip()] = value.strip()
-    return name.strip(), options
 
 
 class PluginWarning(UserWarning):
@@ -65,56 +47,6 @@ class Plugin:
     @property
     def loaded(self) -> bool:
         return self.status == "loaded"
-
-
-def normalize_dist(name: str) -> str:
-    """PEP 503 normalization: IMOOD_PLUGINS=imood_extras matches the distribution imood-extras."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def entry_points() -> list[tuple[str, str, str, str, str]]:
-    """(kind, name, target, distribution, version) of every entry point: the built-ins from imood's own
-    pyproject.toml in a source tree (always current), else from the installed metadata."""
-    own = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    found = []
-    if own.is_file():
-        project = tomllib.loads(own.read_text())["project"]
-        for kind, group in GROUPS.items():
-            for name, target in project.get("entry-points", {}).get(group, {}).items():
-                found.append((kind, name, target, project["name"], project["version"]))
-    for kind, group in GROUPS.items():
-        for ep in md.entry_points(group=group):
-            if found and ep.value.split(".")[0].split(":")[0] == OWN_PACKAGE:
-                continue  # imood's installed metadata: possibly older than the source tree just read
-            dist = ep.dist.metadata["Name"] if ep.dist is not None else "(unknown)"
-            found.append((kind, ep.name, ep.value, dist or "(unknown)", ep.dist.version if ep.dist else ""))
-    return found
-
-
-def _check(kind: str, cls: Any) -> None:
-    """The contract a class must meet to be registered (checked on the class: nothing is instantiated)."""
-    from imood_cli.plugin_api import AuxLoss, Detector
-
-    if not isinstance(cls, type):
-        raise TypeError(f"the entry point must name a class, not {type(cls).__name__}")
-    base = {"detector": Detector, "aux_loss": AuxLoss}.get(kind)
-    if base is not None and not issubclass(cls, base):
-        raise TypeError(f"{cls.__name__} must subclass imood_cli.plugin_api.{base.__name__}")
-    if kind == "detector":
-        if cls.idness is Detector.idness:
-            raise TypeError(f"{cls.__name__} must define idness(view) -> Tensor[N]")
-        c = cls.ada_scale
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < float("inf")):
-            raise TypeError(f"ada_scale must be a finite number >= 0 or None, got {c!r}")
-        if not isinstance(cls.extra_outputs, int) or isinstance(cls.extra_outputs, bool) or cls.extra_outputs < 0:
-            raise TypeError(f"extra_outputs must be a whole number >= 0, got {cls.extra_outputs!r}")
-        from imood_cli.core.contract import NEEDS
-
-        unknown = (set(cls.needs) | set(cls.train_needs or ())) - set(NEEDS)
-        if unknown:
-            raise TypeError(f"unknown needs {sorted(unknown)} (known: {', '.join(NEEDS)})")
-    if kind == "dataset" and not all(callable(getattr(cls, m, None)) for m in ("load", "status", "prepare")):
-        raise TypeError(f"{cls.__name__} must define load, status and prepare")
 
 
 class Registry:
@@ -156,7 +88,7 @@ class Registry:
             else:
                 try:
                     p.cls = self._classes.get((kind, name, dist)) or md.EntryPoint(name, target, GROUPS[kind]).load()
-                    _check(kind, p.cls)
+                    check_class(kind, p.cls)
                 except (Exception, SystemExit) as exc:  # a broken plugin must not break imood
                     p.cls, p.status, p.error = None, "error", " ".join(f"{type(exc).__name__}: {exc}".split())
             self._place(table, p)

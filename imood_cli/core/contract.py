@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from imood_cli.core.lazy import torch
+from imood_cli.errors import ImoodError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -333,3 +334,37 @@ class AuxLoss(Configurable):
 def class_probs(view: ModelOutputs) -> Tensor:
     """softmax(z) [N, K] in float32."""
     return torch.softmax(view.logits.float(), dim=1)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """'react:p=95:mode=b' -> ('react', {'p': '95', 'mode': 'b'}): a detector name with its options."""
+    name, *parts = spec.strip().split(":")
+    options = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ImoodError(f"detector options go as name:key=value, got {spec!r}")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def check_class(kind: str, cls: Any) -> None:
+    """The contract a class must meet to be registered (checked on the class: nothing is instantiated)."""
+    if not isinstance(cls, type):
+        raise TypeError(f"the entry point must name a class, not {type(cls).__name__}")
+    base = {"detector": Detector, "aux_loss": AuxLoss}.get(kind)
+    if base is not None and not issubclass(cls, base):
+        raise TypeError(f"{cls.__name__} must subclass imood_cli.plugin_api.{base.__name__}")
+    if kind == "detector":
+        if cls.idness is Detector.idness:
+            raise TypeError(f"{cls.__name__} must define idness(view) -> Tensor[N]")
+        c = cls.ada_scale
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < float("inf")):
+            raise TypeError(f"ada_scale must be a finite number >= 0 or None, got {c!r}")
+        if not isinstance(cls.extra_outputs, int) or isinstance(cls.extra_outputs, bool) or cls.extra_outputs < 0:
+            raise TypeError(f"extra_outputs must be a whole number >= 0, got {cls.extra_outputs!r}")
+        unknown = (set(cls.needs) | set(cls.train_needs or ())) - set(NEEDS)
+        if unknown:
+            raise TypeError(f"unknown needs {sorted(unknown)} (known: {', '.join(NEEDS)})")
+    if kind == "dataset" and not all(callable(getattr(cls, m, None)) for m in ("load", "status", "prepare")):
+        raise TypeError(f"{cls.__name__} must define load, status and prepare")
