@@ -402,7 +402,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = counters
         self._resume_generator = state.get("generator")
         running = state.get("running")
-        self._resume_running = ({k: v.to(self.rt.device) if isinstance(v, torch.Tensor) else v
+        self._resume_running = ({k: _widen(v.to(self.rt.device)) if isinstance(v, torch.Tensor) else v
                                  for k, v in running.items()} if running else None)
         torch.set_rng_state(rng)
         if "cuda" in state["rng"] and self.rt.device.type == "cuda":
@@ -516,6 +516,13 @@ class Trainer:
 
 
 AUX_WEIGHT_FLOOR = 1e-2
+
+
+def _widen(sums: torch.Tensor) -> torch.Tensor:
+    """Running loss sums of a checkpoint written before the record had all of LOSS_PARTS (0.1 kept 4)."""
+    if sums.ndim == 1 and 0 < sums.numel() < len(LOSS_PARTS):
+        return torch.cat([sums, sums.new_zeros(len(LOSS_PARTS) - sums.numel())])
+    return sums
 
 
 def orient_aux_linear(head: torch.nn.Linear) -> None:
