@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from common import print_table, sync, synthetic_cifar_lt, write_json
@@ -122,6 +123,27 @@ def bench_reference(trainer: Trainer, bench, steps: int, warmup: int, workers: i
     return steps * 3 * batch / (time.perf_counter() - t)
 
 
+def profile_steps(trainer: Trainer, folder: Path, steps: int = 20) -> None:
+    """A chrome trace of `steps` steady-state steps and the table of where their time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    epoch, gen = trainer._epoch(0), trainer._generator(0)
+    for s in range(5):  # warm-up: cuDNN autotuning, allocator, lazy initialisation
+        trainer.train_step(epoch.batch(s % len(epoch)), gen)
+    sync(trainer.rt.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.rt.device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=False) as prof:
+        for s in range(steps):
+            trainer.train_step(epoch.batch((5 + s) % len(epoch)), gen)
+        sync(trainer.rt.device)
+    prof.export_chrome_trace(str(folder / "train_trace.json"))
+    key = "self_cuda_time_total" if trainer.rt.device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40)
+    (folder / "train_profile.txt").write_text(table)
+    print(f"\nprofile of {steps} steps: {folder / 'train_trace.json'}, {folder / 'train_profile.txt'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -134,6 +156,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also measure imood with torch.compile")
     ap.add_argument("--epochs", type=int, default=0, help="also run the whole recipe for this many epochs (wall time)")
     ap.add_argument("--tiny", action="store_true", help="a small CPU-sized check (CI)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="also write a torch.profiler trace of 20 steady-state default steps (and its op table) here")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.tiny:
@@ -162,6 +186,8 @@ def main() -> None:
         measure("imood_bf16_channels_last_compiled", lambda: bench_imood(comp, args.steps, args.warmup + 10))
         if "imood_bf16_channels_last_compiled" not in results:
             comp = None
+    if args.profile:
+        profile_steps(fast, Path(args.profile))
     base = results["reference_style_fp32"]
     for name, ips in results.items():
         rows.append([name, ips, f"{ips / base:.2f}x"])
