@@ -118,7 +118,8 @@ def sweep(
                                             help="Where the run folders go. [default: the plan's save_root]"),
     data_root: Optional[str] = typer.Option(None, "--data-root", "--drp", metavar="DIR", help=(
         "Dataset folder. [default: the plan's data_root, else imood train's]")),
-    fmt: str = typer.Option("terminal", "--format", "-f", help="Report format: terminal, md or json."),
+    fmt: str = typer.Option("terminal", "--format", "-f", metavar="FORMAT",
+                            help="Report format: terminal, md or json."),
     list_plans: bool = typer.Option(False, "--list", help="List the plans imood ships."),
 ) -> None:
     """Train and score every run × seed × benchmark of a plan, skipping what is complete and resuming what was

@@ -65,11 +65,12 @@ class TrainProgress:
             eta = per_epoch * (self.epochs - r["epoch"])
             err_console.print(f"epoch {r['epoch']}/{self.epochs}: loss {r['loss']:.4f} (in {r['l_in']:.4f}, "
                               f"ood {r['l_ood']:.4f}, aux {r['l_aux']:.4f}), lr {r['lr']:.3g}, "
-                              f"{r['images_per_s']:,.0f} img/s, ETA {_duration(eta)}", highlight=False)
+                              f"{r['images_per_s']:,.0f} img/s, ETA {_duration(eta)}", highlight=False,
+                              soft_wrap=True)  # one line per epoch in a log, whatever its width
 
     def message(self, text: str) -> None:
         if is_main_process():
-            err_console.print(text, highlight=False)
+            err_console.print(text, highlight=False, soft_wrap=not err_console.is_terminal)
 
 
 def _duration(seconds: float) -> str:

@@ -141,7 +141,8 @@ class TrainConfig:
     imbalance_ratio: float = opt(0.01, "ρ = n_min/n_max of the long-tailed split.", "--imbalance-ratio",
                                  "--imbalance_ratio", group=METHOD, per_benchmark={"digits": 0.1},
                                  check=within(0, 1, low_open=True), metavar="RHO")
-    num_ood_samples: int | None = opt(30000, "Auxiliary OOD images used.", "--num-ood-samples",
+    num_ood_samples: int | None = opt(30000, "Auxiliary OOD images used (the first N; with --aux-ood-dir, "
+                                      "every image of the folder unless given).", "--num-ood-samples",
                                       "--num_ood_samples", group=METHOD,
                                       per_benchmark={"imagenet": None, "digits": None}, check=at_least(1),
                                       default_text="30000 (CIFAR); all (ImageNet, digits)", metavar="N")

@@ -177,14 +177,23 @@ def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
     """The ID training set and, when an OOD loss needs it, the auxiliary OOD images: the benchmark's own, or
     those of --aux-ood-dir. Test sets are not loaded: training does not need them."""
     from_folder = needs_aux and cfg.aux_ood_dir is not None
-    bench = load_benchmark(cfg.dataset, cfg.data_root, imbalance_ratio=cfg.imbalance_ratio,
-                           num_ood_samples=cfg.num_ood_samples if needs_aux and not from_folder else 0,
-                           ood_tests=False)
+    options = dict(imbalance_ratio=cfg.imbalance_ratio, ood_tests=False)
+    try:
+        bench = load_benchmark(cfg.dataset, cfg.data_root,
+                               num_ood_samples=cfg.num_ood_samples if needs_aux and not from_folder else 0, **options)
+    except ImoodError as exc:
+        if not needs_aux or from_folder:
+            raise
+        load_benchmark(cfg.dataset, cfg.data_root, num_ood_samples=0, **options)  # the ID part alone loads?
+        raise ImoodError(f"{exc}; or train without the benchmark's auxiliary images: --aux-ood-dir DIR (any "
+                         "folder of images), or --Lambda 0 (no OOD loss)") from None
     if from_folder:
         from imood_cli.data.folder import load_image_folder
 
+        # The benchmark's own default (30,000 of the 300K file) is not a request about the user's folder
+        limit = None if cfg.num_ood_samples == default_for("num_ood_samples", cfg.dataset) else cfg.num_ood_samples
         bench.aux_ood = load_image_folder(Path(cfg.aux_ood_dir), bench.image_size, bench.channels,
-                                          limit=cfg.num_ood_samples, option="--aux-ood-dir")
+                                          limit=limit, option="--aux-ood-dir")
     return bench
 
 
