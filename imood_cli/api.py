@@ -34,13 +34,13 @@ def list_detectors() -> list[str]:
 
 def ood_scores(detector_name: str, logits, class_counts: Sequence[int], *, extra_logit=None, features=None,
                logit_adjust: float = 1.0, ada_scale: float | None = None, fit_features=None,
-               fit_labels=None, **options) -> torch.Tensor:
+               fit_labels=None, fit_logits=None, **options) -> torch.Tensor:
     """OOD scores (higher = more OOD) of one detector from raw model outputs.
 
     extra_logit: bin_disc's ID-vs-OOD logit [N]; features: penultimate features [N, d] (maha, gradnorm).
-    A detector that needs a fit (maha) takes fit_features / fit_labels (ID training features). Detectors
-    that need the model itself (feature maps, classifier weights, input gradients) are scored with
-    `imood score` or `engine.score`.
+    A detector that needs a fit takes the ID training set's fit_features / fit_labels, and fit_logits where
+    its fit reads the logits (klm). Detectors that need the model itself (feature maps, classifier weights,
+    input gradients) are scored with `imood score` or `engine.score`.
     """
     logits = torch.as_tensor(logits)
     if logits.ndim != 2:
@@ -58,10 +58,16 @@ def ood_scores(detector_name: str, logits, class_counts: Sequence[int], *, extra
         if fit_features is None or fit_labels is None:
             raise ImoodError(f"{detector_name} must be fitted: pass fit_features and fit_labels (ID training features)")
         fit_f = torch.as_tensor(fit_features).float()
-        m.fit(ModelView(logits=torch.zeros(len(fit_f), logits.shape[1]), features=fit_f,
-                        labels=torch.as_tensor(fit_labels).long()))
+        # Without fit_logits the fit sees NaN logits: a fit that reads them gives NaN scores, refused below
+        fit_z = (torch.full((len(fit_f), logits.shape[1]), float("nan")) if fit_logits is None
+                 else torch.as_tensor(fit_logits).float())
+        m.fit(ModelView(logits=fit_z, features=fit_f, labels=torch.as_tensor(fit_labels).long()))
     view = ModelView(logits=logits.float(), extra=extra, features=feats)
-    return m.ood_score(view, log_prior(class_counts, logit_adjust).float())
+    scores = m.ood_score(view, log_prior(class_counts, logit_adjust).float())
+    if not torch.isfinite(scores).all():
+        hint = "; its fit reads the training logits: pass fit_logits" if m.needs_fit and fit_logits is None else ""
+        raise ImoodError(f"{detector_name} gave NaN or infinite scores{hint}")
+    return scores
 
 
 def evaluate(id_scores, ood_scores_by_set: dict, *, id_labels=None, id_preds=None, class_counts=None,

@@ -7,6 +7,7 @@ import torch
 from imood_cli import api
 from imood_cli.core.contract import ModelOutputs, ModelView
 from imood_cli.core.prior import log_prior
+from imood_cli.errors import ImoodError
 from imood_cli.registry import registry
 
 COUNTS = [500, 200, 80, 30, 10]
@@ -139,3 +140,17 @@ def test_unknown_metric_suggests_nearest():
 
     with pytest.raises(ImoodError, match="did you mean 'ada_energy'"):
         registry().detector("ada_enrgy")
+
+
+def test_api_fit_that_reads_logits_needs_them():
+    """klm fits templates of the training posteriors: without fit_logits the API refuses instead of guessing."""
+    torch.manual_seed(0)
+    z, f, y = torch.randn(60, 4), torch.randn(60, 8), torch.randint(0, 4, (60,))
+    with pytest.raises(ImoodError, match="pass fit_logits"):
+        api.ood_scores("klm", z, [10, 5, 3, 2], fit_features=f, fit_labels=y)
+    got = api.ood_scores("klm", z, [10, 5, 3, 2], fit_features=f, fit_labels=y, fit_logits=z)
+    p = torch.softmax(z.double(), 1)
+    pred = p.argmax(1)
+    templates = torch.stack([p[pred == k].mean(0) for k in range(4)])
+    kl = (p[:, None, :] * (p[:, None, :].log() - templates[None].log())).sum(-1)
+    torch.testing.assert_close(got.double(), kl.min(1).values, rtol=1e-4, atol=1e-5)

@@ -182,4 +182,4 @@ def score(
         table.add_row(label, f"{100 * m['auroc']:.2f}", f"{100 * m['aupr_in']:.2f}", f"{100 * m['aupr_out']:.2f}",
                       f"{100 * m['fpr95']:.2f}", f"{100 * r['id']['acc']:.2f}", str(paths[label]))
     console.print(table)
-    console.print(f"next: imood eval {folder}   or   imood report {run_dir}")
+    console.print(f"next: imood eval {folder}   or   imood report {run_dir if out is None else folder}")

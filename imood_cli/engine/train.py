@@ -162,8 +162,8 @@ def build_detector(cfg: TrainConfig):
             if key not in cls.hyperparameters:
                 if value == default_for(key, cfg.dataset):
                     continue  # the benchmark's default margin, meant for the detectors that have margins
-                raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins (energy), "
-                                 f"not {name}")
+                raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins "
+                                 f"(energy, balenergy), not {name}")
             options.setdefault(key, value)
     detector = reg.detector(name, **options)
     base = getattr(detector, "base", None)
