@@ -47,7 +47,8 @@ def test_prepare_stores_the_arrays_and_records_their_checksum(prepared):
     with np.load(path, allow_pickle=False) as z:
         assert {k: (z[k].dtype, z[k].shape) for k in z.files} == {
             "digits": (np.uint8, (1797, 8, 8)), "targets": (np.uint8, (1797,)),
-            "china_patches": (np.uint8, (3000, 8, 8)), "flower_patches": (np.uint8, (600, 8, 8))}
+            "china_patches": (np.uint8, (1500, 8, 8)), "strokes": (np.uint8, (1500, 8, 8)),
+            "flower_patches": (np.uint8, (600, 8, 8))}
         # independently: sklearn's 0..16 digits scaled to 0..255, and their labels
         from sklearn.datasets import load_digits
 
@@ -106,8 +107,8 @@ def rewrite(folder, **changes):
 @pytest.mark.parametrize("change, match", [
     ({"targets": np.full(1797, 12, dtype=np.uint8)}, "targets outside 0..9"),
     ({"digits": np.zeros((1797, 8, 8), dtype=np.float32)}, r"digits should be uint8 \(1797, 8, 8\), found float32"),
-    ({"china_patches": np.zeros((30, 8, 8), dtype=np.uint8)}, r"china_patches should be uint8 \(3000, 8, 8\)"),
-    ({"flower_patches": None}, "expected the arrays china_patches, digits, flower_patches, targets"),
+    ({"china_patches": np.zeros((30, 8, 8), dtype=np.uint8)}, r"china_patches should be uint8 \(1500, 8, 8\)"),
+    ({"flower_patches": None}, "expected the arrays china_patches, digits, flower_patches, strokes, targets"),
 ])
 def test_stored_arrays_are_checked(prepared, tmp_path, change, match):
     folder = copy_prepared(prepared, tmp_path)
@@ -156,3 +157,22 @@ def test_num_ood_samples_and_ood_tests(prepared):
     assert Digits().load(root, ood_tests=False).ood_tests == {}
     with pytest.raises(ImoodError, match="0..3,000"):
         Digits().load(root, num_ood_samples=3001)
+
+
+def test_auxiliary_set_alternates_photo_patches_and_pen_strokes():
+    """Outliers from photos alone teach 'photo vs digit'; the pen strokes are digit-like shapes of no class.
+    They alternate, so the first N images (--num_ood_samples) hold both kinds."""
+    from imood_cli.data.digits import build_arrays, pen_strokes
+
+    arrays = build_arrays()
+    bench = Digits().load(None)
+    aux = bench.aux_ood.images[:, 0].numpy()
+    assert bench.aux_ood.name == "patches-and-strokes" and aux.shape == (3000, 8, 8)
+    np.testing.assert_array_equal(aux[0::2], arrays["china_patches"])
+    np.testing.assert_array_equal(aux[1::2], arrays["strokes"])
+    np.testing.assert_array_equal(pen_strokes(5, 4), pen_strokes(5, 4))  # seeded: the same every time
+    strokes = arrays["strokes"].astype(int)
+    assert (strokes.max(axis=(1, 2)) == 255).all()  # each drawn to the full range, like the scaled digits
+    ink = (strokes > 64).mean(axis=(1, 2))
+    assert 0.05 < ink.mean() < 0.6  # lines, not blank images nor filled squares
+    assert len(Digits().load(None, num_ood_samples=2).aux_ood) == 2

@@ -1,13 +1,16 @@
 """`digits`: the embedded offline benchmark, built from data that ships inside scikit-learn.
 
 ID: handwritten digits 0-5 (8×8 grayscale), each class split 2/3 train and 1/3 test with a fixed
-seed; the train split is made long-tailed with the CIFAR-LT rule. Auxiliary OOD: patches of the
-`china.jpg` sample photo. OOD test sets: the held-out digits 6-9 (near-OOD), patches of
-`flower.jpg` (far-OOD), and synthetic noise (uniform noise and Gaussian blobs).
+seed; the train split is made long-tailed with the CIFAR-LT rule. Auxiliary OOD: 1,500 patches of the
+`china.jpg` sample photo and 1,500 synthetic pen strokes (random curves, drawn like handwriting that is
+no digit), alternating, so any first N of them hold both kinds: outliers from photos alone teach a
+discriminator "photo vs digit" and leave it at chance on the held-out digits. OOD test sets: the
+held-out digits 6-9 (near-OOD), patches of `flower.jpg` (far-OOD), and synthetic noise (uniform noise and
+Gaussian blobs).
 
-`imood data prepare digits` stores what needs scikit-learn (the scaled digits, their labels and the
-photo patches, uint8, about 350 KB) in DATA/digits/digits-arrays.npz and records its sha256 in
-manifest.json; `load` then reads that file and never imports scikit-learn. Without the file the
+`imood data prepare digits` stores what takes time to build (the scaled digits and their labels, the
+photo patches and the pen strokes, uint8, about 350 KB) in DATA/digits/digits-arrays.npz and records its
+sha256 in manifest.json; `load` then reads that file and never imports scikit-learn. Without the file the
 arrays are built in memory as before; both ways give the same pixels. The stored file is checked
 like any input (sha256, keys, dtypes, shapes, label range): one that fails is an error naming it.
 """
@@ -32,13 +35,16 @@ from imood_cli.errors import ImoodError
 SIZE = 8
 ID_CLASSES = 6
 SEED = 0
-NUM_AUX = 3000
+NUM_PATCHES = 1500  # china.jpg patches in the auxiliary set
+NUM_STROKES = 1500  # pen strokes in the auxiliary set
+NUM_AUX = NUM_PATCHES + NUM_STROKES
 NUM_FLOWER = 600
 NUM_NOISE = 600
 NUM_DIGITS = 1797  # sklearn's load_digits
 ARRAYS_FILE = "digits-arrays.npz"
 MAX_ARRAYS_BYTES = 4 << 20  # the file is about 350 KB; anything far larger is not one imood wrote
-ARRAY_SHAPES = {"digits": (NUM_DIGITS, SIZE, SIZE), "targets": (NUM_DIGITS,), "china_patches": (NUM_AUX, SIZE, SIZE),
+ARRAY_SHAPES = {"digits": (NUM_DIGITS, SIZE, SIZE), "targets": (NUM_DIGITS,),
+                "china_patches": (NUM_PATCHES, SIZE, SIZE), "strokes": (NUM_STROKES, SIZE, SIZE),
                 "flower_patches": (NUM_FLOWER, SIZE, SIZE)}
 
 
@@ -59,6 +65,27 @@ def photo_patches(photo: np.ndarray, count: int, seed: int) -> np.ndarray:
         crop = gray[y:y + side, x:x + side]
         f = side // SIZE
         out[i] = np.rint(crop.reshape(SIZE, f, SIZE, f).mean(axis=(1, 3))).clip(0, 255)
+    return out
+
+
+def pen_strokes(count: int, seed: int, up: int = 2, points: int = 24) -> np.ndarray:
+    """1-3 quadratic Bezier curves per image with a soft pen of random width, drawn on a (8·up)² canvas,
+    area-averaged to 8×8 and scaled to a full 0-255 range: shapes like handwriting, digits of no class."""
+    rng = np.random.default_rng(seed)
+    side = SIZE * up
+    grid = np.stack(np.mgrid[0:side, 0:side], -1).reshape(-1, 2).astype(np.float64)
+    t = np.linspace(0.0, 1.0, points)[:, None]
+    out = np.empty((count, SIZE, SIZE), dtype=np.uint8)
+    for i in range(count):
+        ink = np.zeros(side * side)
+        for _ in range(int(rng.integers(1, 4))):
+            p = rng.uniform(1, side - 1, size=(3, 2))
+            curve = (1 - t) ** 2 * p[0] + 2 * (1 - t) * t * p[1] + t**2 * p[2]
+            width = rng.uniform(0.6, 1.25)
+            d2 = ((grid[:, None, :] - curve[None]) ** 2).sum(-1).min(1)
+            ink = np.maximum(ink, np.exp(-d2 / (2 * width * width)))
+        small = ink.reshape(SIZE, up, SIZE, up).mean(axis=(1, 3))
+        out[i] = np.clip(np.rint(255 * small / max(small.max(), 1e-6)), 0, 255)
     return out
 
 
@@ -90,14 +117,16 @@ def split_train_test(labels: np.ndarray, classes: int, seed: int) -> tuple[np.nd
 
 
 def build_arrays() -> dict[str, np.ndarray]:
-    """The arrays that need scikit-learn: scaled digits, their labels, the china and flower patches."""
+    """The arrays that need scikit-learn (scaled digits, their labels, the china and flower patches) and the
+    pen strokes (numpy alone, but seconds to draw: stored with the rest)."""
     from sklearn.datasets import load_digits, load_sample_images
 
     digits = load_digits()
     photos = load_sample_images()
     named = dict(zip([Path(f).name for f in photos.filenames], photos.images))
     return {"digits": _to_uint8(digits.images), "targets": digits.target.astype(np.uint8),
-            "china_patches": photo_patches(named["china.jpg"], NUM_AUX, SEED + 1),
+            "china_patches": photo_patches(named["china.jpg"], NUM_PATCHES, SEED + 1),
+            "strokes": pen_strokes(NUM_STROKES, SEED + 4),
             "flower_patches": photo_patches(named["flower.jpg"], NUM_FLOWER, SEED + 2)}
 
 
@@ -150,7 +179,8 @@ def read_arrays(folder: Path) -> tuple[dict[str, np.ndarray], str] | None:
 
 class Digits:
     name = "digits"
-    description = "embedded offline benchmark: sklearn digits 0-5 long-tailed vs digits 6-9, photo patches, noise"
+    description = ("embedded offline benchmark: sklearn digits 0-5 long-tailed vs digits 6-9, photo patches, noise; "
+                   "aux OOD: photo patches and pen strokes")
     default_imbalance_ratio = 0.1
 
     def status(self, root: Path) -> list[FileStatus]:
@@ -222,9 +252,9 @@ class Digits:
             }
         n_aux = NUM_AUX if num_ood_samples is None else num_ood_samples
         aux = None
-        if n_aux:
-            patches = torch.from_numpy(arrays["china_patches"][:n_aux]).unsqueeze(1)
-            aux = ImageSet("china-patches", minus(n_aux), patches)
+        if n_aux:  # patches and strokes alternate, so every prefix holds both kinds
+            both = np.stack([arrays["china_patches"], arrays["strokes"]], axis=1).reshape(NUM_AUX, SIZE, SIZE)
+            aux = ImageSet("patches-and-strokes", minus(n_aux), torch.from_numpy(both[:n_aux].copy()).unsqueeze(1))
         return Benchmark(
             name=self.name,
             num_classes=ID_CLASSES,
