@@ -176,3 +176,18 @@ def test_auxiliary_set_alternates_photo_patches_and_pen_strokes():
     ink = (strokes > 64).mean(axis=(1, 2))
     assert 0.05 < ink.mean() < 0.6  # lines, not blank images nor filled squares
     assert len(Digits().load(None, num_ood_samples=2).aux_ood) == 2
+
+
+def test_built_arrays_are_cached_per_process_but_handed_out_as_copies():
+    """Each in-memory load would otherwise redraw the strokes and decode the photos (seconds); a caller
+    that writes into its arrays must not change what the next load gets."""
+    from imood_cli.data.digits import build_arrays
+
+    first = build_arrays()
+    first["strokes"][:] = 0
+    first["digits"][0] = 7
+    second = build_arrays()
+    assert second["strokes"].max() == 255 and not (second["digits"][0] == 7).all()
+    assert second["strokes"].flags.writeable  # torch.from_numpy gets a writable array, no warning
+    bench = Digits().load(None)
+    assert bench.aux_ood.images[1::2].amax() == 255
