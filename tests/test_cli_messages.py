@@ -73,6 +73,48 @@ def test_ctrl_c_is_one_line_and_exit_130(digits_run, argv):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "imood: interrupted", err
 
 
+def test_ctrl_c_at_any_moment_of_score_is_130(digits_run):
+    """Ctrl-C during the imports of extension modules used to end some runs by SIGINT (returncode -2) or
+    with `ImportError: initialization failed` and a traceback: 8 of 24 moments between 0.5 and 4 s."""
+    root, _ = digits_run
+    for delay in (0.6, 1.0, 1.3, 1.6, 2.0, 2.4, 3.0):
+        p = subprocess.Popen([sys.executable, "-m", "imood_cli", "score", "runs/r", "-m", "all", "--device", "cpu",
+                              "--out", f"out-{delay}"], cwd=root, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        if p.returncode == 0:
+            continue  # finished before the signal came
+        assert p.returncode == 130 and "Traceback" not in err, (delay, p.returncode, err)
+        assert err.strip().splitlines()[-1] == "imood: interrupted", err
+
+
+def test_an_error_caused_by_ctrl_c_is_reported_as_the_interruption(monkeypatch, capsys):
+    """An extension module interrupted in its initialisation raises ImportError, not KeyboardInterrupt."""
+    import imood_cli.cli.data as data_cli
+
+    def interrupted_import(*_):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+    monkeypatch.setattr(data_cli, "_status_rows", interrupted_import)
+    before = signal.getsignal(signal.SIGINT)
+    code, out, err = run_cli(["data", "list"], capsys)
+    assert (code, err.strip()) == (130, "imood: interrupted")
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+    def plain_bug(*_):
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(data_cli, "_status_rows", plain_bug)
+    with pytest.raises(ImportError):  # without a Ctrl-C the same error is a bug: its traceback stays
+        run_cli(["data", "list"], capsys)
+
+
 def test_cifar_without_scood_or_300k_trains_and_scores_what_is_there(tmp_path):
     data = tmp_path / "data"
     write_cifar(data, "cifar10", per_class=100)
