@@ -30,8 +30,9 @@ def entry_points() -> list[tuple[str, str, str, str, str]]:
         for kind, group in GROUPS.items():
             for name, target in project.get("entry-points", {}).get(group, {}).items():
                 found.append((kind, name, target, project["name"], project["version"]))
+    installed = md.entry_points()  # one scan of every distribution's metadata, not one per group
     for kind, group in GROUPS.items():
-        for ep in md.entry_points(group=group):
+        for ep in installed.select(group=group):
             if found and ep.value.split(".")[0].split(":")[0] == OWN_PACKAGE:
                 continue  # imood's installed metadata: possibly older than the source tree just read
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "(unknown)"

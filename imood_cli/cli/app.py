@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -56,10 +57,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _classes(*names: str) -> tuple[type, ...]:
-    """Exception classes by dotted name, skipping modules this Typer does not have.
-
-    Typer up to 0.2x raises click's exceptions; newer Typer vendors click as typer._click.
-    """
+    """Exception classes by dotted name, skipping those this Typer does not have."""
     found = []
     for name in names:
         module, _, attr = name.rpartition(".")
@@ -70,9 +68,12 @@ def _classes(*names: str) -> tuple[type, ...]:
     return tuple(dict.fromkeys(found))
 
 
-EXITS = _classes("typer.Exit", "click.exceptions.Exit", "typer._click.exceptions.Exit")
-ABORTS = _classes("typer.Abort", "click.exceptions.Abort", "typer._click.exceptions.Abort")
-CLICK_ERRORS = _classes("click.exceptions.ClickException", "typer._click.exceptions.ClickException")
+# The click this Typer raises: its own copy (typer._click, newer Typer) or the click package (older). Only
+# that one is imported: the click package costs start-up time when Typer does not use it.
+_CLICK = "typer._click.exceptions" if importlib.util.find_spec("typer._click") else "click.exceptions"
+EXITS = _classes("typer.Exit", f"{_CLICK}.Exit")
+ABORTS = _classes("typer.Abort", f"{_CLICK}.Abort")
+CLICK_ERRORS = _classes(f"{_CLICK}.ClickException")
 
 
 def _one_line(text: str) -> str:

@@ -6,8 +6,9 @@ import os
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# emoji off: a name like "a:smile:b" prints as written (and rich's emoji table is not loaded at start-up)
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 
 _ARGV: list[str] = []

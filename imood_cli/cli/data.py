@@ -171,7 +171,7 @@ def list_datasets(data_root: Path = DRP, as_json: bool = typer.Option(False, "--
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console(highlight=False, soft_wrap=True)  # soft wrap: long paths and URLs are never cut
+    console = Console(highlight=False, emoji=False, soft_wrap=True)  # soft wrap: long paths and URLs are never cut
     width = max(40, min(console.width, 100))
     console.print(f"benchmarks under {escape(str(data_root))}")
     for row in rows:

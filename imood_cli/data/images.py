@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imood_cli.core.lazy import np
@@ -135,6 +134,8 @@ def decode_many(paths: Sequence[str | Path], size: int, channels: int = 3,
     Returns uint8 [N, C, size, size] (zeros where decoding failed) and the failures as (path, reason).
     Ctrl-C cancels the images not started yet instead of waiting for all of them.
     """
+    from concurrent.futures import ThreadPoolExecutor  # here, not at the top: `plugins list` imports this module
+
     out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
     failed: list[tuple[str, str]] = []
 
