@@ -20,9 +20,9 @@ from safetensors.torch import save as st_save_bytes
 
 from imood_cli.core.atomic import atomic_write_bytes, atomic_write_text
 from imood_cli.engine.run import CHECKPOINT_NAME, CheckpointEntry, check_checkpoint_entry, sha256_file
+from imood_cli.engine.scoreset import META_KEY, read_metadata
 from imood_cli.errors import ImoodError
 
-META_KEY = "imood"  # one metadata entry holding a JSON document
 KEEP_CHECKPOINTS = 2
 
 
@@ -61,7 +61,7 @@ def load_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor
     data = path.read_bytes()
     try:
         tensors = st_load_bytes(data)
-        meta = _read_metadata(data)
+        meta = read_metadata(data)
     except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
         raise ImoodError(f"{what} {path} is corrupt or truncated ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(meta, dict):
@@ -70,17 +70,6 @@ def load_tensors(path: Path, what: str = "file") -> tuple[dict[str, torch.Tensor
     if expected is not None and tensors_digest(tensors) != expected:
         raise ImoodError(f"{what} {path} is corrupt: its tensor data does not match the checksum written with it")
     return tensors, meta
-
-
-def _read_metadata(data: bytes) -> dict[str, Any]:
-    if len(data) < 8:
-        raise ValueError("shorter than a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError("header runs past the end of the file")
-    header = json.loads(data[8:8 + n])
-    raw = (header.get("__metadata__") or {}).get(META_KEY)
-    return json.loads(raw) if raw else {}
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -25,7 +25,7 @@ from imood_cli.engine.evaluate import check_class_counts
 from imood_cli.errors import ImoodError
 
 DIRECTION = "higher_is_ood"
-META_KEY = "imood"  # engine/checkpoint.py keeps its JSON document under the same key
+META_KEY = "imood"  # one metadata entry holding a JSON document (score files and engine/checkpoint.py's files)
 
 # safetensors dtype code -> (torch's name for it, the numpy dtype it is read as, or None when numpy lacks it)
 DTYPES: dict[str, tuple[str, Any]] = {
@@ -120,7 +120,7 @@ def read_score_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     data = path.read_bytes()
     try:
         tensors = {name: Tensor(v["dtype"], tuple(v["shape"]), v["data"]) for name, v in deserialize(data)}
-        meta = _read_metadata(data)
+        meta = read_metadata(data)
     except (SafetensorError, ValueError, TypeError, json.JSONDecodeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise ImoodError(f"score file {path} is corrupt or truncated ({first})") from None
@@ -132,7 +132,8 @@ def read_score_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def _read_metadata(data: bytes) -> Any:
+def read_metadata(data: bytes) -> Any:
+    """The JSON document under META_KEY in a safetensors file's header (any JSON value: callers check it)."""
     if len(data) < 8:
         raise ValueError("shorter than a safetensors header")
     n = int.from_bytes(data[:8], "little")
