@@ -19,6 +19,7 @@ The std is taken over at most 8192 training rows spread evenly through the set.
 
 from __future__ import annotations
 
+from imood_cli.detectors.knn import evenly_spaced
 from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, torch
 
 ADA_FRACTION = 0.1  # c = ADA_FRACTION · std(g on the ID training set)
@@ -29,13 +30,6 @@ def whitening(cov):
     """L with Σ⁻¹ = L Lᵀ, so that (f − μ)ᵀ Σ⁻¹ (f − μ) = ‖(f − μ) L‖²."""
     precision = torch.linalg.inv(cov)
     return torch.linalg.cholesky((precision + precision.T) / 2)
-
-
-def evenly_spaced(n: int, at_most: int):
-    """Indices of at most `at_most` rows spread evenly over n (every row when n is small)."""
-    if n <= at_most:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, at_most).round().long()
 
 
 class RMD(Detector):
