@@ -620,3 +620,32 @@ def test_figures_show_the_headline_detectors_and_the_tables_every_row(tmp_path, 
     assert code == 0 and (tmp_path / "all.html").read_text().count("data:image/png;base64,") == 2 + 6
     code, out, err = run_cli(["report", folder, "--plots", "-1"], capsys)
     assert code == 2 and "--plots must be >= 0" in err
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_terminal_tables_fit_a_narrow_terminal_without_cutting_a_number(tmp_path, columns):
+    """At 80 columns the shot-group table once squeezed the set names to nothing and cut its last
+    columns; with bootstrap intervals eval's OOD table lost FPR95. Every line now fits, every set name
+    and every value is printed whole, and a table too wide at its narrowest comes in numbered parts."""
+    run = make_run(tmp_path / "r", sets=("svhn", "places365"), metrics=("msp",))
+    argv = [sys.executable, "-m", "imood_cli", "eval", run / "scores" / "msp.safetensors", "--no-save",
+            "--bootstrap", "20"]
+    p = subprocess.run(argv, env={**ENV, "COLUMNS": str(columns)}, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(subprocess.run([*argv, "--json"], env=ENV, capture_output=True, text=True, timeout=120).stdout)
+    lines = p.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= columns
+    cells = [c.strip() for line in lines for c in line.split("│")]
+    for s in ("svhn", "places365"):
+        assert s in cells
+        for k in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+            assert f"{100 * doc['ood'][s][k]:.2f}" in cells, (s, k)
+        for part in ("id_flagged_as_ood", "ood_accepted_as"):
+            for g in ("many", "medium", "few"):
+                assert f"{100 * doc['groups'][s][part][g]:.2f}" in cells, (s, part, g)
+    titles = [line.rstrip() for line in lines if line.startswith("msp: OOD detection")]
+    n = len(titles)
+    assert n >= 2 and titles == [f"msp: OOD detection (OOD = positive; %) [part {i} of {n}]" for i in range(1, n + 1)]
+    note = next(i for i, line in enumerate(lines) if line.startswith("FPR95: fraction"))
+    last_part = max(i for i, line in enumerate(lines) if line.startswith("msp: OOD detection"))
+    assert last_part < note < next(i for i, line in enumerate(lines) if line.startswith("msp: ID classification"))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import typer
 
-from imood_cli.cli.common import console
 from imood_cli.errors import ImoodError
 
 
@@ -61,7 +60,7 @@ def eval_scores(
 ) -> None:
     """AUROC, AUPR-in, AUPR-out and FPR95 per OOD set and their mean; ID and many/medium/few accuracy."""
     # numpy and the report modules load only when the command runs: `imood --help` stays fast
-    from imood_cli.cli.tables import print_warning, rich_table
+    from imood_cli.cli.tables import print_table, print_warning
     from imood_cli.core.atomic import atomic_write_text
     from imood_cli.engine.scoreset import ScoreSet
     from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
@@ -100,4 +99,4 @@ def eval_scores(
     else:
         for metric, r in results.items():
             for t in eval_tables(metric + (" (stale)" if r.get("stale") else ""), r):
-                console.print(rich_table(t))
+                print_table(t)

@@ -42,7 +42,7 @@ def report(
                                                  "table1-cifar10), each row matched by its run's name."),
 ) -> None:
     """Every table (mean metrics, ada_ gains, ID accuracy, per OOD set, shot-group errors) and plots."""
-    from imood_cli.cli.tables import print_warning, rich_table
+    from imood_cli.cli.tables import print_table, print_warning
     from imood_cli.core.atomic import atomic_write_text
     from imood_cli.report import formats
     from imood_cli.report.results import collect, source_root
@@ -73,7 +73,7 @@ def report(
         tables.append(paper.for_report(published, rep))
     if fmt == "terminal":
         for t in tables:
-            console.print(rich_table(t))
+            print_table(t)
     elif fmt == "csv":  # the records behind the report's own tables
         print(formats.as_csv(rep), end="")
     else:

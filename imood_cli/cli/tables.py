@@ -7,7 +7,8 @@ import sys
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from imood_cli.report.tables import Table, cell_text
+from imood_cli.cli.common import console
+from imood_cli.report.tables import Column, Table, cell_text
 
 
 def _styled(column, value) -> str:
@@ -22,16 +23,82 @@ def _styled(column, value) -> str:
     return text
 
 
+LABEL_MIN_WIDTH = 16  # a name column narrower than this folds its names; it never collapses to nothing
+CELL_EDGES = 3  # one space either side of a cell and the border to its right
+
+
+def _is_name(c: Column) -> bool:
+    return c.key == "label" or c.kind == "text"
+
+
+def _widest(t: Table) -> list[int]:
+    return [max((len(cell_text(c, row[i])) for row in t.rows), default=0) for i, c in enumerate(t.columns)]
+
+
+def _min_widths(t: Table) -> list[int]:
+    """The narrowest each column may get: a name column LABEL_MIN_WIDTH (or its widest name when shorter);
+    a number column its widest value and the longest word of its heading (headings wrap between words)."""
+    return [min(w, LABEL_MIN_WIDTH) if _is_name(c) else max(max(len(x) for x in c.heading.split()), w)
+            for c, w in zip(t.columns, _widest(t))]
+
+
 def rich_table(t: Table) -> RichTable:
-    out = RichTable(title=t.title, title_justify="left", caption=" ".join(t.notes) or None, caption_justify="left")
-    for c in t.columns:
-        if c.key == "label" or c.kind == "text":  # names wrap, so that numbers and set names never break
-            out.add_column(escape(c.heading), justify="left", overflow="fold")
+    """Numbers are never cut or wrapped; headings wrap between words when the terminal is too narrow for
+    them on one line."""
+    out = RichTable(title=escape(t.title), title_justify="left", caption=escape(" ".join(t.notes)) or None,
+                    caption_justify="left")
+    for c, widest, narrowest in zip(t.columns, _widest(t), _min_widths(t)):
+        if _is_name(c):  # long names fold, so that numbers never break; short ones stay whole
+            out.add_column(escape(c.heading), justify="left", overflow="fold", min_width=narrowest,
+                           no_wrap=widest <= LABEL_MIN_WIDTH)
         else:
-            out.add_column(escape(c.heading), justify="right", no_wrap=True, min_width=len(c.heading))
+            out.add_column(escape(c.heading), justify="right", overflow="fold", min_width=narrowest)
     for row, stale in zip(t.rows, t.stale):
         out.add_row(*[_styled(c, v) for c, v in zip(t.columns, row)], style="yellow" if stale else None)
     return out
+
+
+def split_columns(t: Table, width: int) -> list[Table]:
+    """`t` itself when its columns fit `width` characters at their narrowest, else parts that do: each
+    repeats the name columns, keeps a 95% CI beside its value, and says which part it is; the notes
+    follow the last part."""
+    widths = _min_widths(t)
+    names = [i for i, c in enumerate(t.columns) if _is_name(c)]
+    groups: list[list[int]] = []
+    for i, c in enumerate(t.columns):
+        if i in names:
+            continue
+        if c.kind == "interval" and groups:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    fixed = 1 + sum(widths[i] + CELL_EDGES for i in names)
+    parts: list[list[int]] = []
+    used = width  # forces a first part
+    for g in groups:
+        cost = sum(widths[i] + CELL_EDGES for i in g)
+        if used + cost > width and (not parts or parts[-1]):
+            parts.append([])
+            used = fixed
+        parts[-1].extend(g)
+        used += cost
+    if len(parts) <= 1:
+        return [t]
+    out = []
+    for n, part in enumerate(parts, 1):
+        keep = sorted(names + part)
+        sub = Table(t.key, f"{t.title} [part {n} of {len(parts)}]", [t.columns[i] for i in keep],
+                    notes=t.notes if n == len(parts) else [])
+        for row, stale in zip(t.rows, t.stale):
+            sub.add([row[i] for i in keep], stale)
+        out.append(sub)
+    return out
+
+
+def print_table(t: Table) -> None:
+    """One table on standard output at the terminal's width (in parts when it cannot fit)."""
+    for part in split_columns(t, console.width):
+        console.print(rich_table(part))
 
 
 def print_warning(text: str) -> None:
