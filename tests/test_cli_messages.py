@@ -75,7 +75,7 @@ def test_ctrl_c_is_one_line_and_exit_130(digits_run, argv):
 
 def test_ctrl_c_at_any_moment_of_score_is_130(digits_run):
     """Ctrl-C during the imports of extension modules used to end some runs by SIGINT (returncode -2) or
-    with `ImportError: initialization failed` and a traceback: 8 of 24 moments between 0.5 and 4 s."""
+    with `ImportError: initialization failed` and a traceback: 7 of 24 moments between 0.5 and 4 s."""
     root, _ = digits_run
     for delay in (0.6, 1.0, 1.3, 1.6, 2.0, 2.4, 3.0):
         p = subprocess.Popen([sys.executable, "-m", "imood_cli", "score", "runs/r", "-m", "all", "--device", "cpu",
