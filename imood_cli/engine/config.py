@@ -343,19 +343,25 @@ def convert(name: str, value: Any, where: str) -> Any:
     return value
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A user's UTF-8 text file (`what`: "config file", "plan file"); one ImoodError when it is missing,
+    a folder or not UTF-8."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImoodError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ImoodError(f"{what} {path} is a folder") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImoodError(f"{what} {path} is not UTF-8 text") from None
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """A `--config` TOML (or JSON) file: a [train] table or top-level keys, every value type-checked."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ImoodError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ImoodError(f"config file {path} is a folder") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ImoodError(f"config file {path} is not UTF-8 text") from None
+    text = read_text_file(path, "config file")
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import tomllib
 
-from imood_cli.engine.config import DATASET_ALIASES, convert, from_mapping, options
+from imood_cli.engine.config import DATASET_ALIASES, convert, from_mapping, options, read_text_file
 from imood_cli.engine.run import CONFIG_FILE, MODEL_FILE, sha256_file
 from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.registry import parse_spec
@@ -161,15 +161,7 @@ def read_plan(path: Path) -> Plan:
     ImoodError naming the key and the file."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ImoodError(f"plan file not found: {path}") from None
-    except IsADirectoryError:
-        raise ImoodError(f"plan file {path} is a folder") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ImoodError(f"plan file {path} is not UTF-8 text") from None
+        data = tomllib.loads(read_text_file(path, "plan file"))
     except tomllib.TOMLDecodeError as exc:
         raise ImoodError(f"plan file {path} does not parse as TOML: {exc}") from None
     _check_keys(data, ("sweep", "defaults", "run"), f"plan {path}")
