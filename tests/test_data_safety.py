@@ -19,8 +19,8 @@ from fixtures_data import random_png, write_cifar, write_imagenet, write_scood
 from imood_cli.data import scood
 from imood_cli.data.imagenet_lt import ImageNetLT
 from imood_cli.data.images import list_images
-from imood_cli.data.safe_files import check_list_path, open_regular, read_lines
 from imood_cli.errors import ImoodError
+from imood_cli.fs.safe import check_list_path, open_regular, read_lines
 
 TESTS = Path(__file__).resolve().parent
 DEADLINE = 60  # seconds; each child does its work in a few
@@ -58,7 +58,7 @@ def test_open_regular_refuses_a_fifo_at_once(tmp_path):
     (tmp_path / "ok.txt").write_text("fine")
     assert open_regular(tmp_path / "ok.txt").read() == b"fine"
     out = isolated(CATCH + """
-from imood_cli.data.safe_files import open_regular
+from imood_cli.fs.safe import open_regular
 print(json.dumps({"fifo": outcome(lambda: open_regular(d / "x.png"))}))
 """, d=tmp_path)
     assert out["fifo"].startswith("ImoodError: ") and "x.png is a FIFO (named pipe), not a regular file" in out["fifo"]

@@ -345,12 +345,12 @@ def test_report_with_html(score_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A digits run folder with freshly initialized weights (what score needs, without training)."""
-    from imood_cli.core.atomic import atomic_write_text
     from imood_cli.data.digits import Digits
     from imood_cli.engine.checkpoint import save_tensors
     from imood_cli.engine.config import resolve_config
     from imood_cli.engine.model import ImOODModel
     from imood_cli.engine.train import architecture, model_metadata
+    from imood_cli.fs.atomic import atomic_write_text
 
     root = tmp_path_factory.mktemp("runs")
     cfg = resolve_config({"dataset": "digits", "save_root": str(root), "name": "r", "epochs": 1})

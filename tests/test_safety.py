@@ -210,7 +210,7 @@ def test_second_writer_is_refused(run, capsys):
 
 
 def test_files_follow_the_umask(tmp_path):
-    from imood_cli.core.atomic import atomic_write_text
+    from imood_cli.fs.atomic import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -43,7 +43,7 @@ def report(
 ) -> None:
     """Every table (mean metrics, ada_ gains, ID accuracy, per OOD set, shot-group errors) and plots."""
     from imood_cli.cli.tables import print_table, print_warning
-    from imood_cli.core.atomic import atomic_write_text
+    from imood_cli.fs.atomic import atomic_write_text
     from imood_cli.report import formats
     from imood_cli.report.results import collect, source_root
     from imood_cli.report.tables import report_tables

@@ -29,9 +29,9 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from imood_cli.core.atomic import temp_name
-from imood_cli.data.safe_files import open_regular, path_kind
 from imood_cli.errors import ImoodError
+from imood_cli.fs.atomic import temp_name
+from imood_cli.fs.safe import open_regular, path_kind
 
 CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 2 << 30  # a few times the largest archive imood extracts (CIFAR, 178 MB unpacked)

@@ -32,8 +32,8 @@ from imood_cli.data.augment_spec import CIFAR_AUGMENT
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet, missing_phrase
 from imood_cli.data.longtail import check_imbalance_ratio, longtail_counts, longtail_indices
 from imood_cli.data.manifest import resolve_verify, write_manifest
-from imood_cli.data.safe_files import NotRegularFile, absent_or_kind, is_regular_file, open_regular, path_kind
 from imood_cli.errors import ImoodError
+from imood_cli.fs.safe import NotRegularFile, absent_or_kind, is_regular_file, open_regular, path_kind
 
 IMAGE_SIZE = 32
 DEFAULT_RATIO = 0.01

@@ -28,8 +28,8 @@ from imood_cli.data.augment_spec import AugmentSpec
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet, missing_phrase
 from imood_cli.data.images import list_images
 from imood_cli.data.manifest import resolve_verify, write_manifest
-from imood_cli.data.safe_files import absent_or_kind, check_list_path, is_regular_file, mode_kind, read_lines
 from imood_cli.errors import ImoodError
+from imood_cli.fs.safe import absent_or_kind, check_list_path, is_regular_file, mode_kind, read_lines
 
 IMAGE_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imood_cli.core.lazy import np
-from imood_cli.data.safe_files import NotRegularFile, mode_kind, open_regular
 from imood_cli.errors import ImoodError
+from imood_cli.fs.safe import NotRegularFile, mode_kind, open_regular
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})

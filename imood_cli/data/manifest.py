@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 from imood_cli import __version__
-from imood_cli.core.atomic import atomic_write_text
 from imood_cli.core.lazy import torch
 from imood_cli.data.base import Benchmark, ImageSet
-from imood_cli.data.safe_files import read_regular
 from imood_cli.errors import ImoodError
+from imood_cli.fs.atomic import atomic_write_text
+from imood_cli.fs.safe import read_regular
 
 FILENAME = "manifest.json"
 

@@ -24,12 +24,12 @@ import json
 import zipfile
 from pathlib import Path
 
-from imood_cli.core.atomic import atomic_write_bytes
 from imood_cli.core.lazy import np, torch
 from imood_cli.data.base import FileStatus, ImageSet
 from imood_cli.data.images import decode_many, failed_message
-from imood_cli.data.safe_files import absent_or_kind, check_list_path, is_regular_file, open_regular, read_lines
 from imood_cli.errors import ImoodError
+from imood_cli.fs.atomic import atomic_write_bytes
+from imood_cli.fs.safe import absent_or_kind, check_list_path, is_regular_file, open_regular, read_lines
 
 URL = "https://drive.google.com/file/d/1cbLXZ39xnJjxXnDM7g2KODHIjE0Qj4gu/view"
 SETS = ("texture", "svhn", "cifar", "tin", "lsun", "places365")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from imood_cli.core.lazy import np, torch
 from imood_cli.data.base import FileStatus, ImageSet
-from imood_cli.data.safe_files import NotRegularFile, is_regular_file, path_kind
 from imood_cli.errors import ImoodError
+from imood_cli.fs.safe import NotRegularFile, is_regular_file, path_kind
 
 URL = "https://people.eecs.berkeley.edu/~hendrycks/300K_random_images.npy"
 FILENAME = "300K_random_images.npy"

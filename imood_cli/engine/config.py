@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from imood_cli.errors import ImoodError, unknown_name
+from imood_cli.fs.safe import NotRegularFile, parse_json, parse_toml, read_text
 
 DATASET_ALIASES = {"imagenet_lt": "imagenet", "imagenet-lt": "imagenet", "cifar10-lt": "cifar10",
                    "cifar100-lt": "cifar100"}
@@ -343,30 +342,29 @@ def convert(name: str, value: Any, where: str) -> Any:
     return value
 
 
-def read_text_file(path: Path, what: str) -> str:
-    """A user's UTF-8 text file (`what`: "config file", "plan file"); one ImoodError when it is missing,
-    a folder or not UTF-8."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImoodError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ImoodError(f"{what} {path} is a folder") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ImoodError(f"{what} {path} is not UTF-8 text") from None
-
-
 def read_config_file(path: Path) -> dict[str, Any]:
-    """A `--config` TOML (or JSON) file: a [train] table or top-level keys, every value type-checked."""
+    """A `--config` TOML (or JSON) file: option keys at the top level, or one [train] table holding them;
+    every value type-checked. Anything else in the file (keys beside a [train] table, other tables) is an
+    error naming it: nothing in a config file is silently left unread."""
     path = Path(path)
-    text = read_text_file(path, "config file")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ImoodError(f"config file {path} does not parse: {exc}") from None
-    return from_mapping(data.get("train", data) if isinstance(data, dict) else data, f"{path}")
+    text = read_text(path, "config file")
+    where = f"config file {path}"
+    data = parse_json(text, where) if path.suffix == ".json" else parse_toml(text, where)
+    if isinstance(data, dict) and "train" in data:
+        if not isinstance(data["train"], dict):
+            raise ImoodError(f"train in {where} must hold a table of option values, not "
+                             f"{type(data['train']).__name__}")
+        others = [k for k in data if k != "train"]
+        if others:
+            raise ImoodError(f"{where} has a [train] table and also {', '.join(repr(k) for k in others[:5])} outside "
+                             "it: put every option in the [train] table, or every option at the top level")
+        data, where = data["train"], f"[train] of {path}"
+    if isinstance(data, dict):
+        tables = [k for k, v in data.items() if isinstance(v, dict)]
+        if tables:
+            raise ImoodError(f"{where}: [{tables[0]}] is not a table imood reads in a config file (option keys go at "
+                             "the top level or in one [train] table)")
+    return from_mapping(data, str(where))
 
 
 def from_mapping(data: Any, where: str) -> dict[str, Any]:
@@ -393,12 +391,14 @@ def resolve_config(cli: dict[str, Any], config_file: Path | None = None) -> Trai
 def load_run_config(path: Path) -> TrainConfig:
     """A run's config.json, re-validated like a config file (older runs lack newer keys: their defaults)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ImoodError(f"no config.json in {path.parent}: not an imood run folder")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ImoodError(f"{path} is corrupt ({type(exc).__name__}); the run cannot be resumed") from None
+        data = parse_json(read_text(path, "run configuration"), f"{path}")
+    except NotRegularFile:
+        raise
+    except ImoodError as exc:
+        raise ImoodError(f"{exc}; the run cannot be resumed") from None
     values = from_mapping(data, str(path))
     dataset = values.get("dataset", TrainConfig.dataset)
     return TrainConfig(**{**recipe_for(dataset), **values})

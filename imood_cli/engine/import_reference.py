@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from imood_cli.core.atomic import atomic_write_text
 from imood_cli.engine.checkpoint import save_tensors, sha256_file
 from imood_cli.engine.config import resolve_config
 from imood_cli.engine.model import Architecture, ImOODModel
 from imood_cli.errors import ImoodError
+from imood_cli.fs.atomic import atomic_write_text
 
 # Where a checkpoint dict may keep its state dict (the reference and common trainers).
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net", "network")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imood_cli.core.atomic import is_temp_file
 from imood_cli.errors import ImoodError
+from imood_cli.fs.atomic import is_temp_file
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from imood_cli.core.atomic import atomic_write_bytes
 from imood_cli.engine.evaluate import check_class_counts
 from imood_cli.errors import ImoodError
+from imood_cli.fs.atomic import atomic_write_bytes
 
 DIRECTION = "higher_is_ood"
 META_KEY = "imood"  # one metadata entry holding a JSON document (score files and engine/checkpoint.py's files)

@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import tomllib
-
-from imood_cli.engine.config import DATASET_ALIASES, convert, from_mapping, options, read_text_file
+from imood_cli.engine.config import DATASET_ALIASES, convert, from_mapping, options
 from imood_cli.engine.run import CONFIG_FILE, MODEL_FILE, sha256_file
 from imood_cli.errors import ImoodError, unknown_name
+from imood_cli.fs.safe import parse_toml, read_text
 from imood_cli.registry import parse_spec
 
 SWEEP_KEYS = ("name", "description", "benchmarks", "seeds", "save_root", "data_root", "published", "gpus_per_run")
@@ -160,10 +159,7 @@ def read_plan(path: Path) -> Plan:
     """A plan file, checked like any input: unknown keys, wrong types and dangling references are one
     ImoodError naming the key and the file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(read_text_file(path, "plan file"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ImoodError(f"plan file {path} does not parse as TOML: {exc}") from None
+    data = parse_toml(read_text(path, "plan file"), f"plan file {path}")
     _check_keys(data, ("sweep", "defaults", "run"), f"plan {path}")
     if "sweep" not in data:
         raise ImoodError(f"plan {path} has no [sweep] table (benchmarks, seeds, ...)")

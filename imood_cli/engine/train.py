@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from imood_cli import __version__
-from imood_cli.core.atomic import atomic_write_text, is_temp_file
 from imood_cli.core.contract import AuxBatch, Detector, LossContext, ModelView
 from imood_cli.core.prior import log_prior
 from imood_cli.data.augment import AugmentSpec, draw
@@ -34,6 +33,7 @@ from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_nam
 from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RunLock, clear_run
 from imood_cli.engine.runtime import Runtime
 from imood_cli.errors import ImoodError, TrainingDiverged
+from imood_cli.fs.atomic import atomic_write_text, is_temp_file
 from imood_cli.losses.la_ce import logit_adjusted_ce
 from imood_cli.registry import parse_spec, registry
 

@@ -15,10 +15,13 @@ free of `..` (checked on the text, before any file is touched), and archives nev
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import tomllib
 
 from imood_cli.errors import ImoodError
 
@@ -129,3 +132,133 @@ def check_list_path(rel: str, list_file: Path | str, lineno: int, base: Path | s
     if ".." in posix.parts:
         raise ImoodError(f"{where}: {rel!r} goes up with '..'; list paths must stay inside {base}")
     return rel
+
+
+# ---------------------------------------------------------------- reading within limits
+#
+# Every file imood reads goes through `read_capped` (or `open_regular` for streaming readers): a regular
+# file after following links, no larger than what its kind of file can sensibly be, checked on the open
+# descriptor before a byte is read. Structured text (JSON, TOML) is also checked for nesting before it is
+# parsed, so neither a huge nor a deeply nested file reaches a parser.
+
+MiB = 1 << 20
+TEXT_CAP = 8 * MiB  # config, plan and index files, manifests, config.json, eval documents
+MAX_NESTING = 64  # arrays and tables inside one another; imood's own files need fewer than 10
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes (0 where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def weights_cap() -> int:
+    """The largest weights or score file imood loads: it is read whole, so no more than the machine's memory."""
+    return machine_memory() or 1 << 40
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def read_capped(path: Path | str, what: str, cap: int = TEXT_CAP) -> bytes:
+    """The bytes of a regular file no larger than `cap`; one ImoodError naming `what` and the path for a
+    missing file, a folder, a FIFO or device, an unreadable or an oversized file."""
+    try:
+        f = open_regular(path, what)
+    except FileNotFoundError:
+        raise ImoodError(f"{what} not found: {path}") from None
+    except NotRegularFile as exc:
+        if exc.kind == "a folder":
+            raise ImoodError(f"{what} {path} is a folder, not a file") from None
+        raise
+    except OSError as exc:
+        raise ImoodError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > cap:
+            raise _too_big(path, what, size, cap)
+        try:
+            data = f.read(cap + 1)
+        except OSError as exc:
+            raise ImoodError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > cap:  # grew while it was read
+        raise _too_big(path, what, len(data), cap)
+    return data
+
+
+def _too_big(path: Path | str, what: str, size: int, cap: int) -> ImoodError:
+    return ImoodError(f"{what} {path} is {human_size(size)}, more than the {human_size(cap)} imood reads for a {what}: "
+                      "is it the right file?")
+
+
+def read_text(path: Path | str, what: str, cap: int = TEXT_CAP) -> str:
+    """A UTF-8 text file within `cap` (see `read_capped`)."""
+    raw = read_capped(path, what, cap)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImoodError(f"{what} {path} is not UTF-8 text") from None
+
+
+def nesting_depth(text: str, toml: bool = False) -> int:
+    """How deeply arrays and tables nest in JSON (or TOML) text, counted on brackets outside strings (and
+    TOML comments). A cheap upper bound on what a parser would recurse into."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        elif c == '"' or (toml and c == "'"):
+            quote = c * 3 if toml and text.startswith(c * 3, i) else c
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                i += 2 if c == '"' and text[i] == "\\" else 1
+            i += len(quote) - 1
+        elif toml and c == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        i += 1
+    return deepest
+
+
+def check_nesting(text: str, where: str, toml: bool = False) -> None:
+    depth = nesting_depth(text, toml)
+    if depth > MAX_NESTING:
+        raise ImoodError(f"{where} nests arrays or tables {depth} deep; imood reads at most {MAX_NESTING} levels")
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """JSON text checked for nesting first; one ImoodError naming `where` if it does not parse."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImoodError(f"{where} is not UTF-8 text") from None
+    check_nesting(text, where)
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ImoodError(f"{where} is not valid JSON ({str(exc)[:120]})") from None
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """TOML text checked for nesting first; one ImoodError naming `where` if it does not parse."""
+    check_nesting(text, where, toml=True)
+    try:
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise ImoodError(f"{where} does not parse as TOML: {str(exc)[:160]}") from None
+
+
+def read_json(path: Path | str, what: str, cap: int = TEXT_CAP) -> Any:
+    return parse_json(read_text(path, what, cap), f"{what} {path}")
