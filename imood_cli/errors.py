@@ -15,9 +15,8 @@ class ImoodError(Exception):
 
 
 class TrainingDiverged(ImoodError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-    exit_code = 1
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept. Exit code 2 like any
+    state the user must fix (here: the settings, a learning rate too high, say)."""
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> ImoodError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import is_temp_file
+from imood_cli.fs.safe import open_regular, parse_json, read_json
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -53,8 +53,9 @@ def model_path(target: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a regular file (anything else, a FIFO say, is refused: reading it could block forever)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -177,12 +178,9 @@ def _read_pid(fd: int) -> str:
 
 def is_run_folder(folder: Path) -> bool:
     """A folder imood trained in: its config.json is a JSON object of training options."""
-    cfg = Path(folder) / CONFIG_FILE
-    if not cfg.is_file():
-        return False
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(Path(folder) / CONFIG_FILE, "run configuration")
+    except ImoodError:
         return False
     return isinstance(data, dict) and {"dataset", "ood_metric", "epochs"} <= set(data)
 
@@ -190,13 +188,13 @@ def is_run_folder(folder: Path) -> bool:
 def _imood_safetensors(path: Path, formats: tuple[str, ...] | None = None) -> bool:
     """A safetensors file whose metadata imood wrote (the 'imood' JSON entry), optionally of these formats."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             n = int.from_bytes(f.read(8), "little")
             if not 0 < n <= 100_000_000:
                 return False
-            header = json.loads(f.read(n))
-        meta = json.loads((header.get("__metadata__") or {}).get("imood", "null"))
-    except (OSError, ValueError, AttributeError):
+            header = parse_json(f.read(n), str(path))
+        meta = parse_json((header.get("__metadata__") or {}).get("imood", "null"), str(path))
+    except (OSError, ValueError, AttributeError, TypeError, ImoodError):
         return False
     if not isinstance(meta, dict):
         return False
@@ -216,13 +214,12 @@ def own_files(run: Path) -> list[Path]:
         if (run / name).is_file():
             found.append(run / name)
     report = run / REPORT_FILE
-    if report.is_file() and b"imood report" in report.read_bytes()[:4096]:
+    if report.is_file() and b"imood report" in _head(report):
         found.append(report)
     ckpt = run / CHECKPOINT_DIR
     if ckpt.is_dir():
         for f in ckpt.iterdir():
-            if f.is_file() and not f.is_symlink() and (
-                    (CHECKPOINT_NAME.match(f.name) and _imood_safetensors(f)) or f.name == "latest.json"):
+            if f.is_file() and not f.is_symlink() and (is_imood_checkpoint(f) or f.name == "latest.json"):
                 found.append(f)
     for sub in DERIVED_DIRS:
         folder = run / sub
@@ -243,10 +240,18 @@ def own_files(run: Path) -> list[Path]:
 
 def _is_eval_json(path: Path) -> bool:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path, "evaluation")
+    except ImoodError:
         return False
     return isinstance(data, dict) and "fpr95_convention" in data
+
+
+def _head(path: Path, n: int = 4096) -> bytes:
+    try:
+        with open_regular(path) as f:
+            return f.read(n)
+    except (OSError, ImoodError):
+        return b""
 
 
 def clear_run(run: Path) -> list[Path]:
@@ -272,23 +277,42 @@ def clear_run(run: Path) -> list[Path]:
 
 @dataclass
 class CheckpointEntry:
+    """One entry of checkpoint/latest.json. A checkpoint of imood 0.3 carries the digest of its tensors
+    (`tensors_sha256`, also inside the file); an index of 0.2 recorded the sha256 of the whole file."""
+
     file: str
     epoch: int
     step: int
     size: int
-    sha256: str
+    sha256: str | None = None
+    tensors_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def _hex_digest(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
 
 
 def check_checkpoint_entry(e: Any, where: Path) -> CheckpointEntry:
     """One entry of checkpoint/latest.json, accepted only if it names imood's own checkpoint file."""
     if not isinstance(e, dict):
-        raise ImoodError(f"{where} is corrupt: an entry is not an object; remove it to start the run over")
-    epoch, step, size, digest, name = e.get("epoch"), e.get("step", 0), e.get("size"), e.get("sha256"), e.get("file")
-    ok = (_whole(epoch, 0, 10**7) and _whole(step, 0, 10**9) and _whole(size, 1, 2**50) and isinstance(digest, str)
-          and re.fullmatch(r"[0-9a-f]{64}", digest) is not None and isinstance(name, str))
+        raise ImoodError(f"{where} is corrupt: an entry is not an object")
+    epoch, step, size, name = e.get("epoch"), e.get("step", 0), e.get("size"), e.get("file")
+    sha, digest = e.get("sha256"), e.get("tensors_sha256")
+    ok = (_whole(epoch, 0, 10**7) and _whole(step, 0, 10**9) and _whole(size, 1, 2**50) and isinstance(name, str)
+          and (sha is not None or digest is not None) and (sha is None or _hex_digest(sha))
+          and (digest is None or _hex_digest(digest)))
     expected = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "") + ".safetensors" if ok else None
     if not ok or name != expected:
         shown = repr(name)[:80] if isinstance(name, str) else "no file name"
         raise ImoodError(f"{where} is corrupt: entry {shown} is not one of imood's checkpoints (epoch_NNNN.safetensors "
-                         "with epoch, step, size and sha256); remove latest.json to start the run over")
-    return CheckpointEntry(name, epoch, step, size, digest)
+                         "with epoch, step, size and a checksum)")
+    return CheckpointEntry(name, epoch, step, size, sha, digest)
+
+
+def is_imood_checkpoint(path: Path) -> bool:
+    """A training checkpoint imood wrote: its name and its metadata say so (rotation removes only these)."""
+    return (CHECKPOINT_NAME.match(Path(path).name) is not None and not Path(path).is_symlink()
+            and _imood_safetensors(path, ("imood-checkpoint",)))

@@ -26,7 +26,7 @@ from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine import runtime
 from imood_cli.engine.benchmark import load_benchmark
-from imood_cli.engine.checkpoint import CheckpointDir, save_tensors
+from imood_cli.engine.checkpoint import CheckpointDir, non_finite_weight, save_tensors
 from imood_cli.engine.config import TrainConfig, convert, default_for, load_run_config, options, show
 from imood_cli.engine.guard import TrainingGuard
 from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name, forward_macs
@@ -289,6 +289,9 @@ class Trainer:
         self.step_in_epoch = 0
         self.global_step = 0
         self.ckpt = CheckpointDir(cfg.run_dir / CHECKPOINT_DIR)
+        self.saved: Path | None = None  # the newest checkpoint this process wrote
+        self.resumed_from: Path | None = None
+        self.pending_config = False  # config.json to rewrite at the first save (resume with changed options)
 
     # ---- data
     def _epoch(self, epoch: int):
@@ -419,18 +422,47 @@ class Trainer:
         if state.get("metric"):
             self.detector.load_fit_state({k: v.to(self.rt.device) for k, v in state["metric"].items()})
 
+    def _kept(self) -> str:
+        """Where the run stands after a failure, for its message: the checkpoint a resume would continue from."""
+        if self.saved is not None:
+            return f"the last good checkpoint is {self.saved}; the run folder is unchanged since"
+        if self.resumed_from is not None:
+            return (f"no checkpoint was written since the one this run resumed from, {self.resumed_from}, whose "
+                    "training diverges: resuming repeats it; start a new run with other settings")
+        return "no checkpoint was written yet"
+
+    def _check_weights(self) -> None:
+        """Weights that turned NaN at the last step of an epoch are not saved as a checkpoint to resume from."""
+        bad = non_finite_weight(self.core.state_dict())
+        if bad:
+            raise TrainingDiverged(f"the weights became non-finite ({bad}) at epoch {self.epoch + 1}, step "
+                                   f"{self.global_step}; {self._kept()}")
+
     def save_checkpoint(self) -> Path | None:
+        self._check_weights()
         if not self.rt.is_main:
             return None
+        self._commit_config()
         meta = {"format": "imood-checkpoint", "config": self.cfg.to_dict(), "architecture": self.arch.to_dict(),
                 "class_counts": self.class_counts}
-        return self.ckpt.save(self.epoch, self.state(), meta, step=self.step_in_epoch)
+        self.saved = self.ckpt.save(self.epoch, self.state(), meta, step=self.step_in_epoch)
+        return self.saved
+
+    def _commit_config(self) -> None:
+        """config.json takes options changed on --resume (more epochs, say) only once the resumed training has
+        got as far as its first checkpoint: a resume that fails leaves the run as it was."""
+        if self.pending_config:
+            atomic_write_text(self.cfg.run_dir / CONFIG_FILE, self.cfg.to_json(), step="config")
+            self.pending_config = False
 
     def save_model(self) -> Path:
         path = self.cfg.run_dir / MODEL_FILE
+        self._check_weights()
         if self.rt.is_main:
+            self._commit_config()
             weights = {k: v for k, v in self.core.state_dict().items() if not k.startswith("ood_params.")}
-            save_tensors(path, weights, model_metadata(self.cfg, self.arch, self.class_counts, self.epoch))
+            save_tensors(path, weights, model_metadata(self.cfg, self.arch, self.class_counts, self.epoch),
+                         step="model")
         return path
 
     def _log_record(self, sums: torch.Tensor, count: torch.Tensor, images: int, seconds: float, kind: str) -> dict:
@@ -444,11 +476,9 @@ class Trainer:
                   "lr": self.opt.param_groups[0]["lr"],
                   "images_per_s": round(images * self.rt.world_size / max(seconds, 1e-9), 1)}
         if not all(math.isfinite(v) for v in values):
-            last = self.ckpt.last_path()
             parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_PARTS, values))
-            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             raise TrainingDiverged(f"loss is not finite at epoch {self.epoch + 1}, step {self.global_step} "
-                                   f"({parts}); {keep}")
+                                   f"({parts}); {self._kept()}")
         if self.rt.is_main:
             with open(self.cfg.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -647,16 +677,16 @@ def resume_config(run: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, li
 
 
 def _epochs_done(run: Path) -> int:
-    try:
-        entries = CheckpointDir(run / CHECKPOINT_DIR).entries()
-    except ImoodError:
-        return 0
-    return max((e.epoch for e in entries), default=0)
+    return CheckpointDir(run / CHECKPOINT_DIR).newest_epoch()
 
 
 def resume(run: Path, observer: TrainObserver | None = None, overrides: dict[str, Any] | None = None,
            bench: Benchmark | None = None, rt: Runtime | None = None) -> TrainResult:
-    """Continue a run from its newest intact checkpoint, with the settings it was started with."""
+    """Continue a run from its newest intact checkpoint, with the settings it was started with.
+
+    A kill can land anywhere in a checkpoint save (file, index, rotation) or before the first one: the resume
+    continues from the newest checkpoint file that verifies, says which one and what it passed over, and
+    rebuilds the index from the files when it was missing or unreadable."""
     from imood_cli.engine import runtime
 
     run = Path(run)
@@ -666,29 +696,30 @@ def resume(run: Path, observer: TrainObserver | None = None, overrides: dict[str
     rt = rt or runtime.setup(cfg.device, cfg.amp, cfg.channels_last)
     ckpt = CheckpointDir(run / CHECKPOINT_DIR)
     with _lock(run, rt):
-        entries = ckpt.entries()
-        if not entries:
-            leftovers = [p.name for p in (run / MODEL_FILE, *ckpt.files()) if p.exists()]
-            if leftovers:
-                raise ImoodError(f"{run} has no checkpoint index ({CHECKPOINT_DIR}/latest.json) but holds "
-                                 f"{', '.join(leftovers)}: refusing to retrain over them; start a new run, or "
-                                 "--force it to start over")
-        else:
+        if ckpt.files():
             cfg.init_from = None  # the checkpoint holds the weights; the starting model may be gone by now
+        elif (run / MODEL_FILE).exists():
+            raise ImoodError(f"{run} holds a {MODEL_FILE} but no checkpoint to continue from: the run is complete, or "
+                             f"was imported; train a new run (--ckpt-path {run} starts from its weights)")
         trainer = Trainer(cfg, rt, observer, bench)
         for note in notes:
             trainer.obs.message(note)
         if rt.is_main:
             remove_partial_files(run)
         rt.barrier()
-        found = ckpt.latest_good()
-        if found is not None:
-            state, _, path = found
-            trainer.load_state(state, path)
+        point = ckpt.resume_point()
+        trainer.pending_config = True  # written at the first checkpoint, once the resumed training runs
+        if point is not None:
+            trainer.load_state(point.state, point.path)
+            trainer.resumed_from = point.path
+            for skipped in point.skipped:
+                trainer.obs.message(f"warning: skipped checkpoint {skipped}")
+            if point.index_note:
+                trainer.obs.message(f"note: {point.index_note}; the index is rebuilt at the next checkpoint")
             if rt.is_main:
+                point.tidy(ckpt)
                 _truncate_metrics(run / METRICS_FILE, trainer.global_step)
-                atomic_write_text(run / CONFIG_FILE, cfg.to_json())
-            trainer.obs.message(f"resuming from {path} (epoch {trainer.epoch}, step {trainer.step_in_epoch})")
+            trainer.obs.message(f"resuming from {point.path} (epoch {trainer.epoch}, step {trainer.step_in_epoch})")
         elif rt.is_main:  # killed before its first checkpoint: start again from scratch
             (run / METRICS_FILE).unlink(missing_ok=True)
         result = trainer.run()
