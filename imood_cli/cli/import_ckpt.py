@@ -15,7 +15,8 @@ def import_ckpt(
                                 help="The reference code's checkpoint: a .pth state dict (plain or under 'model' / "
                                      "'state_dict'; DDP 'module.' keys are fine)."),
     dataset: str = typer.Option(..., "--dataset", "--ds", metavar="NAME", help="Benchmark it was trained on: "
-                                "cifar10, cifar100, digits, ... (sets K and the class counts)."),
+                                "cifar10, cifar100, digits, ..., or a folder benchmark (sets K and the class "
+                                "counts)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", "--drp", metavar="DIR", help="Dataset folder "
                                              "($DATA), read for the class counts of the long-tailed split. "
                                              "[default: data]"),
@@ -33,7 +34,8 @@ def import_ckpt(
                                                       "[default: 1.0]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Run folder to create. [default: "
                                        "runs/<file name without .pth>]"),
-    force: bool = typer.Option(False, "--force", help="Overwrite the model in an existing, non-empty --out folder."),
+    force: bool = typer.Option(False, "--force", help="Replace the imood run in an existing --out folder (imood's "
+                               "own files only; a folder imood did not make is refused)."),
 ) -> None:
     """Import a checkpoint of the reference ImOOD/PASCL code as an imood run folder (then: imood score OUT).
 

@@ -92,12 +92,38 @@ def list_images(folder: Path, what: str | None = None) -> list[Path]:
     return found
 
 
+SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def to_channels(im, channels: int):
+    """A PIL image in RGB (3) or L (1), 8 bits per channel, from any mode PIL decodes.
+
+    16-bit images are scaled (65535 -> 255) and float images taken as 0..1 when they fit there; PIL's
+    `convert` would clip both to 255 (a 16-bit scan turns white). Palette images with transparency go through
+    RGBA; alpha is dropped.
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode in SIXTEEN_BIT or mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if mode in SIXTEEN_BIT or (mode == "I" and a.size and a.max() > 255):
+            a = a / 257.0
+        elif mode == "F" and a.size and a.min() >= 0 and a.max() <= 1:
+            a = a * 255.0
+        im = Image.fromarray(np.rint(a).clip(0, 255).astype(np.uint8), "L")
+    elif mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB" if channels == 3 else "L")
+
+
 def open_image(path: str | Path, channels: int = 3):
-    """A decoded PIL image in RGB (3 channels) or luma (1 channel); regular files only."""
+    """A decoded PIL image in RGB (3 channels) or luma (1 channel), 8 bits each (`to_channels`); regular files
+    only."""
     from PIL import Image
 
     with open_regular(path) as f, Image.open(f) as im:
-        return im.convert("RGB" if channels == 3 else "L")
+        return to_channels(im, channels)
 
 
 def decode_resized(path: str | Path, size: int, channels: int = 3) -> np.ndarray:

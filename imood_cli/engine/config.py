@@ -103,7 +103,8 @@ BENCHMARK_AUGMENT = {
 @dataclass
 class TrainConfig:
     # what to train
-    dataset: str = opt("digits", "Benchmark: digits, cifar10, cifar100, imagenet, or a plugin's.",
+    dataset: str = opt("digits", "Benchmark: digits, cifar10, cifar100, imagenet, a plugin's, or your own images "
+                       "prepared with `imood data prepare folder --name NAME`.",
                        "--dataset", "--ds", group=WHAT, check=no_nul, metavar="NAME")
     data_root: str = opt("data", "Folder that holds every dataset ($DATA).", "--data-root", "--drp",
                          "--data_root_path", group=WHAT, check=no_nul, metavar="DIR")

@@ -12,9 +12,11 @@ than torch's tensor rebuilders is refused before anything in it runs.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,10 @@ import torch
 from imood_cli.engine.checkpoint import save_tensors, sha256_file
 from imood_cli.engine.config import resolve_config
 from imood_cli.engine.model import Architecture, ImOODModel
+from imood_cli.engine.run import RunLock, clear_run, is_run_folder
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_text
+from imood_cli.fs.safe import read_capped, weights_cap
 
 # Where a checkpoint dict may keep its state dict (the reference and common trainers).
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net", "network")
@@ -70,19 +74,22 @@ class ImportResult:
 
 # ---- reading the file
 def read_reference_file(path: Path) -> Any:
-    """`torch.load(path, weights_only=True)` with every failure turned into one clear ImoodError."""
+    """`torch.load(path, weights_only=True)` with every failure turned into one clear ImoodError.
+
+    The bytes are read first (a regular file within the machine's memory: never a FIFO or a device) and
+    torch.load reads them from memory, so nothing but this one read touches the path."""
     path = Path(path)
-    if not path.exists():
-        raise ImoodError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise ImoodError(f"checkpoint {path} is a folder, not a file")
-    if _looks_like_safetensors(path):
+    data = read_capped(path, "checkpoint", weights_cap())
+    if _looks_like_safetensors(data):
         raise ImoodError(f"{path} is a safetensors file, not a reference .pth checkpoint; an imood model file needs "
                          "no import (imood score it directly)")
+    if is_torchscript(data):
+        raise ImoodError(f"{path} is a TorchScript archive (torch.jit.save), not a state dict; imood imports weights "
+                         "only: in the code that made it, torch.save(model.state_dict(), path)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says what matters
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         what = f"it asks to run or build {found.group(1)}" if found else "it is not a pickle of plain tensors"
@@ -91,19 +98,25 @@ def read_reference_file(path: Path) -> Any:
             "and never unpickles arbitrary objects. If you trust the file, re-save its state dict with "
             "torch.save(model.state_dict(), path)"
         ) from None
-    except OSError as exc:
-        raise ImoodError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # truncated zip, EOF, struct errors: all mean a damaged file
         detail = " ".join(str(exc).split(". ")[0].split())[:120] or type(exc).__name__
         raise ImoodError(f"{path} is corrupt or truncated: not a readable PyTorch checkpoint ({detail})") from None
 
 
-def _looks_like_safetensors(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
+def is_torchscript(data: bytes) -> bool:
+    """A zip written by torch.jit.save: its archive holds compiled code (`code/`, `constants.pkl`)."""
+    if not data.startswith(b"PK"):
         return False
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return False
+    return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in names)
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    head = data[:9]
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
 
 
@@ -126,6 +139,10 @@ def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, Any], str, int | No
     if _is_state_dict(obj):
         return obj, "", None
     keys = ", ".join(repr(k) for k in list(obj)[:6])
+    odd = next((k for k in obj if not isinstance(k, str)), None)
+    if odd is not None and any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ImoodError(f"{path} maps {type(odd).__name__} keys such as {odd!r} to tensors: a state dict maps "
+                         "parameter names (text) to tensors")
     raise ImoodError(f"{path} holds no state dict (top-level keys: {keys}; looked for the tensors themselves or "
                      f"under {', '.join(CONTAINER_KEYS)})")
 
@@ -293,9 +310,13 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
     file, out = Path(file), Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise ImoodError(f"--out {out} is a file; give a folder for the imported run")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ImoodError(f"{out} already exists and is not empty; pick another --out "
-                         "(or --force to overwrite its model)")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ImoodError(f"{out} already exists and is not empty; pick another --out "
+                             "(or --force to replace an imood run there)")
+        if not is_run_folder(out):
+            raise ImoodError(f"{out} is not an imood run folder (no imood config.json): --force only replaces imood's "
+                             "own files in a run folder imood made; pick another --out")
     if not dataset:
         raise ImoodError("give the dataset the checkpoint was trained on (--ds cifar10 | cifar100 | ...)")
     cli = dict(dataset=dataset, data_root=None if data_root is None else str(data_root),
@@ -327,6 +348,9 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
         "container": ref.container, "stripped_prefix": ref.stripped_prefix, "fresh_heads": ref.heads_missing,
         "metric_given": ood_metric is not None,
     }
+    if force:
+        with RunLock(out):  # not while it trains
+            clear_run(out)  # its scores, fits and checkpoints belonged to the model being replaced
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", cfg.to_json())
     model_path = out / "model.safetensors"

@@ -102,9 +102,13 @@ class Plan:
 
 
 def run_slug(name: str) -> str:
-    """A run name as a folder name: 'PASCL + ImOOD' -> 'pascl+imood'."""
+    """A run or plan name as a folder name: 'PASCL + ImOOD' -> 'pascl+imood', 'Ablation α' -> 'ablation-α'.
+
+    Letters and digits of any script are kept; every other run of characters (slashes, dots at the ends,
+    spaces) becomes one '-', so a slug never leaves the folder it is made in."""
     text = re.sub(r"\s*\+\s*", "+", name.strip().lower())
-    return re.sub(r"[^a-z0-9+._=-]+", "-", text).strip("-.")
+    text = re.sub(r"[^\w+.=-]+", "-", text)
+    return text.strip("-.")
 
 
 def score_file_stem(spec: str) -> str:
@@ -122,6 +126,16 @@ def plain_text(value: Any, what: str) -> str:
         shown = repr(value)[:40]
         raise ImoodError(f"{what} must be non-empty text, got {shown}")
     return value.strip()
+
+
+def name_text(value: Any, what: str) -> str:
+    """A name (of a plan, a run, a benchmark): text without control characters, which would otherwise reach
+    the terminal and the run folders' names."""
+    text = plain_text(value, what)
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        raise ImoodError(f"{what} holds the control character {bad!r}; names are printable text")
+    return text
 
 
 def _table(value: Any, what: str) -> dict[str, Any]:
@@ -166,7 +180,7 @@ def read_plan(path: Path) -> Plan:
     head = _table(data["sweep"], f"[sweep] in {path}")
     _check_keys(head, SWEEP_KEYS, f"[sweep] of {path}")
     where = f"[sweep] of {path}"
-    name = plain_text(head.get("name", path.stem), f"name in {where}")
+    name = name_text(head.get("name", path.stem), f"name in {where}")
     if "benchmarks" not in head or "seeds" not in head:
         raise ImoodError(f"{where} must list benchmarks and seeds")
     benchmarks = head["benchmarks"]
@@ -176,7 +190,9 @@ def read_plan(path: Path) -> Plan:
     if len(set(benchmarks)) != len(benchmarks):
         raise ImoodError(f"benchmarks in {where} lists a benchmark twice: {benchmarks}")
     seeds = _whole_list(head["seeds"], f"seeds in {where}")
-    save_root = plain_text(head.get("save_root", f"runs/{name}"), f"save_root in {where}")
+    if "save_root" not in head and not run_slug(name):
+        raise ImoodError(f"name in {where} needs a letter or digit (it names the plan's folder under runs/)")
+    save_root = plain_text(head.get("save_root", f"runs/{run_slug(name)}"), f"save_root in {where}")
     data_root = plain_text(head["data_root"], f"data_root in {where}") if "data_root" in head else None
     gpus_per_run = head.get("gpus_per_run", 1)
     if not isinstance(gpus_per_run, int) or isinstance(gpus_per_run, bool) or not 1 <= gpus_per_run <= 64:
@@ -216,7 +232,7 @@ def _read_run(data: Any, index: int, path: Path) -> RunSpec:
     data = _table(data, f"[[run]] number {index + 1} in {path}")
     if "name" not in data:
         raise ImoodError(f"[[run]] number {index + 1} in {path} has no name")
-    name = plain_text(data["name"], f"name of [[run]] number {index + 1} in {path}")
+    name = name_text(data["name"], f"name of [[run]] number {index + 1} in {path}")
     where = f"run {name!r} in {path}"
     _check_keys(data, RUN_KEYS, where)
     slug = run_slug(name)
@@ -272,12 +288,15 @@ def _check_references(plan: Plan) -> None:
 
 
 def check_names(plan: Plan) -> None:
-    """Benchmarks, detectors, OOD losses and aux losses the plan names exist (before hours of work)."""
+    """Benchmarks (built-in, plugin, or folder benchmarks prepared under the plan's data root), detectors, OOD
+    losses and aux losses the plan names exist (before hours of work)."""
+    from imood_cli.engine.benchmark import check_benchmark
+    from imood_cli.engine.config import TrainConfig
     from imood_cli.registry import registry
 
     reg = registry()
     for b in plan.benchmarks:
-        _named(f"benchmarks of {plan.path}", reg.get, "dataset", b)
+        _named(f"benchmarks of {plan.path}", check_benchmark, b, plan.data_root or TrainConfig.data_root)
     for r in plan.runs:
         where = f"run {r.name!r} in {plan.path}"
         values = {**plan.defaults, **r.train}

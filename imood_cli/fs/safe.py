@@ -183,8 +183,15 @@ def read_capped(path: Path | str, what: str, cap: int = TEXT_CAP) -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > cap:
             raise _too_big(path, what, size, cap)
-        try:
-            data = f.read(cap + 1)
+        try:  # to the end, in blocks: read(n) would allocate n bytes at once, and the file may grow meanwhile
+            chunks, total = [], 0
+            while total <= cap:
+                block = f.read(min(max(size - total, 0), cap + 1 - total) or (1 << 20))
+                if not block:
+                    break
+                chunks.append(block)
+                total += len(block)
+            data = b"".join(chunks)
         except OSError as exc:
             raise ImoodError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if len(data) > cap:  # grew while it was read
