@@ -24,7 +24,7 @@ from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.engine import runtime
-from imood_cli.engine.checkpoint import load_tensors, save_tensors
+from imood_cli.engine.checkpoint import load_tensors, non_finite_weight, save_tensors
 from imood_cli.engine.model import Architecture, ImOODModel, forward_macs
 from imood_cli.engine.run import check_model_metadata as check_metadata
 from imood_cli.engine.run import model_path, sha256_file
@@ -65,6 +65,10 @@ def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
     arch = check_model_metadata(meta, path)
     model = ImOODModel(arch)
     check_state_dict(model, tensors, path)
+    bad = non_finite_weight(tensors)
+    if bad:  # every score would be NaN, and fits (vim's eigendecomposition) would fail on them
+        raise ImoodError(f"{path}: the weight {bad} holds NaN or infinite values; the model is broken (a diverged "
+                         "training?): score an intact model")
     model.load_state_dict(tensors)
     model.to(device).eval()
     return LoadedModel(model, meta, path, sha256_file(path))
@@ -248,7 +252,14 @@ def fit_detectors(detectors: dict[str, Any], loaded: LoadedModel, bench: Benchma
                 observer.end_set("fit")
             fit_view = ModelAccess(loaded.model, rt).view(feats, {"classifier"},
                                                           labels=bench.train.labels.to(rt.device))
-        d.fit(fit_view)
+        try:
+            d.fit(fit_view)
+        except (ImoodError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a detector's own failure, reported under its name (e.g. linalg on odd features)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ImoodError(f"detector {label} ({type(d).__name__}) failed to fit on {bench.train.name}: "
+                             f"{type(exc).__name__}: {first}") from exc
         if cache is not None:
             try:
                 save_tensors(cache, d.fit_state(), {"detector": label, "options": d.options(),
