@@ -15,9 +15,9 @@ import torch
 from common import print_table, sync, synthetic_cifar_lt, write_json
 
 from imood_cli.data.base import ImageSet
-from imood_cli.engine.model import Architecture, ImOODModel
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.score import LoadedModel, ScoreRequest, score
+from imood_cli.models.imood_model import Architecture, ImOODModel
 from imood_cli.registry import registry
 
 ONE_PASS = "msp,energy,maxlogit,entropy,gen,gradnorm,ada_msp,ada_energy,ada_maxlogit,react,ash,scale,dice"

@@ -3,24 +3,36 @@
     from imood_cli import api
     scores = api.ood_scores("ada_energy", logits, class_counts)          # higher = more OOD
     result = api.evaluate(id_scores, {"svhn": svhn_scores})               # same keys as `imood eval --json`
+    out = api.score_model(model, id_loader, {"svhn": svhn_loader}, ["react", "ada_react", "vim"],
+                          class_counts=counts, fit_loader=train_loader)   # any nn.Module, every detector
+    out.evaluation["ada_react"]["ood"]["mean"]["auroc"]
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from imood_cli.core.ada import Ada
 from imood_cli.core.contract import ModelOutputs, ModelView
 from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.engine.evaluate import evaluate as _evaluate
 from imood_cli.engine.evaluate import ood_metrics, shot_groups
 from imood_cli.errors import ImoodError
-from imood_cli.registry import registry
+from imood_cli.models.adapter import WHOLE, Adapter, Capabilities, LastLinear, Split, adapter_for
+from imood_cli.models.staged import StagedModel, eval_mode
+from imood_cli.registry import parse_spec, registry
 
 __all__ = ["ood_scores", "evaluate", "ood_metrics", "shot_groups", "log_prior", "log_beta", "detector",
-           "list_detectors", "ModelOutputs", "ModelView"]
+           "list_detectors", "ModelOutputs", "ModelView", "score_model", "ModelScores", "model_view", "staged",
+           "Split", "Adapter", "adapter_for"]
 
 
 def detector(name: str, ada_scale: float | None = None, **options):
@@ -82,3 +94,247 @@ def evaluate(id_scores, ood_scores_by_set: dict, *, id_labels=None, id_preds=Non
                      id_labels=as_np(id_labels), id_preds=as_np(id_preds), class_counts=class_counts,
                      ood_preds_by_set={k: as_np(v) for k, v in (ood_preds_by_set or {}).items()},
                      bootstrap=bootstrap, seed=seed)
+
+
+# ---- any nn.Module
+DEFAULT_DETECTORS = ("msp", "energy", "ada_msp", "ada_energy")
+ALL_STAGES = frozenset({"features", "classifier", "feature_map", "input_grad"})
+
+
+def staged(model: nn.Module, split: Adapter | None = None) -> StagedModel:
+    """`model` seen in stages (feature map -> pooled features -> classifier) through its family's adapter
+    (timm's interface, torchvision's families, its last linear layer), or through `split`: an `api.Split` of
+    callables, or an `Adapter` of your own."""
+    if isinstance(model, StagedModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise ImoodError(f"score an nn.Module, not a {type(model).__name__}")
+    return StagedModel(model, split)
+
+
+def model_view(model: nn.Module, images: torch.Tensor, needs: Iterable[str] = ALL_STAGES, *,
+               split: Adapter | None = None, labels: torch.Tensor | None = None) -> ModelView:
+    """The view imood's engine hands a detector for one batch of `images` (already preprocessed, as the model
+    takes them): one forward pass, and the parts of `needs` the model has. For testing a detector on a real
+    model; `Detector.fit` takes a view with `labels`."""
+    from imood_cli.engine.runtime import Runtime
+    from imood_cli.engine.score import ModelAccess
+
+    s = staged(model, split)
+    needs = set(needs)
+    with torch.no_grad():
+        out = s(images, feature_map="feature_map" in needs).float()
+    device = images.device
+    return ModelAccess(s, Runtime(device)).view(out, needs, images=images, labels=labels)
+
+
+@dataclass
+class ModelScores:
+    """What `score_model` returns: scores per detector (detached, on the CPU, higher = more OOD), predictions,
+    and each detector's `imood eval --json` document.
+
+    id_scores:   {label: [N]} on the ID set;  ood_scores: {label: {set: [M]}}.
+    id_labels:   [N] the ID loader's labels (None if it gave none); id_preds / ood_preds: argmax of the logits.
+    evaluation:  {label: document} as `api.evaluate` returns it (OOD metrics per set and mean, ID accuracy and
+                 the shot groups of class_counts).
+    skipped:     {label: why} for detectors the model cannot run (with skip_unavailable=True).
+    capabilities: which stages (feature_map, features, classifier) the model gave detectors.
+    """
+
+    id_scores: dict[str, torch.Tensor]
+    ood_scores: dict[str, dict[str, torch.Tensor]]
+    id_labels: torch.Tensor | None
+    id_preds: torch.Tensor
+    ood_preds: dict[str, torch.Tensor]
+    evaluation: dict[str, dict]
+    class_counts: list[int]
+    capabilities: Capabilities
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    options: dict[str, dict] = field(default_factory=dict)
+
+    def save(self, folder: str | Path) -> dict[str, Path]:
+        """Score files (`<folder>/<detector>.safetensors`) that `imood eval` and `imood report` read."""
+        from imood_cli.engine.score import write_scores
+        from imood_cli.engine.scoreset import ScoreSet
+
+        meta = {"class_counts": self.class_counts, "num_classes": len(self.class_counts), "dataset": "api",
+                "id_set": "id", "checkpoint": "api.score_model", "moved_to_id": {}, "missing_ood_sets": []}
+        sets = {label: ScoreSet(label, self.id_scores[label], self.id_labels, self.id_preds, self.ood_scores[label],
+                                self.ood_preds, {**meta, "detector_options": self.options.get(label, {})})
+                for label in self.id_scores}
+        return write_scores(sets, Path(folder))
+
+
+def _expand(detectors: str | Sequence[str]) -> list[str]:
+    """Specs as `-m` takes them; `all` is every registered detector without extra outputs, with its ada_ form."""
+    items = [detectors] if isinstance(detectors, str) else list(detectors)
+    specs: list[str] = []
+    reg = registry()
+    for item in items:
+        for spec in (p.strip() for p in str(item).split(",") if p.strip()):
+            if spec != "all":
+                specs.append(spec)
+                continue
+            for name in reg.names("detector"):
+                cls = reg.get("detector", name).cls
+                if name.startswith("ada_") or cls.extra_outputs:
+                    continue
+                specs.append(name)
+                if cls.ada_scale is not None:
+                    specs.append(f"ada_{name}")
+    return list(dict.fromkeys(specs))
+
+
+def _split_item(item: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(item, torch.Tensor):
+        return item, None
+    if isinstance(item, (list, tuple)) and item and isinstance(item[0], torch.Tensor):
+        y = item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None
+        return item[0], y
+    raise ImoodError(f"a loader must give image tensors or (images, labels, ...) tuples, not {type(item).__name__}")
+
+
+def _batches(items: Iterable, device: torch.device, labels: list[torch.Tensor] | None = None):
+    start = 0
+    for item in items:
+        x, y = _split_item(item)
+        if labels is not None and y is not None:
+            labels.append(torch.as_tensor(y).long().cpu())
+        x = x.to(device)
+        yield start, x if x.is_floating_point() else x.float()
+        start += x.shape[0]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, Iterable],
+                detectors: str | Sequence[str] = DEFAULT_DETECTORS, *, class_counts: Sequence[int],
+                fit_loader: Iterable | None = None, logit_adjust: float = 1.0, ada_scale: float | str | None = None,
+                split: Adapter | None = None, device: str | torch.device | None = None,
+                skip_unavailable: bool = False) -> ModelScores:
+    """Fit, score and evaluate detectors on any classifier (`nn.Module` whose forward returns the logits).
+
+    Loaders give image batches as the model takes them (your transforms, normalization included): tensors, or
+    (images, labels, ...) tuples (DataLoaders, lists); each is iterated once (the ID loader's first batch twice:
+    it also probes the model). `id_loader`'s labels give the accuracy and shot-group parts of the evaluation.
+    `fit_loader` is the ID training set, with labels, for detectors that need a fit (maha, knn, vim, react, dice,
+    rmd, klm, fdbd) and for ada_scale="auto". `detectors`: names with options as `imood score -m` takes them
+    ("react:p=95", "ada_vim", "all"). The model is split by its family's adapter or by `split`; a detector it
+    cannot run (no spatial feature map, no linear classifier) is an error, or left out and named in `skipped`
+    with skip_unavailable=True ("all" always leaves them out). The model runs in eval mode; its modes are restored.
+    """
+    from imood_cli.engine.runtime import Runtime
+    from imood_cli.engine.score import (
+        BatchScorer,
+        ModelAccess,
+        auto_scales,
+        check_all_finite,
+        drop_unavailable,
+        fit_on,
+        run_batches,
+    )
+
+    s = staged(model, split)
+    dev = torch.device(device) if device is not None else _device_of(s.module)
+    rt = Runtime(dev)
+    counts = [int(c) for c in class_counts]
+    if not counts or min(counts) < 1:
+        raise ImoodError("class_counts needs a count >= 1 for every class")
+    if not ood_loaders:
+        raise ImoodError("give at least one OOD loader: {name: loader}")
+    if "mean" in ood_loaders:
+        raise ImoodError("an OOD set may not be named 'mean': that key holds the average over the sets")
+    wanted = _expand(detectors)
+    skip = skip_unavailable or any(d == "all" for d in ([detectors] if isinstance(detectors, str) else detectors))
+    auto = ada_scale == "auto"
+    if ada_scale is not None and not auto and (isinstance(ada_scale, bool) or not isinstance(ada_scale, (int, float))
+                                               or not 0 <= ada_scale < float("inf")):
+        raise ImoodError(f"ada_scale takes a number >= 0, 'auto' or None, got {ada_scale!r}")
+    with eval_mode(s.module):
+        it = iter(id_loader)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ImoodError("the ID loader is empty") from None
+        x0 = _split_item(first)[0].to(dev)
+        x0 = x0 if x0.is_floating_point() else x0.float()
+        notes: list[str] = []
+        problem = s.check(x0[:2])
+        if problem and isinstance(s.adapter, LastLinear):
+            notes.append(f"{type(s.module).__name__}: {problem}; scored from its logits only")
+            s = StagedModel(s.module, WHOLE)
+        elif problem:
+            raise ImoodError(f"the split of {type(s.module).__name__} ({s.adapter.family}) does not reproduce its "
+                             f"logits: {problem}")
+        caps = s.capabilities(x0[:1])
+        with torch.no_grad():
+            k = int(s(x0[:1]).logits.shape[1])
+        if k != len(counts):
+            raise ImoodError(f"the model has {k} outputs but class_counts has {len(counts)} classes")
+        reg = registry()
+        ds: dict[str, Any] = {}
+        for spec in wanted:
+            name, options = parse_spec(spec)
+            d = reg.detector(name, ada_scale=None if auto or not name.startswith("ada_") else ada_scale, **options)
+            if d.extra_outputs:
+                raise ImoodError(f"{name} reads {d.extra_outputs} extra output(s) of a model trained for it; a "
+                                 "classifier's logits have none")
+            ds[name + "".join(f":{k_}={v}" for k_, v in options.items())] = d
+        skipped = drop_unavailable(ds, caps, type(s.module).__name__, skip)
+        if not ds:
+            raise ImoodError(f"none of the detectors can run on {type(s.module).__name__}: {caps.why(set(ALL_STAGES))}")
+        access = ModelAccess(s, rt)
+        need_fit = {label: d for label, d in ds.items() if d.needs_fit}
+        ada = {label: d for label, d in ds.items() if isinstance(d, Ada)} if auto else {}
+        if (need_fit or ada) and fit_loader is None:
+            which = ", ".join(need_fit) or "ada_scale='auto'"
+            raise ImoodError(f"{which} must be fitted on the ID training set: pass fit_loader (images, labels)")
+        lp = log_prior(counts, logit_adjust).float().to(dev)
+        if need_fit:
+            labels: list[torch.Tensor] = []
+            feats = run_batches(s, _batches(fit_loader, dev, labels), rt, True)
+            if not labels or sum(len(y) for y in labels) != len(feats.logits):
+                raise ImoodError("fit_loader must give (images, labels) for every batch")
+            y = torch.cat(labels).to(dev)
+            if int(y.min()) < 0 or int(y.max()) >= k:
+                raise ImoodError(f"fit_loader's labels must be class indices in 0..{k - 1}")
+            fit_on(need_fit, access.view(feats, {"classifier"}, labels=y), "fit_loader")
+        if ada:
+            labels = []
+            auto_scales(ada, s, _batches(fit_loader, dev, labels), labels, k, rt, lp)
+
+        def score_set(items: Iterable, labels: list[torch.Tensor] | None = None):
+            scorer = BatchScorer(ds, access, lp)
+            run_batches(s, _batches(items, dev, labels), rt, scorer.keep_features, None, each=scorer,
+                        feature_map=scorer.feature_map)
+            if not scorer.all_finite:
+                raise ImoodError("the model's outputs are NaN or infinite")
+            return scorer.result()
+
+        id_labels_parts: list[torch.Tensor] = []
+        id_scores, id_preds = score_set(itertools.chain([first], it), id_labels_parts)
+        ood_scores: dict[str, dict[str, torch.Tensor]] = {label: {} for label in ds}
+        ood_preds = {}
+        for name, loader in ood_loaders.items():
+            sc, pr = score_set(loader)
+            if len(pr) == 0:
+                raise ImoodError(f"OOD loader {name!r} is empty")
+            for label in ds:
+                ood_scores[label][name] = sc[label]
+            ood_preds[name] = pr
+        check_all_finite(id_scores, ood_scores, "the ID set")
+    id_labels = torch.cat(id_labels_parts) if id_labels_parts else None
+    if id_labels is not None and len(id_labels) != len(id_preds):
+        id_labels = None  # some batches came without labels: no accuracy rather than a wrong one
+    evaluation = {label: evaluate(id_scores[label], ood_scores[label], id_labels=id_labels,
+                                  id_preds=id_preds if id_labels is not None else None,
+                                  class_counts=counts if id_labels is not None else None,
+                                  ood_preds_by_set=ood_preds if id_labels is not None else None)
+                  for label in ds}
+    options = {label: d.options() for label, d in ds.items()}
+    return ModelScores(id_scores, ood_scores, id_labels, id_preds, ood_preds, evaluation, counts, caps, skipped,
+                       notes, options)

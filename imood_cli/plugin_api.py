@@ -14,6 +14,10 @@ Entry-point groups (pyproject.toml): `imood.ood_metrics` names a Detector subcla
 an AuxLoss subclass, `imood.datasets` a class with `load`, `status` and `prepare`. Every field's
 shape, dtype and meaning is documented on the classes below; `NEEDS` lists what a detector may ask for.
 
+A test of a model-aware detector builds the view the engine would build with `ModelView.of(outputs, weight=...,
+bias=..., logits_from_features=..., logits_from_feature_map=..., logits_from_images=...)`: the model's later
+stages as plain callables, no private fields (`imood_cli.api.model_view` builds it from any nn.Module).
+
 `torch` and `F` (torch.nn.functional) here are imported on first use: a plugin that takes them from
 this module keeps `imood plugins list` and `imood --help` fast. Importing torch directly works too.
 """

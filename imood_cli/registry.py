@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from imood_cli.core.contract import check_class
+from imood_cli.core.contract import check_class, plugin_name_problem
 from imood_cli.core.contract import parse_spec as parse_spec  # re-exported: callers spell detectors with it
 from imood_cli.discovery import GROUPS, OWN_PACKAGE, entry_points, normalize_dist
 from imood_cli.errors import ImoodError, unknown_name
@@ -37,7 +37,7 @@ class Plugin:
     target: str  # "module:Class"
     cls: Any = None
     error: str | None = None
-    status: str = "loaded"  # loaded | error | disabled | shadowed | clash
+    status: str = "loaded"  # loaded | error | refused (its name) | disabled | shadowed | clash
     derived_from: str | None = None  # ada_ forms name their base
 
     @property
@@ -84,7 +84,9 @@ class Registry:
             if not p.builtin and allowed is not None and normalize_dist(dist) not in allowed:
                 p.status, p.error = "disabled", f"not loaded: {ENV}={allow!r} leaves {dist} out"
             elif kind == "detector" and name.startswith(ADA_PREFIX):
-                p.status, p.error = "error", f"names starting with {ADA_PREFIX!r} are the ImOOD forms imood derives"
+                p.status, p.error = "refused", f"names starting with {ADA_PREFIX!r} are the ImOOD forms imood derives"
+            elif not p.builtin and plugin_name_problem(kind, name):
+                p.status, p.error = "refused", plugin_name_problem(kind, name)
             else:
                 try:
                     p.cls = self._classes.get((kind, name, dist)) or md.EntryPoint(name, target, GROUPS[kind]).load()
@@ -126,7 +128,7 @@ class Registry:
         if not self._warned:
             self._warned = True
             for p in self.plugins():
-                if p.status in ("error", "clash", "shadowed") and p.derived_from is None:
+                if p.status in ("error", "refused", "clash", "shadowed") and p.derived_from is None:
                     warnings.warn(f"imood: {LABELS[p.kind]} plugin {p.name!r} from {p.distribution} skipped: "
                                   f"{p.error}", PluginWarning, stacklevel=3)
 
@@ -154,8 +156,9 @@ class Registry:
             raise ImoodError(f"{err} ({', '.join(off)} provides {(base or name)!r} but {ENV} leaves it out)")
         raise err
 
-    def detector(self, name: str, ada_scale: float | None = None, **options: Any):
-        """A fresh detector instance (fitted state is per instance); `ada_<name>` wraps its base."""
+    def detector(self, name: str, ada_scale: float | None = None, ada_correction: str = "full", **options: Any):
+        """A fresh detector instance (fitted state is per instance); `ada_<name>` wraps its base, with the
+        correction or one of its controls (core.ada.CORRECTIONS)."""
         from imood_cli.plugin_api import Ada, OptionError
 
         p = self.get("detector", name)
@@ -166,8 +169,10 @@ class Registry:
         if p.derived_from is None:
             if ada_scale is not None:
                 raise ImoodError(f"--ada-scale applies to ada_ detectors only, not {name!r}")
+            if ada_correction != "full":
+                raise ImoodError(f"--ada-correction applies to ada_ detectors only, not {name!r}")
             return inst
-        return Ada(inst, scale=ada_scale)
+        return Ada(inst, scale=ada_scale, correction=ada_correction)
 
     def aux_loss(self, name: str, **options: Any):
         """A fresh aux loss; it receives the options it declares (pascl: k, T), the others are dropped."""

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from imood_cli.engine import runtime
-from imood_cli.engine.model import Architecture, ImOODModel
 from imood_cli.engine.score import ModelAccess
+from imood_cli.models.imood_model import Architecture, ImOODModel
 
 NUM_CLASSES = 4
 SIZE = 16  # 16×16 inputs through the micro ResNet with the CIFAR stem: a 128 × 2 × 2 feature map

@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 @pytest.mark.parametrize("script,args,title", [
     ("bench_metrics.py", ["--sizes", "2e4", "--repeat", "1"], "metric computation"),
     ("bench_score.py", ["--tiny"], "scoring throughput"),
+    ("bench_import_score.py", ["--ci"], "scoring an imported timm resnet18"),
     ("bench_train.py", ["--tiny"], "training throughput"),
     ("bench_cli.py", ["--quick"], "command start-up"),
     ("bench_ops.py", ["--model", "imood_resnet_micro"], "dispatched ops per training step"),

@@ -200,9 +200,14 @@ def test_bad_metadata(good_run, tmp_path, capsys, how):
     score_fails(run, capsys)
 
 
-def test_a_malformed_training_config_is_not_needed_to_score(good_run, tmp_path, capsys):
-    # the training configuration is informative: the architecture, counts and dataset suffice
+def test_the_training_config_is_not_needed_to_score_but_a_malformed_one_is_refused(good_run, tmp_path, capsys):
+    # the training configuration is informative: the architecture, counts and dataset suffice without it; one
+    # that is there but not an object of options (a list, a string) is a damaged file, refused like any other
     run = copy_run(good_run, tmp_path)
-    edit(run, lambda t, m: m.__setitem__("config", [1]))
+    edit(run, lambda t, m: m.pop("config"))
     code, out, err = run_cli(["score", run, "-m", "msp", "--device", "cpu"], capsys)
     assert code == 0, err
+    for bad in ([1], "lr=3"):
+        edit(run, lambda t, m, bad=bad: m.__setitem__("config", bad))
+        code, out, err = run_cli(["score", run, "-m", "msp", "--device", "cpu"], capsys)
+        assert code == 2 and "config must be a JSON object of training options" in err, err

@@ -81,7 +81,7 @@ def one_line_error(code, err, pattern):
     (["data", "prepare", "cifar1"], "unknown dataset"),
     (["train", "--ood_metric", "ada_bin_dsc", "--epochs", "1"], "did you mean 'ada_bin_disc'"),
     (["train", "--imbalance_ratio", "2"], "(0, 1]"),
-    (["train", "--Lambda", "-0.5"], "--Lambda must be >= 0"),
+    (["train", "--Lambda", "-0.5"], "--Lambda must be in [0, 1e+06], got -0.5"),
     (["train", "--md", "resnet181"], "unknown timm model"),
     (["score", "/nonexistent/run"], "not found"),
     (["eval", "/nonexistent/scores.safetensors"], "not found"),

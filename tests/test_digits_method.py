@@ -9,10 +9,10 @@ from imood_cli.data.digits import Digits
 from imood_cli.engine.checkpoint import load_tensors, save_tensors
 from imood_cli.engine.config import resolve_config
 from imood_cli.engine.evaluate import evaluate
-from imood_cli.engine.model import ImOODModel
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.score import ScoreRequest, load_model, score
 from imood_cli.engine.train import AUX_WEIGHT_FLOOR, Trainer, architecture, keep_aux_linear_increasing, train
+from imood_cli.models.imood_model import ImOODModel
 
 # torch's default init of Linear(1, 1) draws aux_linear's weight from U(-1, 1): negative for these seeds on
 # the digits model, the seeds on which ada_energy used to score flower patches at AUROC 0.02 and noise at 4.

@@ -263,7 +263,7 @@ def test_known_edge_cases(tmp_path, capsys):
         ("mean", dict(id_score=f(0), ood={"mean": f(1)}), "'mean'"),
         ("lengths", dict(id_score=f(0, 1), id_label=n(0), id_pred=n(0, 0), ood={"a": f(1)}), "entries"),
         ("labels", dict(id_score=f(0, 1), id_label=n(0, 7), id_pred=n(0, 0), ood={"a": f(1)},
-                        meta={"class_counts": [3, 1]}), "ID labels"),
+                        meta={"class_counts": [3, 1]}), "id.label holds the class index 7, outside [0, 2)"),
         ("counts", dict(id_score=f(0, 1), id_label=n(0, 1), id_pred=n(0, 0), ood={"a": f(1)},
                         meta={"class_counts": [3, -1]}), "class counts"),
         ("missing_set", dict(id_score=f(0), ood={"a": f(1)}), "'lsun'"),
@@ -348,9 +348,9 @@ def trained_run(tmp_path_factory):
     from imood_cli.data.digits import Digits
     from imood_cli.engine.checkpoint import save_tensors
     from imood_cli.engine.config import resolve_config
-    from imood_cli.engine.model import ImOODModel
     from imood_cli.engine.train import architecture, model_metadata
     from imood_cli.fs.atomic import atomic_write_text
+    from imood_cli.models.imood_model import ImOODModel
 
     root = tmp_path_factory.mktemp("runs")
     cfg = resolve_config({"dataset": "digits", "save_root": str(root), "name": "r", "epochs": 1})

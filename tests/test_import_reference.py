@@ -11,9 +11,10 @@ from conftest import run_cli
 from torch import nn
 
 from imood_cli.engine.checkpoint import load_tensors
-from imood_cli.engine.import_reference import import_reference, load_reference, read_reference_file
+from imood_cli.engine.imports import import_reference
 from imood_cli.engine.score import load_model
 from imood_cli.errors import ImoodError
+from imood_cli.models.reference import load_reference, read_reference_file
 
 
 @pytest.fixture(autouse=True, scope="module")

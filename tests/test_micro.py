@@ -4,8 +4,8 @@ import pytest
 import torch
 from timm.models.resnet import BasicBlock, ResNet
 
-from imood_cli.engine.micro import MicroResNet
-from imood_cli.engine.model import apply_cifar_stem
+from imood_cli.models.imood_model import apply_cifar_stem
+from imood_cli.models.micro import MicroResNet
 
 
 @pytest.mark.parametrize("cifar_stem,size", [(True, 8), (False, 32)])
@@ -32,7 +32,7 @@ def test_a_digits_command_does_not_import_timm(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from imood_cli.engine.model import ImOODModel, Architecture; "
+    code = ("import sys; from imood_cli.models.imood_model import ImOODModel, Architecture; "
             "ImOODModel(Architecture('imood_resnet_micro', 6, 0, 1, True)); print('timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "False"

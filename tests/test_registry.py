@@ -220,7 +220,33 @@ def test_contract_breaking_plugin(reg, kind, obj, message):
 def test_ada_prefixed_names_are_reserved(reg):
     reg.add("detector", "ada_mine", Doubled, distribution="acme")
     p = next(p for p in reg.plugins() if p.name == "ada_mine" and p.derived_from is None)
-    assert p.status == "error" and "ImOOD forms" in p.error
+    assert p.status == "refused" and "ImOOD forms" in p.error
+
+
+class Fine(Detector):
+    def idness(self, view):
+        return view.logits.max(dim=1).values
+
+
+@pytest.mark.parametrize("kind,name,why", [
+    ("detector", "all", "reserved by the command line"),  # collided with -m all
+    ("dataset", "folder", "reserved by the command line"),  # imood data prepare folder
+    ("detector", "MSP", "not lower-case"),  # beside msp: two files that collide on a case-insensitive filesystem
+    ("detector", "a,b", "not lower-case"),  # made `score -m all` fail for everyone
+    ("detector", 'quo"te', "not lower-case"),
+    ("detector", "x:y", "not lower-case"),
+    ("detector", "9lives", "starting with a letter"),
+])
+def test_plugin_names_follow_the_command_line_spelling(reg, capsys, kind, name, why):
+    reg.add(kind, name, Fine if kind == "detector" else object, distribution="acme-names")
+    p = next(p for p in reg.plugins() if p.name == name and p.derived_from is None)
+    assert p.status == "refused" and why in p.error and p.cls is None
+    with pytest.warns(PluginWarning, match=why):
+        names = reg.names(kind)
+    assert name not in names and "msp" in reg.names("detector")
+    if kind == "detector":
+        with pytest.raises(ImoodError, match=why):  # used anyway: the refusal's reason, not "unknown detector"
+            reg.detector(name)
 
 
 def test_aux_loss_plugin_gets_the_options_it_declares(reg):

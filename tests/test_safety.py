@@ -70,6 +70,16 @@ def write_index(run, entries):
 # ---------------------------------------------------------------- latest.json is not trusted
 
 
+def resumed_anew(code, err, run, reason):
+    """A resume that set a damaged index aside: it said why, continued from the newest checkpoint file, and
+    wrote the index anew."""
+    assert code == 0, err
+    assert f"note: latest.json is unreadable ({reason}" in err, err
+    assert "resuming from" in err and "epoch_0002.safetensors" in err, err
+    listed = [e["file"] for e in json.loads(index(run).read_text())["checkpoints"]]
+    assert listed == ["epoch_0001.safetensors", "epoch_0002.safetensors"]
+
+
 @pytest.mark.parametrize("name", ["../../precious.txt", "ABSOLUTE", "epoch_0001.safetensors/../../../x",
                                   "model.safetensors"])
 def test_latest_json_cannot_point_outside_or_at_other_files(run, capsys, name):
@@ -78,7 +88,8 @@ def test_latest_json_cannot_point_outside_or_at_other_files(run, capsys, name):
     write_index(run, entries)
     (run / "model.safetensors").unlink()  # an unfinished run, so --resume continues it
     code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
-    one_error(code, err, "latest.json is corrupt", "not one of imood's checkpoints")
+    resumed_anew(code, err, run, "entry ")
+    assert "not one of imood's checkpoints" in err
     assert sentinel_intact(run)
     assert all(p.exists() for p in (run / "checkpoint").glob("epoch_*.safetensors"))
 
@@ -88,48 +99,60 @@ def test_latest_json_cannot_point_outside_or_at_other_files(run, capsys, name):
     {"checkpoints": [{"epoch": 1, "step": 0, "size": 10, "sha256": "0" * 64}]},
     {"checkpoints": [{"epoch": "1", "step": 0, "size": 10, "sha256": "0" * 64, "file": "epoch_0001.safetensors"}]},
 ])
-def test_malformed_index_is_one_line(run, capsys, content):
+def test_a_malformed_index_is_set_aside_and_written_anew(run, capsys, content):
     index(run).write_text(json.dumps(content))
     (run / "model.safetensors").unlink()
     code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
-    one_error(code, err, "latest.json")
+    resumed_anew(code, err, run, "")
+    assert (run / "model.safetensors").is_file()
 
 
 def test_resume_without_index_never_retrains_over_a_model(run, capsys):
-    index(run).unlink()
+    """A complete run whose index is lost: the resume finds the newest checkpoint file at the last epoch and
+    the model intact, and touches neither."""
     model_before = (run / "model.safetensors").read_bytes()
     metrics_before = (run / "metrics.jsonl").read_bytes()
-    code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
-    one_error(code, err, "no checkpoint index", "model.safetensors", "epoch_0002.safetensors")
-    assert (run / "model.safetensors").read_bytes() == model_before
-    assert (run / "metrics.jsonl").read_bytes() == metrics_before
-    index(run).write_text('{"checkpoints": []}')  # empty index: the same refusal
-    code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
-    one_error(code, err, "refusing to retrain")
+    for content in (None, '{"checkpoints": []}'):  # lost, or emptied
+        index(run).unlink()
+        if content is not None:
+            index(run).write_text(content)
+        code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
+        assert code == 0 and "is complete (2 epochs)" in err and "nothing to do" in err, err
+        assert (run / "model.safetensors").read_bytes() == model_before
+        assert (run / "metrics.jsonl").read_bytes() == metrics_before
 
 
-def test_checkpoint_with_valid_hash_but_missing_tensor_or_bad_epoch(run, capsys):
+@pytest.mark.parametrize("case", ["missing tensor", "bad epoch"])
+def test_a_checkpoint_whose_state_does_not_load_is_passed_over(run, capsys, case):
+    """The newest checkpoint verifies but its state is inconsistent: the resume names it and continues from the
+    older one; with no usable checkpoint left, one error names each."""
+    import hashlib
+
     (run / "model.safetensors").unlink()
     entries = json.loads(index(run).read_text())["checkpoints"]
     path = run / "checkpoint" / entries[-1]["file"]
-    tensors, meta = load_tensors(path)
-    skeleton = meta["skeleton"]
-    for case in ("missing tensor", "bad epoch"):
-        t, m = dict(tensors), json.loads(json.dumps({**meta, "skeleton": skeleton}))
-        if case == "missing tensor":
-            t.pop(sorted(t)[0])
-        else:
-            state = m["skeleton"]["__dict__"]
-            for pair in state:
-                if pair[0] == "epoch":
-                    pair[1] = 1.5
-        data = save_tensors(path, t, m, digest=False)
-        import hashlib
-
-        entries[-1].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-        write_index(run, entries)
-        code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
-        one_error(code, err, "inconsistent")
+    t, m = load_tensors(path)
+    if case == "missing tensor":
+        t.pop(sorted(t)[0])
+    else:
+        for pair in m["skeleton"]["__dict__"]:
+            if pair[0] == "epoch":
+                pair[1] = 1.5
+    data = save_tensors(path, t, m, digest=False)
+    entries[-1] = {k: v for k, v in entries[-1].items() if k != "tensors_sha256"}
+    entries[-1].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())  # the index vouches for it
+    write_index(run, entries)
+    older = run / "checkpoint" / entries[0]["file"]
+    kept = older.read_bytes()
+    older.write_bytes(kept[:-10])  # the older one truncated too: nothing to continue from
+    code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
+    line = one_error(code, err, "no usable checkpoint", "inconsistent", entries[0]["file"] + " (")
+    assert "epoch_0002.safetensors (" in line
+    older.write_bytes(kept)
+    code, _, err = run_cli(["train", "--resume", run, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "warning: skipped checkpoint epoch_0002.safetensors (" in err and "inconsistent" in err
+    assert "resuming from" in err and "(epoch 1, step 0)" in err
 
 
 @pytest.mark.parametrize("config", ["[]", '{"batch_size": -5}', '{"lr": -1}', '{"epochs": "ten"}', "not json"])
@@ -233,7 +256,7 @@ def test_nan_weights_never_overwrite_good_scores(run, capsys):
     tensors["classifier.weight"] = torch.full_like(tensors["classifier.weight"], float("nan"))
     save_tensors(run / "model.safetensors", tensors, meta)
     code, _, err = run_cli(["score", run, "-m", "msp", "--device", "cpu"], capsys)
-    one_error(code, err, "NaN or infinite", "nothing was written")
+    one_error(code, err, "classifier.weight holds NaN or infinite values")
     assert (run / "scores" / "msp.safetensors").read_bytes() == before
 
 

@@ -68,7 +68,7 @@ BAD_PLANS = [
     ("train option of the wrong type", GOOD.replace('ood_metric = "oe"', 'epochs = "many"'),
      r"epochs in train of run 'A' in {plan} must be a whole number, got 'many'"),
     ("train option out of range", GOOD.replace("epochs = 2", "lr = -1.0"),
-     r"lr in \[defaults\] of {plan} must be > 0, got -1"),
+     r"lr in \[defaults\] of {plan} must be in \(0, 100\], got -1"),
     ("a key the plan owns", GOOD.replace("epochs = 2", "seed = 1"),
      r"seed in \[defaults\] of {plan} is set by the plan: seeds come from \[sweep\] seeds"),
     ("no score", GOOD.replace('score = ["msp"]', ""),

@@ -11,7 +11,7 @@ from imood_cli.data.digits import Digits
 from imood_cli.engine.checkpoint import load_tensors
 from imood_cli.engine.config import resolve_config
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.train import Interrupted, TrainObserver, resume, train
+from imood_cli.engine.train import Interrupted, Trainer, TrainObserver, resume, train
 from imood_cli.errors import ImoodError, TrainingDiverged
 
 
@@ -133,15 +133,43 @@ def test_corrupt_checkpoint_is_not_used(tmp_path, bench):
     assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
 
 
-def test_nan_loss_stops_with_the_parts_and_keeps_the_checkpoint(tmp_path, bench):
+def test_nan_loss_stops_with_the_parts_and_keeps_the_checkpoint(tmp_path, bench, monkeypatch):
+    real = Trainer.loss_on
+
+    def poisoned(self, x, labels, m):  # the loss turns NaN from the second step of epoch 2 on
+        parts = real(self, x, labels, m)
+        return parts * float("nan") if self.global_step >= self.steps_per_epoch + 1 else parts
+
+    monkeypatch.setattr(Trainer, "loss_on", poisoned)
     with pytest.raises(TrainingDiverged) as exc:
-        train(cfg_for(tmp_path, "nan", lr=1e30, optimizer="sgd", epochs=3), setup("cpu"), bench=bench)
+        train(cfg_for(tmp_path, "nan", log_every=1), setup("cpu"), bench=bench)
     msg = str(exc.value)
-    assert "not finite" in msg and "l_in=" in msg and "step" in msg
+    assert exc.value.exit_code == 2
+    assert "loss is not finite at epoch 2, step 11" in msg and "l_in=nan" in msg  # 9 steps of 32 per epoch
+    assert f"the last good checkpoint is {tmp_path / 'nan' / 'checkpoint' / 'epoch_0001.safetensors'}" in msg
+    assert sorted(f.name for f in (tmp_path / "nan" / "checkpoint").glob("epoch_*")) == ["epoch_0001.safetensors"]
+
+
+def test_weights_that_turn_nan_at_the_end_of_an_epoch_are_not_saved(tmp_path, bench, monkeypatch):
+    real = Trainer.optimize
+
+    def poisoned(self, parts):  # the last update of epoch 2 leaves a NaN weight; its loss was finite
+        real(self, parts)
+        if self.global_step == 2 * self.steps_per_epoch - 1:
+            with torch.no_grad():
+                self.core.classifier.weight[0, 0] = float("nan")
+
+    monkeypatch.setattr(Trainer, "optimize", poisoned)
+    with pytest.raises(TrainingDiverged) as exc:
+        train(cfg_for(tmp_path, "w"), setup("cpu"), bench=bench)
+    msg = str(exc.value)
+    assert "the weights became non-finite (classifier.weight) at the end of epoch 2 (step 18)" in msg
+    assert "the last good checkpoint is" in msg and "epoch_0001" in msg
+    assert sorted(f.name for f in (tmp_path / "w" / "checkpoint").glob("epoch_*")) == ["epoch_0001.safetensors"]
 
 
 @pytest.mark.parametrize("opts,match", [
-    (dict(Lambda=-1), "--Lambda must be >= 0"),
+    (dict(Lambda=-1), "--Lambda must be in \\[0, 1e\\+06\\]"),
     (dict(imbalance_ratio=1.5), "imbalance.ratio must be in"),
     (dict(imbalance_ratio=0), "imbalance.ratio must be in"),
     (dict(ood_metric="ada_enrgy"), "did you mean 'ada_energy'"),

@@ -17,12 +17,14 @@ from imood_cli import __version__
 from imood_cli.cli import data as data_cmd
 from imood_cli.cli import eval as eval_cmd
 from imood_cli.cli import import_ckpt as import_ckpt_cmd
+from imood_cli.cli import import_model as import_model_cmd
 from imood_cli.cli import plugins as plugins_cmd
 from imood_cli.cli import report as report_cmd
 from imood_cli.cli import score as score_cmd
 from imood_cli.cli import sweep as sweep_cmd
 from imood_cli.cli import train as train_cmd
-from imood_cli.cli.common import DDP_ARGV, set_argv
+from imood_cli.cli.common import DDP_ARGV, set_argv, shown
+from imood_cli.core.process import die_with_parent
 from imood_cli.errors import ImoodError
 
 app = typer.Typer(
@@ -41,6 +43,7 @@ app.command("score")(score_cmd.score)
 app.command("eval")(eval_cmd.eval_scores)
 app.command("report")(report_cmd.report)
 app.command("import-ckpt")(import_ckpt_cmd.import_ckpt)
+app.command("import-model")(import_model_cmd.import_model)
 app.command("sweep")(sweep_cmd.sweep)
 
 
@@ -77,7 +80,7 @@ CLICK_ERRORS = _classes(f"{_CLICK}.ClickException")
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return shown(" ".join(str(text).split()), keep="")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -85,7 +88,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     from imood_cli.registry import PluginWarning
 
     if issubclass(category, PluginWarning):
-        print(f"imood: warning: {str(message).removeprefix('imood: ')}", file=sys.stderr)
+        print(f"imood: warning: {_one_line(str(message).removeprefix('imood: '))}", file=sys.stderr)
 
 
 def _plain_argument_help(command) -> None:
@@ -138,6 +141,8 @@ def _clear_embedded_interrupt_flag() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:  # a process of its own, perhaps started by a sweep
+        die_with_parent()
     if not args and DDP_ARGV in os.environ and "WORLD_SIZE" in os.environ:
         args = json.loads(os.environ[DDP_ARGV])  # a process started by `imood train --ddp`
     if not args:

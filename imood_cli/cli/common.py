@@ -6,9 +6,30 @@ import os
 
 from rich.console import Console
 
+_KEPT_CONTROLS = "\n\t"
+
+
+def shown(text: object, keep: str = _KEPT_CONTROLS) -> str:
+    """Text as it may reach a terminal: control characters other than `keep` (ESC above all, which starts the
+    terminal's escape sequences: a run folder or set name could retitle the window or hide output) are written
+    as Python escapes."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class SafeConsole(Console):
+    """A rich Console that escapes control characters in every string it renders (messages, table cells and
+    titles all pass through render_str); its own styling is added after."""
+
+    def render_str(self, text: str, **kwargs):
+        return super().render_str(shown(text), **kwargs)
+
+
 # emoji off: a name like "a:smile:b" prints as written (and rich's emoji table is not loaded at start-up)
-console = Console(highlight=False, emoji=False)
-err_console = Console(stderr=True, highlight=False, emoji=False)
+console = SafeConsole(highlight=False, emoji=False)
+err_console = SafeConsole(stderr=True, highlight=False, emoji=False)
 
 
 _ARGV: list[str] = []

@@ -287,10 +287,11 @@ def list_datasets(data_root: Path = DRP, as_json: bool = typer.Option(False, "--
     if as_json:
         print(json.dumps([{k: v for k, v in row.items() if not k.startswith("_")} for row in rows], indent=2))
         return
-    from rich.console import Console
     from rich.markup import escape
 
-    console = Console(highlight=False, emoji=False, soft_wrap=True)  # soft wrap: long paths and URLs are never cut
+    from imood_cli.cli.common import SafeConsole
+
+    console = SafeConsole(highlight=False, emoji=False, soft_wrap=True)  # soft wrap: long paths and URLs are never cut
     width = max(40, min(console.width, 100))
     console.print(f"benchmarks under {escape(str(data_root))}")
     for row in rows:

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from imood_cli.errors import ImoodError
+from imood_cli.fs.safe import read_json
 
 
 def abort_on_interrupt(command):
@@ -35,9 +36,9 @@ def _eval_json_path(run: Path, stem: str) -> Path:
     if target.is_symlink() or target.is_dir():
         raise ImoodError(f"{target} is not a file imood wrote; move it away or pass --no-save")
     if target.exists():
-        try:
-            ours = "fpr95_convention" in json.loads(target.read_text())
-        except (ValueError, TypeError, UnicodeDecodeError):
+        try:  # a FIFO or a device there is refused by read_json, never opened for reading
+            ours = "fpr95_convention" in read_json(target, "evaluation")
+        except (ImoodError, TypeError):
             ours = False
         if not ours:
             raise ImoodError(f"{target} exists and is not an evaluation imood wrote; move it away or pass --no-save")

@@ -43,7 +43,7 @@ def import_ckpt(
     """
     from rich.table import Table
 
-    from imood_cli.engine.import_reference import import_reference, parse_class_counts
+    from imood_cli.engine.imports import import_reference, parse_class_counts
 
     target = out if out is not None else Path("runs") / file.stem
     result = import_reference(file, target, dataset, data_root=data_root, imbalance_ratio=imbalance_ratio,

@@ -58,6 +58,6 @@ def list_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON:
         table.add_row(escape(r["name"]), LABELS.get(r["kind"], r["kind"]), escape(r["distribution"]),
                       escape(r["version"]), status)
     console.print(table)
-    bad = sum(r["status"] in ("error", "clash") and not r["derived_from"] for r in rows)
+    bad = sum(r["status"] in ("error", "refused", "clash") and not r["derived_from"] for r in rows)
     if bad:
         console.print(f"[red]{bad} plugin(s) cannot be used[/]; every other name works.")

@@ -156,7 +156,9 @@ def score(
     extra = extra_sets(ood_dir or [], set(bench.ood_tests), bench.image_size, bench.channels)
     for name, how in (getattr(bench, "missing", None) or {}).items():
         warn(f"{name} is missing, scored without it ({how})")
-    req = ScoreRequest(specs, logit_adjust, ada_scale, batch_size, workers, extra)
+    # -m all: detectors this model cannot run (no feature map, no linear classifier) are left out with a note
+    req = ScoreRequest(specs, logit_adjust, ada_scale, batch_size, workers, extra,
+                       skip_unavailable="all" in requested)
     run_dir = loaded.path.parent
     folder = out or run_dir / "scores"
     notes: list[str] = []
@@ -175,6 +177,8 @@ def score(
         table.add_column(col, justify="right" if col not in ("detector", "file") else "left")
     for spec in specs:
         label = detector_label(spec)
+        if label not in results:  # left out by -m all (named in the note above)
+            continue
         ss = results[label]
         r = evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label, id_preds=ss.id_pred,
                      class_counts=ss.class_counts)

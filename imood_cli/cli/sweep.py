@@ -121,6 +121,8 @@ def sweep(
     fmt: str = typer.Option("terminal", "--format", "-f", metavar="FORMAT",
                             help="Report format: terminal, md or json."),
     list_plans: bool = typer.Option(False, "--list", help="List the plans imood ships."),
+    max_units: int = typer.Option(10_000, "--max-units", metavar="N", min=1, help=(
+        "Refuse a plan of more run folders than this (benchmarks × seeds × runs).")),
 ) -> None:
     """Train and score every run × seed × benchmark of a plan, skipping what is complete and resuming what was
     interrupted, then report each run's mean ± std over seeds (beside the paper's numbers when the plan names a
@@ -151,7 +153,7 @@ def sweep(
     _check_published(chosen)
     if not collect:
         engine.check_names(full)
-    units = engine.units(chosen, full)
+    units = engine.units(chosen, full, max_units)
     for u in units:
         engine.check_drift(u)
 

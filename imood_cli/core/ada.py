@@ -19,13 +19,22 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 ADA_PREFIX = "ada_"
+# The prior-aware correction, and the two controls that isolate it (an ada_ run differs from its vanilla
+# detector in the loss family AND the correction): "none" keeps the loss family without the correction
+# (training: δ ≡ 1, a plain BCE on the same g; post hoc: c = 0), "flat-prior" keeps the correction with the
+# uniform prior in place of π̃ (training: inside β only, L_in keeps its τ; post hoc: log β̂ ≡ 0).
+CORRECTIONS = ("full", "none", "flat-prior")
 LABEL_SMOOTHING = 0.2
 DELTA_MIN, DELTA_MAX = 0.1, 10.0
 EXP_CAP = 30.0  # e^g for g > 30 only pushes δ to a clamp; the cap avoids 0 · inf
 
 
-def imood_training_loss(g: Tensor, view: ModelView, ctx: LossContext) -> tuple[Tensor, Tensor]:
-    """(constraint, BCE) of the ImOOD regularizer for ID-vs-OOD logits g over all rows."""
+def imood_training_loss(g: Tensor, view: ModelView, ctx: LossContext, correction: str = "full"
+                        ) -> tuple[Tensor, Tensor]:
+    """(constraint, BCE) of the ImOOD regularizer for ID-vs-OOD logits g over all rows.
+
+    correction: "full" (Liu et al. 2024, eq. of the δ-corrected BCE), "none" (δ ≡ 1) or "flat-prior" (π̃
+    uniform inside β); see CORRECTIONS."""
     if view.lambdas is None:
         raise ImoodError("ImOOD training needs the λ head's outputs; the model produced none")
     k = view.num_classes
@@ -36,7 +45,10 @@ def imood_training_loss(g: Tensor, view: ModelView, ctx: LossContext) -> tuple[T
     onehot = (labels[:, None] == torch.arange(k, device=labels.device)).float()
     smoothed = onehot * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / k
     q = torch.where(is_id[:, None], smoothed, probs)
-    prior = ctx.log_prior.to(q.device, torch.float32).exp()
+    if correction == "flat-prior":
+        prior = torch.full((k,), 1.0 / k, device=q.device)
+    else:
+        prior = ctx.log_prior.to(q.device, torch.float32).exp()
     beta = (view.lambdas.float() * q / prior).mean(dim=1)
     g = g.float()
     constraint = F.relu(torch.log(beta) + F.logsigmoid(g.detach())).mean()
@@ -44,6 +56,8 @@ def imood_training_loss(g: Tensor, view: ModelView, ctx: LossContext) -> tuple[T
         b, e = beta.detach(), g.detach().clamp(max=EXP_CAP).exp()
         delta = (b + (b - 1) * e).clamp(DELTA_MIN, DELTA_MAX)
         delta = torch.where(is_id, delta.clamp(min=1.0), delta.clamp(max=1.0))
+    if correction == "none":
+        return constraint, F.binary_cross_entropy_with_logits(g, is_id.float())
     bce = F.binary_cross_entropy_with_logits(g - torch.log(delta), is_id.float())
     return constraint, bce
 
@@ -53,11 +67,14 @@ class Ada(Detector):
 
     ada_scale = None  # no ada_ada_
 
-    def __init__(self, base: Detector, scale: float | None = None) -> None:
+    def __init__(self, base: Detector, scale: float | None = None, correction: str = "full") -> None:
         if type(base).ada_scale is None and scale is None:
             raise ImoodError(f"{type(base).__name__} declares no ada_scale, so it has no ada_ form")
+        if correction not in CORRECTIONS:
+            raise ImoodError(f"the ImOOD correction is one of {', '.join(CORRECTIONS)}, not {correction!r}")
         self.base = base
         self.override = None if scale is None else float(scale)
+        self.correction = correction
         self.needs = base.needs
         self.train_needs = base.train_needs
         self.extra_outputs = base.extra_outputs
@@ -76,6 +93,8 @@ class Ada(Detector):
         return self.base.idness(view)
 
     def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
+        if self.correction != "full":  # c = 0, or a flat prior whose log β̂ is log Σ_k p_k = 0: the vanilla score
+            return self.base.ood_score(view, log_prior)
         g = self.base.idness(view).float()
         return -(g + self.scale * log_beta(view.logits, log_prior))
 
@@ -88,7 +107,7 @@ class Ada(Detector):
         return ctx.aux_linear(g.float()[:, None])[:, 0]
 
     def loss(self, view: ModelView, ctx: LossContext) -> Tensor:
-        constraint, bce = imood_training_loss(self.train_logit(view, ctx), view, ctx)
+        constraint, bce = imood_training_loss(self.train_logit(view, ctx), view, ctx, self.correction)
         total = constraint + bce
         if self.base.ada_keeps_loss:
             total = total + self.base.loss(view, ctx)
@@ -110,4 +129,5 @@ class Ada(Detector):
         return self.base.training_parameters(feature_dim, num_classes)
 
     def __repr__(self) -> str:
-        return f"Ada({self.base!r}, scale={self.scale})"
+        extra = f", correction={self.correction!r}" if self.correction != "full" else ""
+        return f"Ada({self.base!r}, scale={self.scale}{extra})"

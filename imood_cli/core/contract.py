@@ -11,6 +11,7 @@ more ID.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 # What a detector may declare in `needs` (logits are always supplied).
 NEEDS = {
     "features": "penultimate features f [N, d] (pooled backbone output)",
-    "feature_map": "the backbone's last feature map before pooling [N, C, H, W] (transformers: tokens [N, L, D]) "
-                   "and ModelView.logits_from_feature_map",
+    "feature_map": "the backbone's last feature map before pooling [N, C, H, W] and ModelView.logits_from_feature_map "
+                   "(a model without a spatial map, a vision transformer, cannot run such a detector)",
     "classifier": "the classifier's weight [K, d] and bias [K] (class outputs only) "
                   "and ModelView.logits_from_features",
     "input_grad": "the input images [N, C, H, W] as the model sees them and ModelView.logits_from_images, "
@@ -42,7 +43,8 @@ class ModelOutputs:
     logits:      [N, K] float, the class logits z (never the extra outputs).
     extra:       [N, E] float, extra classifier outputs (bin_disc's ID-vs-OOD logit is column 0), or None.
     features:    [N, d] float, penultimate features f (the pooled backbone output), or None.
-    feature_map: the backbone output before pooling ([N, C, H, W] for CNNs), or None when not asked for.
+    feature_map: the backbone output before pooling, [N, C, H, W], or None when not asked for (or when the model
+                 has no spatial map: a vision transformer's tokens are not handed to detectors as one).
     projections: [N, p] float, L2-normalised projections for contrastive aux losses (training), or None.
     lambdas:     [N, K] float, λ(x) of the ImOOD λ head (training with an ada_ loss), or None.
     """
@@ -123,9 +125,32 @@ class ModelView(ModelOutputs):
         return (self._forward or _unavailable("logits_from_images", "input_grad"))(images)
 
     @classmethod
-    def of(cls, outputs: ModelOutputs, **more: Any) -> ModelView:
-        """A view of `outputs` (and, through `more`, of the model)."""
-        return cls(**{f.name: getattr(outputs, f.name) for f in fields(ModelOutputs)}, **more)
+    def of(cls, outputs: ModelOutputs, *, labels: Tensor | None = None, images: Tensor | None = None,
+           weight: Tensor | None = None, bias: Tensor | None = None,
+           logits_from_feature_map: Callable[[Tensor], Tensor] | None = None,
+           logits_from_features: Callable[[Tensor], Tensor] | None = None,
+           logits_from_images: Callable[[Tensor], Tensor] | None = None, **private: Any) -> ModelView:
+        """A view of one batch's `outputs` and of the model parts a detector may read.
+
+        The public way to build a view of any model (the engine builds its views with it, and a test of a
+        detector can too): the tensors as documented on the class, and the model's later stages as callables,
+        float32 in and out: `logits_from_feature_map(m)` pools and classifies a (modified) feature map,
+        `logits_from_features(f)` classifies (modified) pooled features (usually `classifier(f)`),
+        `logits_from_images(x)` runs the whole model with gradients flowing back to x. A part left out raises
+        a clear error when a detector asks for it.
+
+            view = ModelView.of(ModelOutputs(logits, features=f, feature_map=m), weight=fc.weight, bias=fc.bias,
+                                logits_from_features=fc, logits_from_feature_map=lambda m: fc(m.mean((2, 3))))
+        """
+        given = {"_head_from_map": logits_from_feature_map, "_head_from_features": logits_from_features,
+                 "_forward": logits_from_images}
+        for key, value in private.items():  # the field names of imood 0.2, still accepted
+            if key not in given:
+                raise TypeError(f"ModelView.of() got an unexpected keyword argument {key!r}")
+            if given[key] is None:
+                given[key] = value
+        return cls(**{f.name: getattr(outputs, f.name) for f in fields(ModelOutputs)}, labels=labels, images=images,
+                   weight=weight, bias=bias, **given)
 
 
 @dataclass
@@ -346,6 +371,23 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             raise ImoodError(f"detector options go as name:key=value, got {spec!r}")
         options[key.strip()] = value.strip()
     return name.strip(), options
+
+
+PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# Words the command line gives a meaning of its own: `-m all`, `imood data prepare folder`.
+RESERVED_NAMES = {"detector": ("all",), "aux_loss": ("all",), "dataset": ("all", "folder")}
+
+
+def plugin_name_problem(kind: str, name: str) -> str | None:
+    """Why an entry point's name cannot be used, or None. Names are spelled as `-m` spells them: lower-case
+    letters, digits, `_` and `-`, starting with a letter (so no two differ only in case, which would collide
+    on a case-insensitive filesystem, and none carries the `,` `:` `=` of option lists); not a reserved word."""
+    if not PLUGIN_NAME.fullmatch(name):
+        return (f"the name {name!r} is not lower-case letters, digits, '_' and '-' starting with a letter (at most "
+                "64 characters), as the command line spells names")
+    if name in RESERVED_NAMES.get(kind, ()):
+        return f"the name {name!r} is reserved by the command line"
+    return None
 
 
 def check_class(kind: str, cls: Any) -> None:

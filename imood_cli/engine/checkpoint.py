@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,9 +178,12 @@ class ResumePoint:
     listed: list[str] | None = None  # the index's files, when it lists this checkpoint (it is current)
 
     def tidy(self, ckpt: CheckpointDir) -> None:
-        """With a current index, remove older checkpoints a kill kept from rotation (the writing process only)."""
+        """Leave the folder as a save would have (the writing process only): with a current index, remove the
+        older checkpoints a kill kept from rotation; otherwise write the index anew from the files."""
         if self.listed is not None:
             ckpt.prune(set(self.listed), _position(self.path))
+        else:
+            ckpt.rebuild_index()
 
 
 class CheckpointDir:
@@ -212,7 +216,10 @@ class CheckpointDir:
         except NotRegularFile:
             raise  # a FIFO or a device where the index belongs is not imood's to read or replace
         except ImoodError as exc:
-            return [], f"{self.index.name} is unreadable ({_short(exc)})"
+            reason = str(exc)
+            for prefix in (f"checkpoint index {self.index} ", f"{self.index} is corrupt: ", f"{self.index} "):
+                reason = reason.removeprefix(prefix)
+            return [], f"{self.index.name} is unreadable ({reason})"
         return sorted(entries, key=lambda e: (e.epoch, e.step)), None
 
     def entries(self) -> list[CheckpointEntry]:
@@ -264,12 +271,14 @@ class CheckpointDir:
                 f.unlink(missing_ok=True)
                 faults.reached("checkpoint.rotated")
 
-    def resume_point(self) -> ResumePoint | None:
-        """The newest checkpoint that verifies (None when the folder holds none at all).
+    def resume_points(self) -> Iterator[ResumePoint]:
+        """The checkpoints a resume may continue from, newest first, each verified as it comes up.
 
         Verified means: the size and checksum the index records for it, or, for a file the index does not
-        list, the digest written inside it; and weights that are finite. What was passed over is reported.
-        """
+        list, the digest written inside it; and weights that are finite. Each point carries what was passed
+        over before it; the caller adds to `skipped` a point it cannot use (a state that does not fit the run)
+        and takes the next. When none is left: an error listing every checkpoint and why, or nothing at all
+        when the folder holds no checkpoint (a run killed before its first one starts again)."""
         entries, index_note = self.read_index()
         listed = {e.file: e for e in entries}
         skipped: list[str] = []
@@ -277,16 +286,26 @@ class CheckpointDir:
             try:
                 state, meta = self._verified(path, listed.get(path.name))
             except ImoodError as exc:
-                skipped.append(f"{path.name} ({_short(exc)})")
+                skipped.append(f"{path.name} ({_without_path(exc, path)})")
                 continue
-            if path.name not in listed and index_note is None:
-                index_note = f"{self.index.name} did not list {path.name} yet (the run stopped between the two writes)"
-            return ResumePoint(state, meta, path, skipped, index_note, sorted(listed) if path.name in listed else None)
+            note = index_note
+            if path.name not in listed and note is None:
+                note = f"{self.index.name} did not list {path.name} yet (the run stopped between the two writes)"
+            yield ResumePoint(state, meta, path, skipped, note, sorted(listed) if path.name in listed else None)
         gone = [e.file for e in entries if not (self.folder / e.file).exists()]
         skipped += [f"{name} (listed in {self.index.name} but missing)" for name in gone]
         if skipped:
-            raise ImoodError(f"no intact checkpoint in {self.folder}: {'; '.join(skipped)}")
-        return None
+            raise ImoodError(f"no usable checkpoint in {self.folder}: {'; '.join(skipped)}")
+
+    def resume_point(self) -> ResumePoint | None:
+        """The newest checkpoint that verifies (None when the folder holds none at all)."""
+        return next(self.resume_points(), None)
+
+    def rebuild_index(self) -> None:
+        """Write latest.json anew from the checkpoint files that carry their digest (after a kill or damage)."""
+        entries = self._entries_from_files()[-KEEP_CHECKPOINTS:]
+        atomic_write_text(self.index, json.dumps({"checkpoints": [e.to_dict() for e in entries]}, indent=2),
+                          step="checkpoint.rebuild")
 
     def _verified(self, path: Path, entry: CheckpointEntry | None) -> tuple[dict[str, Any], dict[str, Any]]:
         if entry is not None:
@@ -330,5 +349,9 @@ def _position(path: Path) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2) or 0)) if m else (-1, -1)
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).split(": ", 1)[-1] if str(exc).startswith(("checkpoint ", "checkpoint index ")) else str(exc)
+def _without_path(exc: Exception, path: Path) -> str:
+    """An error about `path` without the path itself, for a list that names the file already."""
+    text = str(exc)
+    for prefix in (f"checkpoint {path} ", f"{path}: ", f"{path} "):
+        text = text.removeprefix(prefix)
+    return text

@@ -61,19 +61,22 @@ def at_least(low: float, strict: bool = False) -> Callable[[Any], str | None]:
 
 
 def within(low: float, high: float, low_open: bool = False) -> Callable[[Any], str | None]:
+    """A range check; the upper bounds of the options are generous, but they keep every value a number torch
+    and the step arithmetic can hold (a seed past 2^63, a 1e308 jitter or 10^9 threads used to crash)."""
     def check(v):
         if v is None:
             return None
         ok = (low < v if low_open else low <= v) and v <= high
-        return None if ok else f"must be in {'(' if low_open else '['}{low:g}, {high:g}]"
+        shown = (lambda x: f"{x:,}" if isinstance(x, int) else f"{x:g}")
+        return None if ok else f"must be in {'(' if low_open else '['}{shown(low)}, {shown(high)}]"
     return check
 
 
 def plain_name(v: Any) -> str | None:
     if v is None:
         return None
-    if not v or "/" in v or "\\" in v or "\x00" in v or v in (".", "..") or v.strip() != v:
-        return "must be a plain folder name (no slash, NUL or surrounding spaces; not . or ..)"
+    if not v or "/" in v or "\\" in v or not v.isprintable() or v in (".", "..") or v.strip() != v:
+        return "must be a plain folder name (no slash, control character or surrounding spaces; not . or ..)"
     return None
 
 
@@ -84,8 +87,8 @@ def no_nul(v: Any) -> str | None:
 def jitter_ok(v: Any) -> str | None:
     if v is None:
         return None
-    if len(v) != 4 or any(x < 0 for x in v) or v[3] > 0.5:
-        return "takes four numbers brightness,contrast,saturation,hue: each >= 0, hue <= 0.5"
+    if len(v) != 4 or any(x < 0 for x in v) or any(x > 100 for x in v[:3]) or v[3] > 0.5:
+        return "takes four numbers brightness,contrast,saturation,hue: each in [0, 100], hue <= 0.5"
     return None
 
 
@@ -132,51 +135,55 @@ class TrainConfig:
     aux_ood_loss: str = opt("pascl", "Auxiliary loss: pascl, simclr, none, or a plugin's.", "--aux-ood-loss",
                             "--aux_ood_loss", group=METHOD, check=no_nul, metavar="NAME")
     Lambda: float = opt(0.5, "Weight of the OOD loss.", "--Lambda", "--lambda-ood", group=METHOD,
-                        check=at_least(0), metavar="W")
+                        check=within(0, 1e6), metavar="W")
     Lambda2: float = opt(0.05, "Weight of the aux loss.", "--Lambda2", "--lambda-aux", group=METHOD,
-                         check=at_least(0), metavar="W")
+                         check=within(0, 1e6), metavar="W")
     logit_adjust: float = opt(1.0, "τ: prior π̃ ∝ π^τ for logit-adjusted CE and every ada_ term; 0 is the uniform "
                               "prior, which turns ImOOD off.", "--logit-adjust", "--logit_adjust", group=METHOD,
-                              check=at_least(0), metavar="TAU")
+                              check=within(0, 100), metavar="TAU")
     imbalance_ratio: float = opt(0.01, "ρ = n_min/n_max of the long-tailed split.", "--imbalance-ratio",
                                  "--imbalance_ratio", group=METHOD, per_benchmark={"digits": 0.1},
                                  check=within(0, 1, low_open=True), metavar="RHO")
     num_ood_samples: int | None = opt(30000, "Auxiliary OOD images used (the first N; with --aux-ood-dir, "
                                       "every image of the folder unless given).", "--num-ood-samples",
                                       "--num_ood_samples", group=METHOD,
-                                      per_benchmark={"imagenet": None, "digits": None}, check=at_least(1),
+                                      per_benchmark={"imagenet": None, "digits": None}, check=within(1, 10**9),
                                       default_text="30000 (CIFAR); all (ImageNet, digits)", metavar="N")
     pascl_k: float = opt(0.4, "PASCL: fraction of classes counted as tail (label >= round((1-k)K)).", "--k",
                          group=METHOD, check=within(0, 1, low_open=True), metavar="K")
     temperature: float = opt(0.07, "Temperature of the contrastive aux loss (pascl, simclr).", "--T",
-                             group=METHOD, check=at_least(0, strict=True), metavar="T")
+                             group=METHOD, check=within(1e-4, 1e4), metavar="T")
     m_in: float | None = opt(None, "Energy loss: ID margin m_in (ID energies above it are penalized).",
-                             "--m-in", "--m_in", group=METHOD,
+                             "--m-in", "--m_in", group=METHOD, check=within(-1e4, 1e4),
                              per_benchmark={"cifar10": -23.0, "cifar100": -27.0, "imagenet": -27.0, "digits": -6.0},
                              default_text="-23 (cifar10), -27 (cifar100, imagenet), -6 (digits); other benchmarks: "
                              "two log K below the median energy of the first training batch", metavar="M")
     m_out: float | None = opt(None, "Energy loss: OOD margin m_out (OOD energies below it are penalized).",
-                              "--m-out", "--m_out", group=METHOD,
+                              "--m-out", "--m_out", group=METHOD, check=within(-1e4, 1e4),
                               per_benchmark={"cifar10": -5.0, "cifar100": -5.0, "imagenet": -5.0, "digits": -2.0},
                               default_text="-5 (cifar10, cifar100, imagenet), -2 (digits); other benchmarks: one "
                               "log K below the median energy of the first training batch", metavar="M")
+    ada_correction: str = opt("full", "The ImOOD correction of an ada_ training loss, or a control that isolates "
+                              "it: full; none (the same loss family without the correction, δ ≡ 1); flat-prior "
+                              "(the uniform prior inside the correction; logit-adjusted CE keeps its τ).",
+                              "--ada-correction", group=METHOD, choices=("full", "none", "flat-prior"))
     train_only: str = opt("all", "Parameters to train: all; classifier (the class head only, e.g. a re-balancing "
                           "stage after --ckpt-path); bn+classifier (BatchNorm affine and the classifier, PASCL's "
                           "stage 2).", "--train-only", group=METHOD, choices=("all", "classifier", "bn+classifier"))
     # optimisation
     epochs: int = opt(180, "Epochs (--resume: more epochs extend the run).", "--epochs", "-e", "--e",
-                      group=OPTIM, per_benchmark={"imagenet": 100, "digits": 30}, check=at_least(1),
+                      group=OPTIM, per_benchmark={"imagenet": 100, "digits": 30}, check=within(1, 10**6),
                       resumable=True, metavar="N")
     batch_size: int = opt(256, "ID images per step and process (each seen in two views).", "--batch-size", "-b",
-                          group=OPTIM, per_benchmark={"digits": 64}, check=at_least(1), metavar="N")
+                          group=OPTIM, per_benchmark={"digits": 64}, check=within(1, 10**7), metavar="N")
     ood_batch_size: int | None = opt(None, "Auxiliary OOD images per step and process.", "--ood-batch-size",
-                                     group=OPTIM, check=at_least(0), default_text="the batch size", metavar="N")
+                                     group=OPTIM, check=within(0, 10**7), default_text="the batch size", metavar="N")
     optimizer: str = opt("adam", "Optimizer.", "--optimizer", "--opt", group=OPTIM, per_benchmark={"imagenet": "sgd"},
                          choices=("adam", "sgd", "adamw"))
     lr: float = opt(1e-3, "Learning rate.", "--lr", group=OPTIM, per_benchmark={"imagenet": 0.1, "digits": 3e-3},
-                    check=at_least(0, strict=True), metavar="LR")
+                    check=within(0, 100, low_open=True), metavar="LR")
     weight_decay: float = opt(5e-4, "Weight decay.", "--weight-decay", "--wd", group=OPTIM,
-                              per_benchmark={"imagenet": 5e-5}, check=at_least(0), metavar="WD")
+                              per_benchmark={"imagenet": 5e-5}, check=within(0, 100), metavar="WD")
     momentum: float = opt(0.9, "SGD momentum.", "--momentum", group=OPTIM, check=within(0, 1), metavar="M")
     nesterov: bool = opt(True, "Nesterov momentum for SGD.", "--nesterov/--no-nesterov", group=OPTIM)
     schedule: str = opt("cosine", "Learning-rate schedule, stepped per iteration.", "--schedule", "--decay",
@@ -201,7 +208,7 @@ class TrainConfig:
                                     check=within(0, 1), default_text=BENCHMARK_AUGMENT["grayscale_p"], metavar="P")
     # machinery
     seed: int = opt(0, "Random seed: same seed, same machine, same numbers.", "--seed", group=MACHINE,
-                    check=at_least(0), metavar="N")
+                    check=within(0, 2**63 - 1), metavar="N")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N, or GPU ids as in --gpu 0 (--resume: may change, with a "
                       "printed warning).", "--device", "--gpu", group=MACHINE, check=no_nul, resumable=True,
                       metavar="DEV")
@@ -212,13 +219,13 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model and the augmentation.", "--compile/--no-compile",
                         group=MACHINE)
     threads: int = opt(0, "CPU threads for torch; 0 picks them from the model and batch size.", "--threads",
-                       group=MACHINE, check=at_least(0), resumable=True, metavar="N")
+                       group=MACHINE, check=within(0, 1024), resumable=True, metavar="N")
     workers: int = opt(8, "Data-loader processes for image-file datasets (ImageNet).", "--workers", group=MACHINE,
-                       check=at_least(0), resumable=True, metavar="N")
+                       check=within(0, 1024), resumable=True, metavar="N")
     log_every: int = opt(50, "Steps between loss records in metrics.jsonl.", "--log-every", group=MACHINE,
-                         per_benchmark={"digits": 20}, check=at_least(1), metavar="N")
+                         per_benchmark={"digits": 20}, check=within(1, 10**9), metavar="N")
     test_batch_size: int = opt(512, "Batch size when scoring.", "--test-batch-size", "--tb", group=MACHINE,
-                               per_benchmark={"digits": 1024}, check=at_least(1), resumable=True, metavar="N")
+                               per_benchmark={"digits": 1024}, check=within(1, 10**7), resumable=True, metavar="N")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -339,7 +346,8 @@ def convert(name: str, value: Any, where: str) -> Any:
         raise unknown_name(f"{key} value", value, meta.choices)
     problem = meta.check(value) if meta.check else None
     if problem:
-        raise ImoodError(f"{key} {problem}, got {show(value)}")
+        got = repr(value) if isinstance(value, str) and not value.isprintable() else show(value)
+        raise ImoodError(f"{key} {problem}, got {got}")
     return value
 
 

@@ -257,21 +257,26 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
 
 
 # ---- ID accuracy and shot groups
+MAX_CLASSES = 1_000_000
+MAX_CLASS_COUNT = 10**9  # images of one class: far above any dataset, far below what float64 sums lose
+
+
 def check_class_counts(class_counts) -> list[int]:
-    """Class counts as a list of whole numbers >= 0 (at least one class), or an ImoodError."""
-    ok = isinstance(class_counts, (list, tuple, np.ndarray)) and len(class_counts) > 0
+    """Class counts as a list of whole numbers in [0, 10^9] (1 to 10^6 classes), or an ImoodError."""
+    ok = isinstance(class_counts, (list, tuple, np.ndarray)) and 0 < len(class_counts) <= MAX_CLASSES
     if ok:
         for c in class_counts:
             if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, float, np.integer, np.floating)):
                 ok = False
-            elif not math.isfinite(c) or c < 0 or c != int(c):
+            elif not math.isfinite(c) or not 0 <= c <= MAX_CLASS_COUNT or c != int(c):
                 ok = False
             if not ok:
                 break
     if not ok:
         shown = repr(class_counts)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise ImoodError(f"class counts must be a non-empty list of whole numbers >= 0, got {shown}")
+        raise ImoodError(f"class counts must be a list of 1 to {MAX_CLASSES:,} whole numbers in [0, "
+                         f"{MAX_CLASS_COUNT:,}], got {shown}")
     return [int(c) for c in class_counts]
 
 

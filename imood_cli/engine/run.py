@@ -104,9 +104,11 @@ def check_model_metadata(meta: Any, path: Path) -> dict[str, Any]:
         raise bad(f"{len(counts)} class counts for {a['num_classes']} classes: wrong number of classes, or a class "
                   "without training images")
     meta["class_counts"] = counts
-    config = meta.get("config", {})
-    if not isinstance(config, dict):  # the training options are not needed to score: defaults then
+    config = meta.get("config")
+    if config is None:  # the training options are not needed to score: defaults then
         config = {}
+    if not isinstance(config, dict):
+        raise bad(f"config must be a JSON object of training options, got {type(config).__name__}")
     for key, kind in (("data_root", str), ("dataset", str), ("imbalance_ratio", (int, float))):
         value = config.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):

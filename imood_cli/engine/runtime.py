@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from imood_cli.errors import ImoodError
+from imood_cli.fs.safe import human_size, machine_memory
 
 
 @dataclass
@@ -94,6 +95,40 @@ def choose_threads(requested: int, macs_per_step: float, device: torch.device) -
 def set_threads(n: int) -> None:
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation can take on `device` now: the GPU's free memory, or the host's MemAvailable
+    (its physical memory where the platform does not say; 0 when nothing is known)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return machine_memory()
+
+
+# Bytes per pixel of one training row before any activation: the uint8 image, its float32 copy, and the
+# augmentation's and normalisation's float32 intermediates.
+STEP_BYTES_PER_PIXEL = 1 + 4 * 3
+
+
+def check_step_memory(id_rows: int, ood_rows: int, pixels: int, steps: int, device: torch.device,
+                      activation_bytes: int = 0, what: str = "a training step") -> None:
+    """Refuse a step that cannot fit in the memory available, before anything is allocated: the kernel's OOM
+    killer would otherwise end the process without a word. The estimate is a lower bound (inputs, the aux
+    index order, and `activation_bytes` per row: the layer outputs autograd must keep at the least), so a
+    step it lets through may still not fit, but one it refuses never would."""
+    need = (id_rows + ood_rows) * (pixels * STEP_BYTES_PER_PIXEL + activation_bytes) + steps * ood_rows * 8
+    have = available_memory(device)
+    if have and need > 0.8 * have:
+        raise ImoodError(f"{what} of {id_rows:,} ID + {ood_rows:,} auxiliary OOD images needs at least "
+                         f"{human_size(need)} for its inputs and activations, more than the {human_size(have)} "
+                         f"available on {device}: lower --batch-size (or --ood-batch-size)")
 
 
 def teardown() -> None:

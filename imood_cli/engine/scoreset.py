@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 from imood_cli.engine.evaluate import check_class_counts
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_bytes
+from imood_cli.fs.safe import read_capped, weights_cap
 
 DIRECTION = "higher_is_ood"
 META_KEY = "imood"  # one metadata entry holding a JSON document (score files and engine/checkpoint.py's files)
@@ -113,15 +115,11 @@ def read_score_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import SafetensorError, deserialize
 
     path = Path(path)
-    if not path.exists():
-        raise ImoodError(f"score file not found: {path}")
-    if path.is_dir():
-        raise ImoodError(f"score file {path} is a folder, not a file")
-    data = path.read_bytes()
+    data = read_capped(path, "score file", weights_cap())
     try:
         tensors = {name: Tensor(v["dtype"], tuple(v["shape"]), v["data"]) for name, v in deserialize(data)}
         meta = read_metadata(data)
-    except (SafetensorError, ValueError, TypeError, json.JSONDecodeError) as exc:
+    except (SafetensorError, ValueError, TypeError, json.JSONDecodeError, RecursionError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise ImoodError(f"score file {path} is corrupt or truncated ({first})") from None
     if not isinstance(meta, dict):
@@ -228,6 +226,10 @@ class ScoreSet:
             if len(t.shape) != 1:
                 raise ImoodError(f"{where}: {k} must be one-dimensional, got shape {tuple(t.shape)}")
         ood_names = sorted({k.split(".", 1)[1].rsplit(".", 1)[0] for k in raw if k.startswith("ood.")})
+        for name in [*ood_names, *listed]:
+            problem = set_name_problem(name)
+            if problem:
+                raise ImoodError(f"{where}: OOD set name {name[:40]!r} {problem}")
         order = [n for n in listed if n in ood_names] + [n for n in ood_names if n not in listed]
         missing = [n for n in listed if n not in ood_names]
         if missing:
@@ -256,9 +258,51 @@ class ScoreSet:
                 meta = {**meta, "class_counts": check_class_counts(meta["class_counts"])}
             except ImoodError as exc:
                 raise ImoodError(f"{where}: {exc}") from None
+        check_meta_types(meta, where)
+        k = len(meta["class_counts"]) if meta.get("class_counts") is not None else None
+        for key, values in (("id.label", labels.get("id.label")), ("id.pred", labels.get("id.pred")),
+                            *((f"ood.{n}.pred", p) for n, p in ood_pred.items())):
+            if values is not None and values.size and (values.min() < 0 or (k is not None and values.max() >= k)):
+                bad = int(values.min()) if values.min() < 0 else int(values.max())
+                within = f"[0, {k})" if k is not None else "0 or more"
+                raise ImoodError(f"{where}: {key} holds the class index {bad}, outside {within}"
+                                 + (f" for the {k} classes of its class counts" if k is not None else ""))
         metric = meta.get("metric")
         metric = metric if isinstance(metric, str) and metric else Path(path).stem
         return cls(metric, id_score, labels.get("id.label"), labels.get("id.pred"), ood_score, ood_pred, meta)
+
+
+# What the metadata keys imood reads must be, where present (other keys are carried along unread).
+META_TYPES: dict[str, tuple[type, ...]] = {
+    "metric": (str,), "dataset": (str,), "id_set": (str,), "trained_with": (str,), "checkpoint": (str,),
+    "checkpoint_sha256": (str,), "ada_scale_rule": (str,), "ada_scale": (int, float), "logit_adjust": (int, float),
+    "num_classes": (int,), "moved_to_id": (dict,), "detector_options": (dict,), "missing_ood_sets": (list,),
+}
+
+
+def check_meta_types(meta: dict[str, Any], where: str) -> None:
+    for key, kinds in META_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ImoodError(f"{where}: metadata {key!r} must be {' or '.join(k.__name__ for k in kinds)}, got "
+                             f"{type(value).__name__}")
+        if isinstance(value, str) and not value.isprintable():
+            raise ImoodError(f"{where}: metadata {key!r} holds a control character")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ImoodError(f"{where}: metadata {key!r} must be finite, got {value}")
+
+
+def set_name_problem(name: str) -> str | None:
+    """Why an OOD set name cannot be shown and written (in tables, file names of figures), or None."""
+    if not name.strip():
+        return "is empty"
+    if len(name) > 200:
+        return "is longer than 200 characters"
+    if not name.isprintable() or "/" in name:  # a figure of the set may be written under its name
+        return "holds a control character or a slash"
+    return None
 
 
 def _scores(t: Tensor, key: str, where: str) -> np.ndarray:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from imood_cli.core.process import PARENT_ENV
 from imood_cli.engine.config import DATASET_ALIASES, convert, from_mapping, options
 from imood_cli.engine.run import CONFIG_FILE, MODEL_FILE, sha256_file
 from imood_cli.errors import ImoodError, unknown_name
@@ -371,11 +372,20 @@ def unit_folder(plan: Plan, benchmark: str, run: RunSpec, seed: int) -> Path:
     return Path(plan.save_root) / benchmark / f"{run.slug}-seed{seed}"
 
 
-def units(plan: Plan, full: Plan | None = None) -> list[Unit]:
+MAX_UNITS = 10_000  # run folders of one sweep; --max-units raises it
+
+
+def units(plan: Plan, full: Plan | None = None, max_units: int = MAX_UNITS) -> list[Unit]:
     """The plan's units in the order they run: benchmark, then seed (every method on seed 0 first: the
     earliest complete comparison), then the plan's run order. `full` is the unselected plan, which holds
-    the runs a selected row depends on."""
+    the runs a selected row depends on. More than `max_units` run folders is refused before any is listed
+    (a grid of millions would fill the memory before the first line of `--print`)."""
     full = full or plan
+    most = len(plan.benchmarks) * len(plan.seeds) * len(full.runs)
+    if most > max_units:
+        raise ImoodError(f"{plan.path} asks for up to {most:,} run folders ({len(plan.benchmarks)} benchmark(s) × "
+                         f"{len(plan.seeds):,} seed(s) × {len(full.runs)} run(s)), more than the {max_units:,} one "
+                         "sweep runs: select fewer with --runs, --seeds or --benchmarks, or raise --max-units")
     selected = {r.name for r in plan.runs}
     needed: list[str] = []
 
@@ -556,10 +566,10 @@ class Work:
 def launch(cmd: list[str], env: dict[str, str], log) -> subprocess.Popen:
     """Run an `imood ...` line with this installation's interpreter, in its own process group: a Ctrl-C in
     the terminal reaches the sweep alone, which passes exactly one SIGINT on (two would stop a training
-    before it saves its checkpoint)."""
+    before it saves its checkpoint). The command stops when the sweep dies (core.process)."""
     argv = [sys.executable, "-m", "imood_cli", *cmd[1:]]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            env={**env, PARENT_ENV: str(os.getpid())}, start_new_session=True)
 
 
 def gpu_slots(gpus: list[str] | None, per_run: int) -> list[str | None]:

@@ -26,15 +26,15 @@ from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine import runtime
 from imood_cli.engine.benchmark import load_benchmark
-from imood_cli.engine.checkpoint import CheckpointDir, non_finite_weight, save_tensors
+from imood_cli.engine.checkpoint import CheckpointDir, ResumePoint, non_finite_weight, save_tensors
 from imood_cli.engine.config import TrainConfig, convert, default_for, load_run_config, options, show
 from imood_cli.engine.guard import TrainingGuard
-from imood_cli.engine.model import Architecture, ImOODModel, canonical_model_name, forward_macs
 from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RunLock, clear_run
 from imood_cli.engine.runtime import Runtime
 from imood_cli.errors import ImoodError, TrainingDiverged
 from imood_cli.fs.atomic import atomic_write_text, is_temp_file
 from imood_cli.losses.la_ce import logit_adjusted_ce
+from imood_cli.models.imood_model import Architecture, ImOODModel, canonical_model_name, forward_macs
 from imood_cli.registry import parse_spec, registry
 
 LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux", "train_acc")  # train_acc: top-1 of the class logits, ID rows
@@ -165,7 +165,10 @@ def build_detector(cfg: TrainConfig):
                 raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins "
                                  f"(energy, balenergy), not {name}")
             options.setdefault(key, value)
-    detector = reg.detector(name, **options)
+    if cfg.ada_correction != "full" and not name.startswith("ada_"):
+        raise ImoodError(f"--ada-correction {cfg.ada_correction} is a control of an ada_ training loss; "
+                         f"{name} has no ImOOD correction to change")
+    detector = reg.detector(name, ada_correction=cfg.ada_correction, **options)
     base = getattr(detector, "base", None)
     if base is not None and base.needs_fit and type(base).train_update is Detector.train_update:
         raise ImoodError(f"{name} cannot be trained: {name.removeprefix('ada_')} needs statistics fitted on a trained "
@@ -273,6 +276,7 @@ class Trainer:
                             if has_aux else None)
         else:  # image files decoded by DataLoader workers (ImageNet-LT)
             self.train_set, self.aux_set = b.train, (b.aux_ood if has_aux else None)
+        self._check_memory()
         first = self._epoch(0)
         self.steps_per_epoch = len(first)
         _close(first)
@@ -294,6 +298,17 @@ class Trainer:
         self.pending_config = False  # config.json to rewrite at the first save (resume with changed options)
 
     # ---- data
+    def _check_memory(self) -> None:
+        """The effective batch sizes of an epoch (as EpochOrder computes them) against the memory available."""
+        cfg, rt, b = self.cfg, self.rt, self.bench
+        n = len(self.train_set)
+        bs = min(cfg.batch_size, max(n // rt.world_size, 1)) if n < cfg.batch_size * rt.world_size else cfg.batch_size
+        ood = (cfg.batch_size if cfg.ood_batch_size is None else cfg.ood_batch_size) if self.aux_set is not None else 0
+        steps = max(1, n // (bs * rt.world_size))
+        per_row = conv_output_bytes(self.core, b.channels, b.image_size, 2 if rt.amp else 4)
+        runtime.check_step_memory(2 * bs, ood, b.channels * b.image_size ** 2, steps * rt.world_size, rt.device,
+                                  activation_bytes=per_row)
+
     def _epoch(self, epoch: int):
         cfg, rt = self.cfg, self.rt
         ood_bs = cfg.batch_size if cfg.ood_batch_size is None else cfg.ood_batch_size
@@ -355,15 +370,15 @@ class Trainer:
         more: dict[str, Any] = {}
         if "classifier" in needs:
             w, b = self.core.class_weights()
-            more.update(weight=w, bias=b, _head_from_features=lambda f: self.core.logits_from_features(f).float())
+            more.update(weight=w, bias=b, logits_from_features=lambda f: self.core.logits_from_features(f).float())
         if "feature_map" in needs:
-            more["_head_from_map"] = lambda m: self.core.logits_from_feature_map(m).float()
+            more["logits_from_feature_map"] = lambda m: self.core.logits_from_feature_map(m).float()
         if "input_grad" in needs:
             def forward(images):
                 with self.rt.autocast():
                     return self.model(images).logits.float()
 
-            more.update(images=x, _forward=forward)
+            more.update(images=x, logits_from_images=forward)
         return ModelView.of(out, **more)
 
     def optimize(self, parts: torch.Tensor) -> None:
@@ -435,8 +450,9 @@ class Trainer:
         """Weights that turned NaN at the last step of an epoch are not saved as a checkpoint to resume from."""
         bad = non_finite_weight(self.core.state_dict())
         if bad:
-            raise TrainingDiverged(f"the weights became non-finite ({bad}) at epoch {self.epoch + 1}, step "
-                                   f"{self.global_step}; {self._kept()}")
+            when = (f"epoch {self.epoch + 1}, step {self.global_step}" if self.step_in_epoch
+                    else f"the end of epoch {self.epoch} (step {self.global_step})")
+            raise TrainingDiverged(f"the weights became non-finite ({bad}) at {when}; {self._kept()}")
 
     def save_checkpoint(self) -> Path | None:
         self._check_weights()
@@ -555,6 +571,31 @@ class Trainer:
 
 
 AUX_WEIGHT_FLOOR = 1e-2
+
+
+@torch.no_grad()
+def conv_output_bytes(model: torch.nn.Module, in_chans: int, size: int, itemsize: int) -> int:
+    """Bytes of the convolution and linear outputs of one image's forward pass: a lower bound of what autograd
+    keeps per image for the backward pass (it keeps these layers' inputs, and more)."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * itemsize
+
+    kinds = (torch.nn.Conv2d, torch.nn.Linear)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    was_training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros(1, in_chans, size, size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
 
 
 def _widen(sums: torch.Tensor) -> torch.Tensor:
@@ -707,24 +748,50 @@ def resume(run: Path, observer: TrainObserver | None = None, overrides: dict[str
         if rt.is_main:
             remove_partial_files(run)
         rt.barrier()
-        point = ckpt.resume_point()
+        point = _load_newest(ckpt, trainer)
         trainer.pending_config = True  # written at the first checkpoint, once the resumed training runs
         if point is not None:
-            trainer.load_state(point.state, point.path)
-            trainer.resumed_from = point.path
             for skipped in point.skipped:
                 trainer.obs.message(f"warning: skipped checkpoint {skipped}")
             if point.index_note:
-                trainer.obs.message(f"note: {point.index_note}; the index is rebuilt at the next checkpoint")
+                trainer.obs.message(f"note: {point.index_note}; it is written anew from the checkpoint files")
             if rt.is_main:
                 point.tidy(ckpt)
                 _truncate_metrics(run / METRICS_FILE, trainer.global_step)
+            if trainer.epoch >= cfg.epochs and not trainer.step_in_epoch and _model_intact(run / MODEL_FILE):
+                trainer.obs.message(f"{run} is complete ({trainer.epoch} epochs) and its {MODEL_FILE} is intact: "
+                                    "nothing to do (--epochs N extends it)")
+                return TrainResult(run, trainer.epoch, warnings=notes)
             trainer.obs.message(f"resuming from {point.path} (epoch {trainer.epoch}, step {trainer.step_in_epoch})")
         elif rt.is_main:  # killed before its first checkpoint: start again from scratch
             (run / METRICS_FILE).unlink(missing_ok=True)
         result = trainer.run()
         result.warnings = notes + result.warnings
         return result
+
+
+def _model_intact(path: Path) -> bool:
+    """A model file that loads and verifies (a kill may have left none, or the user may have damaged it)."""
+    from imood_cli.engine.checkpoint import load_tensors
+
+    try:
+        return "skeleton" not in load_tensors(path, "model file")[1]
+    except ImoodError:
+        return False
+
+
+def _load_newest(ckpt: CheckpointDir, trainer: Trainer) -> ResumePoint | None:
+    """Load the newest checkpoint that verifies and fits the run into the trainer; older ones are the fallback
+    for one whose state does not load (its counters or tensors inconsistent)."""
+    for point in ckpt.resume_points():
+        try:
+            trainer.load_state(point.state, point.path)
+        except ImoodError as exc:
+            point.skipped.append(f"{point.path.name} ({str(exc).removeprefix(str(point.path) + ' ')})")
+            continue
+        trainer.resumed_from = point.path
+        return point
+    return None
 
 
 def remove_partial_files(run: Path) -> None:
