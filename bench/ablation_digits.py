@@ -34,11 +34,11 @@ import numpy as np
 from common import write_json
 
 from imood_cli.data.digits import Digits
-from imood_cli.engine.config import resolve_config
-from imood_cli.engine.evaluate import evaluate
+from imood_cli.engine.metrics.evaluate import evaluate
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.score import ScoreRequest, load_model, score
-from imood_cli.engine.train import train
+from imood_cli.engine.scoring.score import ScoreRequest, load_model, score
+from imood_cli.engine.training.config import resolve_config
+from imood_cli.engine.training.trainer import train
 from imood_cli.fs.atomic import atomic_write_text
 
 EVAL_FILE = "ablation-eval.json"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imood_cli.engine.evaluate import ood_metrics
+from imood_cli.engine.metrics.evaluate import ood_metrics
 
 KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 TOLERANCE = 1e-12

@@ -17,8 +17,8 @@ from common import print_table, synthetic_cifar_lt, write_json
 
 from imood_cli.data.digits import Digits
 from imood_cli.engine import runtime
-from imood_cli.engine.config import resolve_config
-from imood_cli.engine.train import Trainer
+from imood_cli.engine.training.config import resolve_config
+from imood_cli.engine.training.trainer import Trainer
 from imood_cli.models.imood_model import forward_macs
 
 CASES = [("digits", "imood_resnet_micro", 64), ("cifar10", "imood_resnet_micro", 64), ("cifar10", "resnet18", 8),

@@ -25,9 +25,9 @@ from common import print_table, sync, synthetic_cifar_lt, write_json
 from PIL import Image
 
 from imood_cli.data.batches import InMemoryEpoch
-from imood_cli.engine.config import resolve_config
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.train import Trainer
+from imood_cli.engine.training.config import resolve_config
+from imood_cli.engine.training.trainer import Trainer
 
 
 class PILPairs(torch.utils.data.Dataset):

@@ -23,8 +23,8 @@ from torch import nn
 from imood_cli.core.ada import Ada
 from imood_cli.core.contract import ModelOutputs, ModelView
 from imood_cli.core.prior import log_beta, log_prior
-from imood_cli.engine.evaluate import evaluate as _evaluate
-from imood_cli.engine.evaluate import ood_metrics, shot_groups
+from imood_cli.engine.metrics.evaluate import evaluate as _evaluate
+from imood_cli.engine.metrics.evaluate import ood_metrics, shot_groups
 from imood_cli.errors import ImoodError
 from imood_cli.models.adapter import WHOLE, Adapter, Capabilities, LastLinear, Split, adapter_for
 from imood_cli.models.staged import StagedModel, eval_mode
@@ -118,7 +118,7 @@ def model_view(model: nn.Module, images: torch.Tensor, needs: Iterable[str] = AL
     takes them): one forward pass, and the parts of `needs` the model has. For testing a detector on a real
     model; `Detector.fit` takes a view with `labels`."""
     from imood_cli.engine.runtime import Runtime
-    from imood_cli.engine.score import ModelAccess
+    from imood_cli.engine.scoring.score import ModelAccess
 
     s = staged(model, split)
     needs = set(needs)
@@ -155,8 +155,8 @@ class ModelScores:
 
     def save(self, folder: str | Path) -> dict[str, Path]:
         """Score files (`<folder>/<detector>.safetensors`) that `imood eval` and `imood report` read."""
-        from imood_cli.engine.score import write_scores
-        from imood_cli.engine.scoreset import ScoreSet
+        from imood_cli.engine.runs.scorefile import ScoreSet
+        from imood_cli.engine.scoring.score import write_scores
 
         meta = {"class_counts": self.class_counts, "num_classes": len(self.class_counts), "dataset": "api",
                 "id_set": "id", "checkpoint": "api.score_model", "moved_to_id": {}, "missing_ood_sets": []}
@@ -228,7 +228,7 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
     with skip_unavailable=True ("all" always leaves them out). The model runs in eval mode; its modes are restored.
     """
     from imood_cli.engine.runtime import Runtime
-    from imood_cli.engine.score import (
+    from imood_cli.engine.scoring.score import (
         BatchScorer,
         ModelAccess,
         auto_scales,

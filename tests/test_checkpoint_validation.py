@@ -7,7 +7,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file, save_file
 
-from imood_cli.engine.checkpoint import load_tensors, save_tensors
+from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from imood_cli.engine.scoreset import ScoreSet
+from imood_cli.engine.runs.scorefile import ScoreSet
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_nan_scores_and_empty_sets_are_refused(tmp_path, capsys):
 
 
 def test_checkpoint_of_another_architecture(run, tmp_path, capsys):
-    from imood_cli.engine.checkpoint import load_tensors, save_tensors
+    from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
 
     tensors, meta = load_tensors(run / "model.safetensors")
     meta["architecture"]["backbone"] = "resnet18"

@@ -14,9 +14,9 @@ from torch import nn
 
 from imood_cli.core.contract import ModelOutputs
 from imood_cli.core.prior import log_prior
-from imood_cli.engine.evaluate import ood_metrics
+from imood_cli.engine.metrics.evaluate import ood_metrics
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.score import ModelAccess
+from imood_cli.engine.scoring.score import ModelAccess
 from imood_cli.plugin_api import AuxBatch, LossContext
 from imood_cli.registry import Registry, entry_points
 

@@ -21,10 +21,10 @@ def test_device_augmentation_matches_the_cpu():
 @cuda
 def test_bf16_training_and_scoring_on_cuda(tmp_path):
     from imood_cli.data.digits import Digits
-    from imood_cli.engine.config import resolve_config
     from imood_cli.engine.runtime import setup
-    from imood_cli.engine.score import ScoreRequest, load_model, score
-    from imood_cli.engine.train import train
+    from imood_cli.engine.scoring.score import ScoreRequest, load_model, score
+    from imood_cli.engine.training.config import resolve_config
+    from imood_cli.engine.training.trainer import train
 
     bench = Digits().load(None)
     rt = setup("cuda")

@@ -431,7 +431,7 @@ def test_no_verify_data_stays_usable_and_verify_none_follows_the_manifest(tmp_pa
     assert len(b.train) == sum(int(20 * 0.1 ** (k / 9)) for k in range(10))
     with pytest.raises(ImoodError, match="MD5"):
         Cifar10().load(tmp_path, imbalance_ratio=0.1, num_ood_samples=0, verify=True)
-    from imood_cli.engine.benchmark import load_benchmark
+    from imood_cli.engine.benchmarks import load_benchmark
 
     assert len(load_benchmark("cifar10", tmp_path, imbalance_ratio=0.1, num_ood_samples=0).train) == len(b.train)
     manifest = tmp_path / "cifar10" / "manifest.json"

@@ -69,9 +69,9 @@ def test_large_images_stay_on_disk_with_the_test_transform(tmp_path):
 def test_score_with_ood_dir_end_to_end(tmp_path, capsys):
     """`imood score RUN --ood-dir FOLDER` on an (untrained) digits model: the folder becomes an OOD set."""
     from imood_cli.data.digits import Digits
-    from imood_cli.engine.checkpoint import load_tensors, save_tensors
-    from imood_cli.engine.config import resolve_config
-    from imood_cli.engine.train import model_metadata
+    from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
+    from imood_cli.engine.training.config import resolve_config
+    from imood_cli.engine.training.trainer import model_metadata
     from imood_cli.models.imood_model import Architecture, ImOODModel
 
     cfg = resolve_config(dict(dataset="digits", save_root=str(tmp_path), name="r"))

@@ -16,8 +16,8 @@ from PIL import Image
 
 from imood_cli.data.images import decode_resized
 from imood_cli.data.user_folder import decode_bytes, split_counts
-from imood_cli.engine.benchmark import load_benchmark
-from imood_cli.engine.evaluate import shot_groups
+from imood_cli.engine.benchmarks import load_benchmark
+from imood_cli.engine.metrics.evaluate import shot_groups
 from imood_cli.errors import ImoodError
 
 TRAIN = {"cat": 12, "dog": 5, "owl": 2}
@@ -401,7 +401,7 @@ def test_unknown_name_suggests_folder_benchmarks_and_how_to_prepare(tree, capsys
 
 
 def test_sweep_plans_name_folder_benchmarks(tree, capsys):
-    from imood_cli.engine import sweep
+    from imood_cli.engine.sweep import plan as sweep
 
     assert prepare(tree, capsys, "--train", tree["train"], "--test", tree["test"])[0] == 0
     plan = tree["data"].parent / "plan.toml"
@@ -467,7 +467,7 @@ def test_digits_as_image_files_train_score_eval(tmp_path, capsys):
     assert groups["many"].tolist() == [0] and groups["medium"].tolist() == [1, 2] and groups["few"].tolist() == [3]
     for name, classes in groups.items():
         assert result["id"][name] == pytest.approx(per_class[classes].mean())
-    from imood_cli.engine.scoreset import ScoreSet
+    from imood_cli.engine.runs.scorefile import ScoreSet
 
     meta = ScoreSet.load(runs / "r" / "scores" / "msp.safetensors").meta
     assert meta["class_counts"] == train_counts and meta["dataset"] == "digits4"

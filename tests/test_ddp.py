@@ -11,7 +11,7 @@ import torch
 
 from imood_cli.data.base import ImageSet
 from imood_cli.data.batches import InMemoryEpoch
-from imood_cli.engine.checkpoint import load_tensors
+from imood_cli.engine.runs.checkpoint import load_tensors
 
 
 def test_sharding_is_a_disjoint_split_of_one_permutation():

@@ -10,10 +10,10 @@ from conftest import run_cli
 from feature_views import np_vim
 from pytorch_ood.detector import KNN as PoodKNN
 
-from imood_cli.engine.benchmark import load_benchmark
+from imood_cli.engine.benchmarks import load_benchmark
+from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.score import infer, load_model
-from imood_cli.engine.scoreset import ScoreSet
+from imood_cli.engine.scoring.score import infer, load_model
 
 SPECS = ["react", "ada_react", "ash", "ash:variant=b:layer=map", "scale", "dice", "vim", "ada_vim", "knn", "ada_knn",
          "rmd", "ada_rmd"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from imood_cli.engine.checkpoint import load_tensors
-from imood_cli.engine.scoreset import ScoreSet
+from imood_cli.engine.runs.checkpoint import load_tensors
+from imood_cli.engine.runs.scorefile import ScoreSet
 
 DETECTORS = ["entropy", "ada_entropy", "maxlogit", "gen", "gen:M=3", "klm", "ada_klm", "odin", "ada_odin", "fdbd",
              "ada_fdbd", "classprior", "classprior:variant=rp_msp",

@@ -12,10 +12,10 @@ import torch
 from imood_cli.core.contract import LossContext, ModelOutputs
 from imood_cli.data.digits import Digits
 from imood_cli.detectors.energy import ID_GAP, OOD_GAP, Energy, margins_from_energies
-from imood_cli.engine.checkpoint import CheckpointDir, load_tensors
-from imood_cli.engine.config import default_for, resolve_config
+from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.train import TrainObserver, build_detector, resume, train
+from imood_cli.engine.training.config import default_for, resolve_config
+from imood_cli.engine.training.trainer import TrainObserver, build_detector, resume, train
 from imood_cli.errors import ImoodError
 from imood_cli.registry import parse_spec, registry
 

@@ -5,7 +5,14 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from imood_cli import api
-from imood_cli.engine.evaluate import bootstrap_ci, evaluate, group_errors, id_accuracy, ood_metrics, shot_groups
+from imood_cli.engine.metrics.evaluate import (
+    bootstrap_ci,
+    evaluate,
+    group_errors,
+    id_accuracy,
+    ood_metrics,
+    shot_groups,
+)
 from imood_cli.errors import ImoodError
 
 

@@ -24,7 +24,7 @@ import torch
 from conftest import run_cli
 from safetensors.numpy import save_file
 
-from imood_cli.engine.checkpoint import load_tensors, save_tensors
+from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
 
 PRECIOUS = "weeks of work"
 

@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from imood_cli import api
-from imood_cli.engine.benchmark import load_benchmark
-from imood_cli.engine.checkpoint import load_tensors
-from imood_cli.engine.scoreset import ScoreSet
+from imood_cli.engine.benchmarks import load_benchmark
+from imood_cli.engine.runs.checkpoint import load_tensors
+from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.registry import registry
 
 CLASSES = {"ant": 12, "bee": 6, "fly": 3}  # long-tailed training counts
@@ -323,7 +323,7 @@ def test_grey_images_and_another_input_size(bench, tmp_path, capsys):
 
 
 def test_model_file_metadata_is_checked(bench, tmp_path, capsys):
-    from imood_cli.engine.checkpoint import save_tensors
+    from imood_cli.engine.runs.checkpoint import save_tensors
 
     _, run, _, _ = import_run(bench, tmp_path, capsys, "tv-resnet18")
     tensors, meta = load_tensors(run / "model.safetensors")

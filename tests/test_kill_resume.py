@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imood_cli.engine.checkpoint import CheckpointDir, load_tensors
+from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors
 
 IMOOD = [sys.executable, "-m", "imood_cli"]
 EPOCHS = 6

@@ -19,7 +19,7 @@ from imood_cli.detectors.cocl import COCL
 from imood_cli.detectors.eat import EAT, cutmix_box, tail_pastes
 from imood_cli.detectors.oecc import OECC
 from imood_cli.detectors.opensampling import OpenSampling, rebalance_rate, sample_open_labels
-from imood_cli.engine.scoreset import ScoreSet
+from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.errors import ImoodError
 from imood_cli.plugin_api import OptionError
 from imood_cli.registry import registry
@@ -530,7 +530,7 @@ def test_each_method_trains_and_scores_on_digits(digits_runs, run, metrics, caps
 
 
 def test_model_files_hold_the_extra_outputs_but_not_the_prototypes(digits_runs):
-    from imood_cli.engine.checkpoint import load_tensors
+    from imood_cli.engine.runs.checkpoint import load_tensors
 
     tensors, meta = load_tensors(digits_runs / "cocl" / "model.safetensors")
     assert meta["architecture"]["extra_outputs"] == 1 and not any(k.startswith("ood_params") for k in tensors)
@@ -547,10 +547,10 @@ def test_model_files_hold_the_extra_outputs_but_not_the_prototypes(digits_runs):
 def test_resume_after_an_interrupt_reaches_the_same_weights(tmp_path, metric):
     # COCL draws head negatives and owns prototypes, BalEnergy keeps a running prior: all must come back exactly
     from imood_cli.data.digits import Digits
-    from imood_cli.engine.checkpoint import load_tensors
-    from imood_cli.engine.config import resolve_config
+    from imood_cli.engine.runs.checkpoint import load_tensors
     from imood_cli.engine.runtime import setup
-    from imood_cli.engine.train import Interrupted, TrainObserver, resume, train
+    from imood_cli.engine.training.config import resolve_config
+    from imood_cli.engine.training.trainer import Interrupted, TrainObserver, resume, train
 
     class SigintAtStep(TrainObserver):
         def step(self, epoch, step, images):

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from imood_cli.engine import evaluate
-from imood_cli.engine.evaluate import bootstrap_ci, curve, metrics_from_curve, ood_metrics
+from imood_cli.engine.metrics import evaluate
+from imood_cli.engine.metrics.evaluate import bootstrap_ci, curve, metrics_from_curve, ood_metrics
 from imood_cli.errors import ImoodError
 
 TOL = 1e-12

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from imood_cli.engine.paired import describe, paired_difference, sign_test
+from imood_cli.engine.metrics.paired import describe, paired_difference, sign_test
 
 A = [0.931, 0.925, 0.940, 0.918, 0.935, 0.929, 0.922]
 B = [0.950, 0.941, 0.947, 0.930, 0.949, 0.931, 0.940]

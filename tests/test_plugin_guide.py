@@ -94,7 +94,7 @@ def test_the_guides_plugin_loads_scores_and_trains(installed, tmp_path):
     scored = imood(site, "score", "runs/acme", "-m", "residual,ada_residual,clipped:clip=0.5,ada_clipped",
                    "--device", "cpu", cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr
-    from imood_cli.engine.scoreset import ScoreSet
+    from imood_cli.engine.runs.scorefile import ScoreSet
 
     scores = tmp_path / "runs" / "acme" / "scores"
     for stem in ("residual", "ada_residual", "clipped-clip=0.5", "ada_clipped"):

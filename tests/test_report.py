@@ -21,7 +21,7 @@ import pytest
 from conftest import run_cli
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from imood_cli.engine.scoreset import ScoreSet
+from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.report.results import distinguishing_suffixes
 
 COUNTS = [500, 300, 200, 120, 80, 50, 30, 20, 10, 5]

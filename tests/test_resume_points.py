@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from imood_cli.data.digits import Digits
-from imood_cli.engine.checkpoint import CheckpointDir, load_tensors, save_tensors
-from imood_cli.engine.config import resolve_config
+from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors, save_tensors
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.train import TrainObserver, resume, train
+from imood_cli.engine.training.config import resolve_config
+from imood_cli.engine.training.trainer import TrainObserver, resume, train
 from imood_cli.errors import ImoodError, TrainingDiverged
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from imood_cli.engine.checkpoint import load_tensors, save_tensors
-from imood_cli.engine.run import RunLock
+from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
+from imood_cli.engine.runs.folder import RunLock
 
 EPOCHS = 2
 

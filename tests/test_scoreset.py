@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from imood_cli.engine import checkpoint
-from imood_cli.engine.scoreset import ScoreSet, Tensor, read_score_file, tensors_digest
+from imood_cli.engine.runs import checkpoint
+from imood_cli.engine.runs.scorefile import ScoreSet, Tensor, read_score_file, tensors_digest
 from imood_cli.errors import ImoodError
 
 TORCH_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
@@ -135,7 +135,7 @@ def test_loading_and_evaluating_imports_no_torch(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['torch'] = None  # any import of torch fails\n"
-        "from imood_cli.engine.scoreset import ScoreSet\n"
+        "from imood_cli.engine.runs.scorefile import ScoreSet\n"
         "from imood_cli.report.results import evaluate_scoreset\n"
         f"r = evaluate_scoreset(ScoreSet.load({str(path)!r}))\n"
         "print(round(r['ood']['a']['auroc'], 6), r['id']['acc'])\n"

@@ -24,8 +24,8 @@ from safetensors.numpy import load_file
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from imood_cli import plans
-from imood_cli.engine import sweep as engine
-from imood_cli.engine.config import resolve_config
+from imood_cli.engine.sweep import plan as engine
+from imood_cli.engine.training.config import resolve_config
 from imood_cli.errors import ImoodError
 
 IMOOD = [sys.executable, "-m", "imood_cli"]
@@ -198,7 +198,7 @@ def test_train_flags_parse_back_to_the_planned_options():
 
 @pytest.mark.parametrize("spec", ["msp", "ada_energy", "react:p=95", "eat:stage=2:odc=30", "classprior"])
 def test_score_file_names_are_the_ones_imood_score_writes(spec):
-    from imood_cli.engine.score import detector_label, file_stem
+    from imood_cli.engine.scoring.score import detector_label, file_stem
 
     assert engine.score_file_stem(spec) == file_stem(detector_label(spec))
 
@@ -353,7 +353,7 @@ def log_commands(log: Path) -> list[list[str]]:
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:
     """Every model file: its mtime and sha256."""
-    from imood_cli.engine.run import sha256_file
+    from imood_cli.engine.runs.folder import sha256_file
 
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, sha256_file(p)) for p in root.rglob("model.safetensors")}
 

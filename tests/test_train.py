@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from imood_cli.data.digits import Digits
-from imood_cli.engine.checkpoint import load_tensors
-from imood_cli.engine.config import resolve_config
+from imood_cli.engine.runs.checkpoint import load_tensors
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.train import Interrupted, Trainer, TrainObserver, resume, train
+from imood_cli.engine.training.config import resolve_config
+from imood_cli.engine.training.trainer import Interrupted, Trainer, TrainObserver, resume, train
 from imood_cli.errors import ImoodError, TrainingDiverged
 
 
@@ -228,7 +228,7 @@ def test_fast_step_equals_a_per_image_torchvision_step(tmp_path):
 
     from imood_cli.data.augment import CIFAR_AUGMENT, draw
     from imood_cli.data.base import Benchmark, ImageSet
-    from imood_cli.engine.train import Trainer
+    from imood_cli.engine.training.trainer import Trainer
 
     g = torch.Generator().manual_seed(0)
     n = 40

@@ -4,7 +4,7 @@ import torch
 from conftest import run_cli
 from fixtures_data import write_imagenet
 
-from imood_cli.engine.checkpoint import load_tensors
+from imood_cli.engine.runs.checkpoint import load_tensors
 
 
 def test_imagenet_layout_trains_and_scores(tmp_path, capsys):

@@ -103,7 +103,7 @@ def prepare(
             raise ImoodError(f"{given[0]} belongs to `imood data prepare folder` (a benchmark of your own images), "
                              f"not to `imood data prepare {name}`")
         from imood_cli.data.user_folder import FolderBenchmark
-        from imood_cli.engine.benchmark import dataset
+        from imood_cli.engine.benchmarks import dataset
 
         ds = dataset(name, data_root)
         if isinstance(ds, FolderBenchmark):
@@ -126,8 +126,8 @@ def _prepare_folder(data_root: Path, bench_name: Optional[str], **options) -> di
     """`imood data prepare folder`: the name checked against every benchmark imood knows, then
     `data.user_folder.prepare_folder` (which checks everything else before its one write)."""
     from imood_cli.data.user_folder import check_name, prepare_folder
-    from imood_cli.engine.benchmark import is_registered
-    from imood_cli.engine.config import DATASET_ALIASES
+    from imood_cli.engine.benchmarks import is_registered
+    from imood_cli.engine.training.config import DATASET_ALIASES
     from imood_cli.errors import ImoodError
 
     if bench_name is None:

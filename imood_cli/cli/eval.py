@@ -62,7 +62,7 @@ def eval_scores(
     """AUROC, AUPR-in, AUPR-out and FPR95 per OOD set and their mean; ID and many/medium/few accuracy."""
     # numpy and the report modules load only when the command runs: `imood --help` stays fast
     from imood_cli.cli.tables import print_table, print_warning
-    from imood_cli.engine.scoreset import ScoreSet
+    from imood_cli.engine.runs.scorefile import ScoreSet
     from imood_cli.fs.atomic import atomic_write_text
     from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
     from imood_cli.report.tables import METRICS, eval_tables

@@ -132,10 +132,10 @@ def score(
             raise ImoodError(f"--ada-scale must be a finite number >= 0, got {ada_scale}")
 
     from imood_cli.engine import runtime
-    from imood_cli.engine.benchmark import load_benchmark
-    from imood_cli.engine.evaluate import evaluate
-    from imood_cli.engine.score import ScoreRequest, detector_label, load_model, model_config, write_scores
-    from imood_cli.engine.score import score as score_run
+    from imood_cli.engine.benchmarks import load_benchmark
+    from imood_cli.engine.metrics.evaluate import evaluate
+    from imood_cli.engine.scoring.score import ScoreRequest, detector_label, load_model, model_config, write_scores
+    from imood_cli.engine.scoring.score import score as score_run
     from imood_cli.registry import parse_spec, registry
 
     requested = list(dict.fromkeys(split_list(ood_metric)))  # a name given twice is scored once

@@ -78,7 +78,7 @@ def _list_plans() -> None:
     from rich.table import Table
 
     from imood_cli import plans
-    from imood_cli.engine.sweep import read_plan
+    from imood_cli.engine.sweep.plan import read_plan
 
     table = Table(title="plans imood ships (imood sweep NAME)", title_justify="left")
     for col in ("name", "runs × seeds × benchmarks", "description"):
@@ -127,7 +127,7 @@ def sweep(
     """Train and score every run × seed × benchmark of a plan, skipping what is complete and resuming what was
     interrupted, then report each run's mean ± std over seeds (beside the paper's numbers when the plan names a
     published table). Each step is an ordinary `imood train` / `imood score` process; --print shows them."""
-    from imood_cli.engine import sweep as engine
+    from imood_cli.engine.sweep import plan as engine
 
     if list_plans:
         _list_plans()
@@ -190,7 +190,7 @@ def sweep(
 
 
 def _print_commands(plan, units, states) -> None:
-    from imood_cli.engine.sweep import commands, shell_line
+    from imood_cli.engine.sweep.plan import commands, shell_line
 
     pending = {u.key for u in units if not states[u.key].complete}
     for u in units:
@@ -273,7 +273,7 @@ def _rich(t):
 
 def _json(plan, rows, failed) -> str:
     from imood_cli import __version__
-    from imood_cli.engine.sweep import SUMMARY_KEYS
+    from imood_cli.engine.sweep.plan import SUMMARY_KEYS
     from imood_cli.report.published import compare, source
 
     doc: dict[str, Any] = {"format": "imood-sweep", "imood_version": __version__, "plan": plan.name,

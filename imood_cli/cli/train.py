@@ -18,7 +18,7 @@ from typing import Any, Optional
 import typer
 
 from imood_cli.cli.common import DDP_ARGV, console, current_argv, err_console, is_main_process, progress
-from imood_cli.engine import config as train_config
+from imood_cli.engine.training import config as train_config
 from imood_cli.errors import ImoodError
 
 
@@ -116,8 +116,8 @@ def train(resume_run: Optional[Path], config: Optional[Path], force: bool, ddp: 
     batch of auxiliary OOD images. Defaults depend on --ds (shown per benchmark below).
     """
     from imood_cli.engine import runtime
-    from imood_cli.engine.train import resume
-    from imood_cli.engine.train import train as train_run
+    from imood_cli.engine.training.trainer import resume
+    from imood_cli.engine.training.trainer import train as train_run
 
     given = {k: v for k, v in given.items() if v is not None}
     if ddp and "WORLD_SIZE" not in os.environ:

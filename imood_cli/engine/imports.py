@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from imood_cli.engine.checkpoint import save_tensors, sha256_file
-from imood_cli.engine.config import TrainConfig, resolve_config
-from imood_cli.engine.run import RunLock, clear_run, is_run_folder
+from imood_cli.engine.runs.checkpoint import save_tensors, sha256_file
+from imood_cli.engine.runs.folder import RunLock, clear_run, is_run_folder
+from imood_cli.engine.training.config import TrainConfig, resolve_config
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_text
 from imood_cli.models.adapter import Capabilities
@@ -101,7 +101,7 @@ def write_run(out: Path, cfg: TrainConfig, state: dict[str, torch.Tensor], meta:
 
 def _class_counts(cfg: TrainConfig, given: list[int] | None, check_name: bool = False):
     """(class counts, the benchmark or None): counts given on the command line need no data on disk."""
-    from imood_cli.engine.benchmark import check_benchmark, load_benchmark
+    from imood_cli.engine.benchmarks import check_benchmark, load_benchmark
 
     if given is not None:
         if check_name:
@@ -116,7 +116,7 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
                      ood_metric: str | None = None, logit_adjust: float | None = None,
                      force: bool = False) -> ImportResult:
     """Turn a reference `.pth` into `<out>/model.safetensors` + `<out>/config.json` (a run folder)."""
-    from imood_cli.engine.train import model_metadata
+    from imood_cli.engine.training.trainer import model_metadata
     from imood_cli.registry import registry
 
     file = Path(file)
@@ -159,8 +159,8 @@ def import_model(source: str, name: str, out: Path, dataset: str, *, weights: Pa
                  cifar_stem: bool = False, force: bool = False) -> ModelImportResult:
     """A timm or torchvision classifier (random, pretrained from the local cache, or with a weights file) as the
     run folder `out` for the benchmark `dataset`."""
-    from imood_cli.engine.score import unavailable_detectors
-    from imood_cli.engine.train import model_metadata
+    from imood_cli.engine.scoring.score import unavailable_detectors
+    from imood_cli.engine.training.trainer import model_metadata
     from imood_cli.models.importer import check_names, import_classifier, recipe
 
     out = check_out(out, force)

@@ -1,6 +1,6 @@
 """Plans shipped with imood for `imood sweep NAME`: the paper's tables and a smoke test sized for CI.
 
-Each `<name>.toml` here is an ordinary plan file (see imood_cli.engine.sweep); `imood sweep --list` shows
+Each `<name>.toml` here is an ordinary plan file (see imood_cli.engine.sweep.plan); `imood sweep --list` shows
 them, and a copy is the starting point of a plan of one's own.
 """
 

@@ -17,7 +17,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from imood_cli.engine.evaluate import curve, shot_groups
+from imood_cli.engine.metrics.evaluate import curve, shot_groups
 from imood_cli.report.results import Entry, Report
 
 MAX_POINTS = 2000

@@ -159,7 +159,7 @@ class Comparison:
 def _match(t: PublishedTable, name: str) -> PublishedRow | None:
     """A name matched to a method of the table: as printed ('PASCL + ImOOD'), or as `imood sweep` names its
     run folders ('pascl+imood', 'pascl+imood-seed3')."""
-    from imood_cli.engine.sweep import run_slug
+    from imood_cli.engine.sweep.plan import run_slug
 
     bare = re.sub(r"-seed\d+$", "", name.strip())
     for r in t.rows:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imood_cli.engine.evaluate import evaluate
-from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, run_of, sha256_file
-from imood_cli.engine.scoreset import ScoreSet
+from imood_cli.engine.metrics.evaluate import evaluate
+from imood_cli.engine.runs.folder import CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, run_of, sha256_file
+from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.errors import ImoodError
 
 SCORES = "scores"

@@ -48,10 +48,10 @@ def test_train_with_supcon_and_score_with_margin(run):
     assert not r.stderr.count("skipped")  # no plugin warning: nothing clashes with a built-in
 
     # The margins imood wrote equal the top-two gap of the model's own logits, recomputed here.
-    from imood_cli.engine.benchmark import load_benchmark
+    from imood_cli.engine.benchmarks import load_benchmark
+    from imood_cli.engine.runs.scorefile import ScoreSet
     from imood_cli.engine.runtime import Runtime
-    from imood_cli.engine.score import infer, load_model
-    from imood_cli.engine.scoreset import ScoreSet
+    from imood_cli.engine.scoring.score import infer, load_model
 
     loaded = load_model(run, "cpu")
     bench = load_benchmark("digits", run.parent / "data")

@@ -29,11 +29,11 @@ from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.engine import runtime
-from imood_cli.engine.checkpoint import load_tensors, non_finite_weight, save_tensors
-from imood_cli.engine.run import check_model_metadata as check_metadata
-from imood_cli.engine.run import model_path, sha256_file
+from imood_cli.engine.runs.checkpoint import load_tensors, non_finite_weight, save_tensors
+from imood_cli.engine.runs.folder import check_model_metadata as check_metadata
+from imood_cli.engine.runs.folder import model_path, sha256_file
+from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.scoreset import ScoreSet
 from imood_cli.errors import ImoodError
 from imood_cli.models.adapter import STAGES, Capabilities
 from imood_cli.models.imood_model import Architecture, ImOODModel, check_new_fields, forward_macs

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imood_cli.core.process import PARENT_ENV
-from imood_cli.engine.config import DATASET_ALIASES, convert, from_mapping, options
-from imood_cli.engine.run import CONFIG_FILE, MODEL_FILE, sha256_file
+from imood_cli.engine.runs.folder import CONFIG_FILE, MODEL_FILE, sha256_file
+from imood_cli.engine.training.config import DATASET_ALIASES, convert, from_mapping, options
 from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.fs.safe import parse_toml, read_text
 from imood_cli.registry import parse_spec
@@ -291,8 +291,8 @@ def _check_references(plan: Plan) -> None:
 def check_names(plan: Plan) -> None:
     """Benchmarks (built-in, plugin, or folder benchmarks prepared under the plan's data root), detectors, OOD
     losses and aux losses the plan names exist (before hours of work)."""
-    from imood_cli.engine.benchmark import check_benchmark
-    from imood_cli.engine.config import TrainConfig
+    from imood_cli.engine.benchmarks import check_benchmark
+    from imood_cli.engine.training.config import TrainConfig
     from imood_cli.registry import registry
 
     reg = registry()
@@ -430,7 +430,7 @@ class UnitState:
 
 def score_meta(path: Path) -> dict[str, Any] | None:
     """The metadata of a score file if it is intact (its tensor checksum verifies), else None."""
-    from imood_cli.engine.scoreset import read_score_file
+    from imood_cli.engine.runs.scorefile import read_score_file
 
     try:
         return read_score_file(path)[1]
@@ -759,8 +759,8 @@ class RowResult:
 
 def seed_result(path: Path, model_sha: str | None) -> tuple[dict[str, float | None] | None, str]:
     """The headline numbers of one score file (mean over its OOD sets, ID accuracy), or why there are none."""
-    from imood_cli.engine.evaluate import evaluate
-    from imood_cli.engine.scoreset import ScoreSet
+    from imood_cli.engine.metrics.evaluate import evaluate
+    from imood_cli.engine.runs.scorefile import ScoreSet
 
     if model_sha is None:
         return None, "no model"

@@ -25,12 +25,20 @@ from imood_cli.data.augment import apply as augment_apply
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine import runtime
-from imood_cli.engine.benchmark import load_benchmark
-from imood_cli.engine.checkpoint import CheckpointDir, ResumePoint, non_finite_weight, save_tensors
-from imood_cli.engine.config import TrainConfig, convert, default_for, load_run_config, options, show
-from imood_cli.engine.guard import TrainingGuard
-from imood_cli.engine.run import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RunLock, clear_run
+from imood_cli.engine.benchmarks import load_benchmark
+from imood_cli.engine.runs.checkpoint import CheckpointDir, ResumePoint, non_finite_weight, save_tensors
+from imood_cli.engine.runs.folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RunLock,
+    clear_run,
+)
 from imood_cli.engine.runtime import Runtime
+from imood_cli.engine.training.config import TrainConfig, convert, default_for, load_run_config, options, show
+from imood_cli.engine.training.guard import TrainingGuard
 from imood_cli.errors import ImoodError, TrainingDiverged
 from imood_cli.fs.atomic import atomic_write_text, is_temp_file
 from imood_cli.losses.la_ce import logit_adjusted_ce
@@ -625,8 +633,8 @@ def keep_aux_linear_increasing(head: torch.nn.Linear) -> None:
 
 def init_weights(model: ImOODModel, target: Path, metric_name: str) -> None:
     """Start from an imood model's weights; any architecture difference is an error before training."""
-    from imood_cli.engine.checkpoint import load_tensors
-    from imood_cli.engine.score import check_model_metadata, check_state_dict, resolve_model_path
+    from imood_cli.engine.runs.checkpoint import load_tensors
+    from imood_cli.engine.scoring.score import check_model_metadata, check_state_dict, resolve_model_path
 
     path = resolve_model_path(target)
     tensors, meta = load_tensors(path, "model file")
@@ -772,7 +780,7 @@ def resume(run: Path, observer: TrainObserver | None = None, overrides: dict[str
 
 def _model_intact(path: Path) -> bool:
     """A model file that loads and verifies (a kill may have left none, or the user may have damaged it)."""
-    from imood_cli.engine.checkpoint import load_tensors
+    from imood_cli.engine.runs.checkpoint import load_tensors
 
     try:
         return "skeleton" not in load_tensors(path, "model file")[1]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from imood_cli.engine.evaluate import check_class_counts
+from imood_cli.engine.metrics.evaluate import check_class_counts
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_bytes
 from imood_cli.fs.safe import read_capped, weights_cap

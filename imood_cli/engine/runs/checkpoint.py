@@ -20,14 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from imood_cli.engine.run import (
+from imood_cli.engine.runs.folder import (
     CHECKPOINT_NAME,
     CheckpointEntry,
     check_checkpoint_entry,
     is_imood_checkpoint,
     sha256_file,
 )
-from imood_cli.engine.scoreset import META_KEY, read_metadata
+from imood_cli.engine.runs.scorefile import META_KEY, read_metadata
 from imood_cli.errors import ImoodError
 from imood_cli.fs import faults
 from imood_cli.fs.atomic import atomic_write_bytes, atomic_write_text
