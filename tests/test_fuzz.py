@@ -166,7 +166,9 @@ def test_eval_of_odd_score_files(capsys, ss, bootstrap, missing):
     counts = ss.meta.get("class_counts")
     ok_counts = counts is None or (isinstance(counts, list) and counts and all(
         isinstance(c, int) and c >= 0 for c in counts))
-    ok_preds = all(ss.ood_pred[k].size == ss.ood_score[k].size for k in ss.ood_pred)
+    k = len(counts) if ok_counts and counts else None  # predictions are class indices in [0, K)
+    ok_preds = all(p.size == ss.ood_score[name].size and (not p.size or (p.min() >= 0 and (k is None or p.max() < k)))
+                   for name, p in ss.ood_pred.items())
     if (ok_scores and ok_counts and ok_preds and ss.ood_score and "mean" not in ss.ood_score and ss.id_label is None
             and not missing):
         assert code == 0

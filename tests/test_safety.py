@@ -15,7 +15,7 @@ import torch
 from conftest import run_cli
 
 from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
-from imood_cli.engine.runs.folder import RunLock
+from imood_cli.engine.runs.lock import RunLock
 
 EPOCHS = 2
 

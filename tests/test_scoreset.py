@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from imood_cli.engine.runs import checkpoint
-from imood_cli.engine.runs.scorefile import ScoreSet, Tensor, read_score_file, tensors_digest
+from imood_cli.engine.runs.scorefile import ScoreSet, Tensor, read_score_file, stored_digest
 from imood_cli.errors import ImoodError
 
 TORCH_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
@@ -40,7 +40,7 @@ def test_digest_equals_the_torch_digest(dtype, shape, tmp_path):
     save_file({"a": t, "b.c": random_tensor(torch.float32, (3,), 2)}, path)
     tensors, _ = read_score_file(path)
     assert tensors["a"].torch_dtype == str(dtype)
-    assert tensors_digest(tensors) == checkpoint.tensors_digest({"a": t, "b.c": random_tensor(torch.float32, (3,), 2)})
+    assert stored_digest(tensors) == checkpoint.torch_digest({"a": t, "b.c": random_tensor(torch.float32, (3,), 2)})
 
 
 @pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=str)
@@ -74,7 +74,7 @@ def test_the_torch_reader_verifies_a_file_of_the_numpy_writer(tmp_path):
     np.testing.assert_array_equal(tensors["ood.svhn.pred"].numpy(), ss.ood_pred["svhn"])
     # and the stored digest is the one torch computes over the tensors it read
     header = json.loads(path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")])
-    assert json.loads(header["__metadata__"]["imood"])["tensors_sha256"] == checkpoint.tensors_digest(tensors)
+    assert json.loads(header["__metadata__"]["imood"])["tensors_sha256"] == checkpoint.torch_digest(tensors)
 
 
 def test_damaged_tensor_bytes_fail_the_digest(tmp_path):

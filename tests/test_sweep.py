@@ -196,11 +196,12 @@ def test_train_flags_parse_back_to_the_planned_options():
     assert {k: getattr(cfg, k) for k in values} == values
 
 
-@pytest.mark.parametrize("spec", ["msp", "ada_energy", "react:p=95", "eat:stage=2:odc=30", "classprior"])
-def test_score_file_names_are_the_ones_imood_score_writes(spec):
-    from imood_cli.engine.scoring.score import detector_label, file_stem
+@pytest.mark.parametrize("spec,stem", [("msp", "msp"), ("ada_energy", "ada_energy"), ("react:p=95", "react-p=95"),
+                                       ("eat: stage=2 :odc=30", "eat-stage=2-odc=30"), ("classprior", "classprior")])
+def test_score_file_names_are_the_ones_imood_score_writes(spec, stem):
+    from imood_cli.engine.runs.layout import score_file_stem
 
-    assert engine.score_file_stem(spec) == file_stem(detector_label(spec))
+    assert score_file_stem(spec) == stem
 
 
 # ---------------------------------------------------------------- the scheduler, with stand-in commands
@@ -353,7 +354,7 @@ def log_commands(log: Path) -> list[list[str]]:
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:
     """Every model file: its mtime and sha256."""
-    from imood_cli.engine.runs.folder import sha256_file
+    from imood_cli.engine.runs.digest import sha256_file
 
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, sha256_file(p)) for p in root.rglob("model.safetensors")}
 

@@ -134,7 +134,8 @@ def score(
     from imood_cli.engine import runtime
     from imood_cli.engine.benchmarks import load_benchmark
     from imood_cli.engine.metrics.evaluate import evaluate
-    from imood_cli.engine.scoring.score import ScoreRequest, detector_label, load_model, model_config, write_scores
+    from imood_cli.engine.runs.layout import detector_label
+    from imood_cli.engine.scoring.score import ScoreRequest, load_model, model_config, write_scores
     from imood_cli.engine.scoring.score import score as score_run
     from imood_cli.registry import parse_spec, registry
 

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from imood_cli.engine.runs.checkpoint import save_tensors, sha256_file
-from imood_cli.engine.runs.folder import RunLock, clear_run, is_run_folder
+from imood_cli.engine.runs.layout import is_run_folder
+from imood_cli.engine.runs.lock import RunLock
+from imood_cli.engine.runs.owned import clear_run
 from imood_cli.engine.training.config import TrainConfig, resolve_config
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_text

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imood_cli.engine.metrics.evaluate import evaluate
-from imood_cli.engine.runs.folder import CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, run_of, sha256_file
+from imood_cli.engine.runs.digest import sha256_file
+from imood_cli.engine.runs.layout import MODEL_FILE, holds_model, run_of
 from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.errors import ImoodError
 
@@ -37,17 +38,12 @@ def evaluate_scoreset(ss: ScoreSet, bootstrap: int = 0, seed: int = 0) -> dict:
 
 
 # ---- run folders and their score files
-def is_run_folder(folder: Path) -> bool:
-    """A folder `imood train` or `imood import-ckpt` made (or one being trained)."""
-    return any((folder / name).exists() for name in (MODEL_FILE, CONFIG_FILE, CHECKPOINT_DIR))
-
-
 def source_root(arg: Path) -> Path:
     """What an argument of eval/report names: a run folder, a scores folder or a score file -> the run
     folder (or, for scores of another tool, the folder holding them)."""
     if arg.is_file():
         return run_of(arg) or arg.parent
-    if arg.name == SCORES and is_run_folder(arg.parent):  # another tool's scores folder stays its own root
+    if arg.name == SCORES and holds_model(arg.parent):  # another tool's scores folder stays its own root
         return arg.parent
     return arg
 
@@ -63,8 +59,8 @@ def score_files(paths: list[Path], metrics: list[str] | None = None) -> list[Pat
             raise ImoodError(f"score file or run folder not found: {p}")
         if not p.is_dir():
             raise ImoodError(f"{p} is neither a score file nor a folder")
-        in_run = p.name == SCORES and is_run_folder(p.parent)
-        run = p.parent if in_run else p if is_run_folder(p) else None
+        in_run = p.name == SCORES and holds_model(p.parent)
+        run = p.parent if in_run else p if holds_model(p) else None
         folder = p if in_run else p / SCORES if run is not None or (p / SCORES).is_dir() else p
         files = sorted(f for f in folder.glob("*.safetensors") if not f.name.startswith(".")) if folder.is_dir() else []
         if not files:

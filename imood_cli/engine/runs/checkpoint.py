@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
-from imood_cli.engine.runs.folder import (
-    CHECKPOINT_NAME,
-    CheckpointEntry,
-    check_checkpoint_entry,
-    is_imood_checkpoint,
-    sha256_file,
-)
+from imood_cli.engine.runs.digest import sha256_file, tensors_digest
+from imood_cli.engine.runs.layout import CHECKPOINT_NAME
+from imood_cli.engine.runs.metadata import whole_number
+from imood_cli.engine.runs.owned import is_imood_checkpoint
 from imood_cli.engine.runs.scorefile import META_KEY, read_metadata
 from imood_cli.errors import ImoodError
 from imood_cli.fs import faults
@@ -44,14 +42,13 @@ from imood_cli.fs.safe import (
 KEEP_CHECKPOINTS = 2
 
 
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes (safetensors itself has no checksum)."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().contiguous().cpu()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def torch_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """`runs.digest.tensors_digest` of torch tensors."""
+    def raw(t: torch.Tensor):
+        t = t.detach().contiguous().cpu()
+        return t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+
+    return tensors_digest((k, str(t.dtype), tuple(t.shape), raw(t)) for k, t in tensors.items())
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], digest: bool = True,
@@ -61,7 +58,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
     the write for fault injection (fs.faults). Returns the bytes written."""
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     if digest:
-        meta = {**meta, "tensors_sha256": tensors_digest(clean)}
+        meta = {**meta, "tensors_sha256": torch_digest(clean)}
     data = st_save_bytes(clean, metadata={META_KEY: json.dumps(meta)})
     try:
         atomic_write_bytes(path, data, step)
@@ -88,7 +85,7 @@ def load_tensors(path: Path, what: str = "file", require_digest: bool = False
     expected = meta.pop("tensors_sha256", None)
     if expected is None and require_digest:
         raise ImoodError(f"{what} {path} was written without a checksum to verify it by")
-    if expected is not None and tensors_digest(tensors) != expected:
+    if expected is not None and torch_digest(tensors) != expected:
         raise ImoodError(f"{what} {path} is corrupt: its tensor data does not match the checksum written with it")
     return tensors, meta
 
@@ -136,7 +133,7 @@ def save_state(path: Path, state: dict[str, Any], meta: dict[str, Any], step: st
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, "s", tensors)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    digest = tensors_digest(clean)
+    digest = torch_digest(clean)
     data = save_tensors(path, clean, {**meta, "skeleton": skeleton, "tensors_sha256": digest}, digest=False,
                         step=step)
     return {"file": Path(path).name, "size": len(data), "tensors_sha256": digest}
@@ -355,3 +352,40 @@ def _without_path(exc: Exception, path: Path) -> str:
     for prefix in (f"checkpoint {path} ", f"{path}: ", f"{path} "):
         text = text.removeprefix(prefix)
     return text
+
+
+@dataclass
+class CheckpointEntry:
+    """One entry of checkpoint/latest.json. A checkpoint of imood 0.3 carries the digest of its tensors
+    (`tensors_sha256`, also inside the file); an index of 0.2 recorded the sha256 of the whole file."""
+
+    file: str
+    epoch: int
+    step: int
+    size: int
+    sha256: str | None = None
+    tensors_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def _hex_digest(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
+
+
+def check_checkpoint_entry(e: Any, where: Path) -> CheckpointEntry:
+    """One entry of checkpoint/latest.json, accepted only if it names imood's own checkpoint file."""
+    if not isinstance(e, dict):
+        raise ImoodError(f"{where} is corrupt: an entry is not an object")
+    epoch, step, size, name = e.get("epoch"), e.get("step", 0), e.get("size"), e.get("file")
+    sha, digest = e.get("sha256"), e.get("tensors_sha256")
+    ok = (whole_number(epoch, 0, 10**7) and whole_number(step, 0, 10**9) and whole_number(size, 1, 2**50)
+          and isinstance(name, str) and (sha is not None or digest is not None) and (sha is None or _hex_digest(sha))
+          and (digest is None or _hex_digest(digest)))
+    expected = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "") + ".safetensors" if ok else None
+    if not ok or name != expected:
+        shown = repr(name)[:80] if isinstance(name, str) else "no file name"
+        raise ImoodError(f"{where} is corrupt: entry {shown} is not one of imood's checkpoints (epoch_NNNN.safetensors "
+                         "with epoch, step, size and a checksum)")
+    return CheckpointEntry(name, epoch, step, size, sha, digest)

@@ -5,14 +5,13 @@ JSON metadata with `class_counts`, `metric`, `score_direction` = "higher_is_ood"
 and the checkpoint the scores came from. Scores from any tool can be evaluated this way.
 
 Reading and writing needs numpy and safetensors only, so `imood eval` and `imood report` start
-without torch. The `tensors_sha256` digest in the metadata is the one engine/checkpoint.py's
-`tensors_digest` computes over torch tensors (name, torch dtype name, shape, raw little-endian
-bytes, in sorted key order), so files written by either side verify on the other.
+without torch. The `tensors_sha256` digest in the metadata is `runs.digest.tensors_digest` (name,
+torch dtype name, shape, raw little-endian bytes, in sorted key order), which the checkpoint writer
+computes over torch tensors, so files written by either side verify on the other.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from imood_cli.engine.metrics.evaluate import check_class_counts
+from imood_cli.engine.runs.digest import tensors_digest
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_bytes
 from imood_cli.fs.safe import read_capped, weights_cap
@@ -91,14 +91,9 @@ def _float8_table(exponent_bits: int, mantissa_bits: int, ieee_specials: bool) -
 FLOAT8 = {"F8_E4M3": _float8_table(4, 3, ieee_specials=False), "F8_E5M2": _float8_table(5, 2, ieee_specials=True)}
 
 
-def tensors_digest(tensors: dict[str, Tensor]) -> str:
-    """engine/checkpoint.py's `tensors_digest`, computed from the stored bytes."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k]
-        h.update(f"{k}|{t.torch_dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.data)
-    return h.hexdigest()
+def stored_digest(tensors: dict[str, Tensor]) -> str:
+    """`runs.digest.tensors_digest` of tensors as they are stored."""
+    return tensors_digest((k, t.torch_dtype, t.shape, t.data) for k, t in tensors.items())
 
 
 def _little_endian(a: np.ndarray) -> np.ndarray:
@@ -125,7 +120,7 @@ def read_score_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if not isinstance(meta, dict):
         raise ImoodError(f"score file {path}: its 'imood' metadata must be a JSON object, got {type(meta).__name__}")
     expected = meta.pop("tensors_sha256", None)
-    if expected is not None and tensors_digest(tensors) != expected:
+    if expected is not None and stored_digest(tensors) != expected:
         raise ImoodError(f"score file {path} is corrupt: its tensor data does not match the checksum written with it")
     return tensors, meta
 
@@ -202,7 +197,7 @@ class ScoreSet:
         from safetensors.numpy import save as st_save
 
         arrays = {k: _little_endian(v) for k, v in self.arrays().items()}
-        digest = tensors_digest({k: _stored(v) for k, v in arrays.items()})
+        digest = stored_digest({k: _stored(v) for k, v in arrays.items()})
         meta = {**self.meta, "metric": self.metric, "score_direction": DIRECTION, "ood_sets": list(self.ood_score),
                 "tensors_sha256": digest}
         data = st_save(arrays, metadata={META_KEY: json.dumps(meta)})

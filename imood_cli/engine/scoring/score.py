@@ -14,7 +14,6 @@ classifier to re-run) gets one note naming the detectors it cannot run; the rest
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -30,8 +29,9 @@ from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.engine import runtime
 from imood_cli.engine.runs.checkpoint import load_tensors, non_finite_weight, save_tensors
-from imood_cli.engine.runs.folder import check_model_metadata as check_metadata
-from imood_cli.engine.runs.folder import model_path, sha256_file
+from imood_cli.engine.runs.digest import sha256_file
+from imood_cli.engine.runs.layout import detector_label, model_path, score_file_stem
+from imood_cli.engine.runs.metadata import check_model_metadata
 from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.engine.runtime import Runtime
 from imood_cli.errors import ImoodError
@@ -68,15 +68,12 @@ class LoadedModel:
         return None if record is None else Preprocess.from_dict(record, f"{self.path}: preprocess")
 
 
-resolve_model_path = model_path
-
-
 def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
     path = model_path(target)
     tensors, meta = load_tensors(path, "model file")
     if "skeleton" in meta:  # a training checkpoint: its model weights are under s.0.
         raise ImoodError(f"{path} is a training checkpoint; score the run folder or its model.safetensors")
-    arch = check_model_metadata(meta, path)
+    arch = architecture_of(meta, path)
     model = ImOODModel(arch)
     check_state_dict(model, tensors, path)
     bad = non_finite_weight(tensors)
@@ -88,9 +85,10 @@ def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
     return LoadedModel(model, meta, path, sha256_file(path))
 
 
-def check_model_metadata(meta: dict[str, Any], path: Path) -> Architecture:
-    """The architecture a model file declares, after checking every field scoring relies on."""
-    fields_ = check_metadata(meta, path)
+def architecture_of(meta: dict[str, Any], path: Path) -> Architecture:
+    """The architecture a model file declares, after checking every field scoring relies on (runs.metadata's
+    checks, then those of the fields imported models add)."""
+    fields_ = check_model_metadata(meta, path)
     extras = check_new_fields(meta["architecture"], str(path))
     if meta.get("preprocess") is not None:
         prep = Preprocess.from_dict(meta["preprocess"], f"{path} has malformed metadata: preprocess")
@@ -234,20 +232,6 @@ class ScoreRequest:
     skip_unavailable: bool = False  # drop detectors the model cannot run (-m all), with a note; else an error
 
 
-def detector_label(spec: str) -> str:
-    """The name a detector's scores go under: 'react:p=95' stays as typed, minus spaces."""
-    name, options = parse_spec(spec)
-    return name + "".join(f":{k}={v}" for k, v in options.items())
-
-
-def file_stem(label: str) -> str:
-    """A score file name for a label: 'react:p=95' -> 'react-p=95' (no ':' in file names)."""
-    stem = label.replace(":", "-")
-    if not re.fullmatch(r"[A-Za-z0-9_.=+\-]+", stem) or stem.startswith("."):
-        raise ImoodError(f"detector {label!r}: options may use letters, digits and . _ = + - only")
-    return stem
-
-
 def build_detectors(specs: list[str], ada_scale: float | None, arch: Architecture) -> dict[str, Any]:
     """{label: detector instance} for the requested specs."""
     reg = registry()
@@ -311,7 +295,7 @@ def drop_unavailable(detectors: dict[str, Any], caps: Capabilities, model_name: 
 
 
 def _fit_key(label: str) -> str:
-    return file_stem(label.removeprefix("ada_"))
+    return score_file_stem(label.removeprefix("ada_"))
 
 
 def fit_on(detectors: dict[str, Any], view: ModelView, where: str) -> None:
@@ -601,7 +585,7 @@ def write_scores(scoresets: dict[str, ScoreSet], folder: Path) -> dict[str, Path
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for label, ss in scoresets.items():
-        paths[label] = folder / f"{file_stem(label)}.safetensors"
+        paths[label] = folder / f"{score_file_stem(label)}.safetensors"
         ss.save(paths[label])
     return paths
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imood_cli.core.process import PARENT_ENV
-from imood_cli.engine.runs.folder import CONFIG_FILE, MODEL_FILE, sha256_file
+from imood_cli.engine.runs.digest import sha256_file
+from imood_cli.engine.runs.layout import CONFIG_FILE, MODEL_FILE, score_file_stem
 from imood_cli.engine.training.config import DATASET_ALIASES, convert, from_mapping, options
 from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.fs.safe import parse_toml, read_text
@@ -110,16 +111,6 @@ def run_slug(name: str) -> str:
     text = re.sub(r"\s*\+\s*", "+", name.strip().lower())
     text = re.sub(r"[^\w+.=-]+", "-", text)
     return text.strip("-.")
-
-
-def score_file_stem(spec: str) -> str:
-    """The score file `imood score` writes for a detector spec: 'react:p=95' -> 'react-p=95' (engine.score's
-    detector_label and file_stem, without importing torch; a test keeps the two in step)."""
-    name, opts = parse_spec(spec)
-    stem = (name + "".join(f":{k}={v}" for k, v in opts.items())).replace(":", "-")
-    if not re.fullmatch(r"[A-Za-z0-9_.=+\-]+", stem) or stem.startswith("."):
-        raise ImoodError(f"detector {spec!r}: options may use letters, digits and . _ = + - only")
-    return stem
 
 
 def plain_text(value: Any, what: str) -> str:

@@ -27,15 +27,9 @@ from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine import runtime
 from imood_cli.engine.benchmarks import load_benchmark
 from imood_cli.engine.runs.checkpoint import CheckpointDir, ResumePoint, non_finite_weight, save_tensors
-from imood_cli.engine.runs.folder import (
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    LOCK_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    RunLock,
-    clear_run,
-)
+from imood_cli.engine.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE
+from imood_cli.engine.runs.lock import RunLock
+from imood_cli.engine.runs.owned import clear_run
 from imood_cli.engine.runtime import Runtime
 from imood_cli.engine.training.config import TrainConfig, convert, default_for, load_run_config, options, show
 from imood_cli.engine.training.guard import TrainingGuard
@@ -634,11 +628,12 @@ def keep_aux_linear_increasing(head: torch.nn.Linear) -> None:
 def init_weights(model: ImOODModel, target: Path, metric_name: str) -> None:
     """Start from an imood model's weights; any architecture difference is an error before training."""
     from imood_cli.engine.runs.checkpoint import load_tensors
-    from imood_cli.engine.scoring.score import check_model_metadata, check_state_dict, resolve_model_path
+    from imood_cli.engine.runs.layout import model_path
+    from imood_cli.engine.scoring.score import architecture_of, check_state_dict
 
-    path = resolve_model_path(target)
+    path = model_path(target)
     tensors, meta = load_tensors(path, "model file")
-    theirs, ours = check_model_metadata(meta, path), model.arch
+    theirs, ours = architecture_of(meta, path), model.arch
     if theirs.extra_outputs < ours.extra_outputs:
         raise ImoodError(f"{metric_name} needs {ours.extra_outputs} extra classifier output(s), but {path} has "
                          f"{theirs.extra_outputs}: start from scratch, or train a metric without one")
