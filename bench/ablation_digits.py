@@ -36,9 +36,11 @@ from common import write_json
 from imood_cli.data.digits import Digits
 from imood_cli.engine.metrics.evaluate import evaluate
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.scoring.score import ScoreRequest, load_model, score
+from imood_cli.engine.scoring.loading import load_model
+from imood_cli.engine.scoring.request import ScoreRequest
+from imood_cli.engine.scoring.score import score
 from imood_cli.engine.training.config import resolve_config
-from imood_cli.engine.training.trainer import train
+from imood_cli.engine.training.lifecycle import train
 from imood_cli.fs.atomic import atomic_write_text
 
 EVAL_FILE = "ablation-eval.json"

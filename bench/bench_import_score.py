@@ -29,7 +29,9 @@ from safetensors.torch import save_file
 
 from imood_cli.data.base import ImageSet
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.scoring.score import LoadedModel, ScoreRequest, score
+from imood_cli.engine.scoring.loading import LoadedModel
+from imood_cli.engine.scoring.request import ScoreRequest
+from imood_cli.engine.scoring.score import score
 from imood_cli.models.importer import import_classifier
 
 DETECTORS = ["msp", "energy", "react", "maha"]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imood_cli.engine.metrics.evaluate import ood_metrics
+from imood_cli.engine.metrics.ranking import detection_metrics
 
 KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 TOLERANCE = 1e-12
@@ -98,7 +98,7 @@ def rss_probe(size: int, dtype: str, ties: bool) -> None:
     except OSError:
         return
     before = _status("VmRSS")
-    ood_metrics(id_s, ood_s)
+    detection_metrics(id_s, ood_s)
     after = _status("VmHWM")
     if before is not None and after is not None:
         print(max(after - before, 0))
@@ -123,13 +123,13 @@ def scores(size: int, dtype, ties: bool, seed: int = 0) -> tuple[np.ndarray, np.
 
 def measure(size: int, dtype, ties: bool, repeat: int, torch_ood) -> dict:
     id_s, ood_s = scores(size, dtype, ties)
-    t_imood, ours = best_of(repeat, ood_metrics, id_s, ood_s)
+    t_imood, ours = best_of(repeat, detection_metrics, id_s, ood_s)
     t_sk, ref = best_of(repeat, sklearn_metrics, id_s, ood_s)
     t_po, po_diff = None, None
     if torch_ood is not None:
         t_po, po = best_of(repeat, torch_ood, id_s, ood_s)
         po_diff = max(abs(ours[k] - po[k]) for k in po)
-    traced = peak_traced_extra(ood_metrics, id_s, ood_s)
+    traced = peak_traced_extra(detection_metrics, id_s, ood_s)
     rss = peak_rss_extra(size, np.dtype(dtype).name, ties)
     return {"scores": size, "dtype": np.dtype(dtype).name, "values": "ties" if ties else "distinct",
             "distinct_values": int(np.unique(np.concatenate([id_s, ood_s])).size),

@@ -16,7 +16,9 @@ from common import print_table, sync, synthetic_cifar_lt, write_json
 
 from imood_cli.data.base import ImageSet
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.scoring.score import LoadedModel, ScoreRequest, score
+from imood_cli.engine.scoring.loading import LoadedModel
+from imood_cli.engine.scoring.request import ScoreRequest
+from imood_cli.engine.scoring.score import score
 from imood_cli.models.imood_model import Architecture, ImOODModel
 from imood_cli.registry import registry
 

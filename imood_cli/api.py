@@ -24,15 +24,25 @@ from imood_cli.core.ada import Ada
 from imood_cli.core.contract import ModelOutputs, ModelView
 from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.engine.metrics.evaluate import evaluate as _evaluate
-from imood_cli.engine.metrics.evaluate import ood_metrics, shot_groups
+from imood_cli.engine.metrics.groups import shot_groups
+from imood_cli.engine.metrics.ranking import detection_metrics
 from imood_cli.errors import ImoodError
 from imood_cli.models.adapter import WHOLE, Adapter, Capabilities, LastLinear, Split, adapter_for
 from imood_cli.models.staged import StagedModel, eval_mode
 from imood_cli.registry import parse_spec, registry
 
-__all__ = ["ood_scores", "evaluate", "ood_metrics", "shot_groups", "log_prior", "log_beta", "detector",
+__all__ = ["ood_scores", "evaluate", "detection_metrics", "shot_groups", "log_prior", "log_beta", "detector",
            "list_detectors", "ModelOutputs", "ModelView", "score_model", "ModelScores", "model_view", "staged",
            "Split", "Adapter", "adapter_for"]
+
+
+def ood_metrics(id_scores, ood_scores) -> dict:
+    """The name of `detection_metrics` in imood 0.2 (it clashed with the detectors' entry-point group); kept for
+    scripts until 0.4."""
+    import warnings
+
+    warnings.warn("api.ood_metrics is now api.detection_metrics", DeprecationWarning, stacklevel=2)
+    return detection_metrics(id_scores, ood_scores)
 
 
 def detector(name: str, ada_scale: float | None = None, **options):
@@ -118,7 +128,7 @@ def model_view(model: nn.Module, images: torch.Tensor, needs: Iterable[str] = AL
     takes them): one forward pass, and the parts of `needs` the model has. For testing a detector on a real
     model; `Detector.fit` takes a view with `labels`."""
     from imood_cli.engine.runtime import Runtime
-    from imood_cli.engine.scoring.score import ModelAccess
+    from imood_cli.engine.scoring.infer import ModelAccess
 
     s = staged(model, split)
     needs = set(needs)
@@ -228,15 +238,9 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
     with skip_unavailable=True ("all" always leaves them out). The model runs in eval mode; its modes are restored.
     """
     from imood_cli.engine.runtime import Runtime
-    from imood_cli.engine.scoring.score import (
-        BatchScorer,
-        ModelAccess,
-        auto_scales,
-        check_all_finite,
-        drop_unavailable,
-        fit_on,
-        run_batches,
-    )
+    from imood_cli.engine.scoring.fits import auto_scales, fit_on
+    from imood_cli.engine.scoring.infer import ModelAccess, run_batches
+    from imood_cli.engine.scoring.score import BatchScorer, check_all_finite, drop_unavailable
 
     s = staged(model, split)
     dev = torch.device(device) if device is not None else _device_of(s.module)

@@ -11,7 +11,7 @@ from torch import nn
 from imood_cli.core.contract import ModelOutputs, ModelView
 from imood_cli.core.prior import log_prior
 from imood_cli.engine import runtime
-from imood_cli.engine.scoring.score import ModelAccess
+from imood_cli.engine.scoring.infer import ModelAccess
 from imood_cli.models.imood_model import Architecture, ImOODModel
 
 NEEDS_ALL = {"features", "classifier", "feature_map", "input_grad"}

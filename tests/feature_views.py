@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from imood_cli.engine import runtime
-from imood_cli.engine.scoring.score import ModelAccess
+from imood_cli.engine.scoring.infer import ModelAccess
 from imood_cli.models.imood_model import Architecture, ImOODModel
 
 NUM_CLASSES = 4

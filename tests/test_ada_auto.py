@@ -23,7 +23,7 @@ def run(tmp_path_factory):
 def expected_c(run, statistic) -> float:
     """The rule, independently: per-class means over the ID training set of g and of log β̂, then
     c = -cov(mean g, log π̃) / cov(mean log β̂, log π̃), clipped at 0 (τ = 1)."""
-    from imood_cli.engine.scoring.score import load_model
+    from imood_cli.engine.scoring.loading import load_model
 
     loaded = load_model(run)
     bench = Digits().load(None)

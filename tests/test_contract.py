@@ -14,9 +14,9 @@ from torch import nn
 
 from imood_cli.core.contract import ModelOutputs
 from imood_cli.core.prior import log_prior
-from imood_cli.engine.metrics.evaluate import ood_metrics
+from imood_cli.engine.metrics.ranking import detection_metrics
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.scoring.score import ModelAccess
+from imood_cli.engine.scoring.infer import ModelAccess
 from imood_cli.plugin_api import AuxBatch, LossContext
 from imood_cli.registry import Registry, entry_points
 
@@ -140,7 +140,7 @@ def test_detector_contract(name):
         assert isinstance(v, torch.Tensor) and v.shape == (64,) and v.is_floating_point()
         assert torch.isfinite(v).all()
     if d.extra_outputs == 0:  # extra outputs mean different things per detector: their own tests check them
-        auroc = ood_metrics(s[False].double().numpy(), s[True].double().numpy())["auroc"]
+        auroc = detection_metrics(s[False].double().numpy(), s[True].double().numpy())["auroc"]
         assert auroc > 0.9, f"{name}: AUROC {auroc:.3f} on a separable toy (higher must mean more OOD)"
     _, again = scores(name)  # deterministic
     assert all(torch.equal(s[k], again[k]) for k in s)
@@ -158,7 +158,7 @@ def test_detector_under_bf16_autocast(name):
     for v in s16.values():
         assert v.shape == (64,) and v.is_floating_point() and torch.isfinite(v).all()
     if d.extra_outputs == 0:
-        assert ood_metrics(s16[False].double().numpy(), s16[True].double().numpy())["auroc"] > 0.9
+        assert detection_metrics(s16[False].double().numpy(), s16[True].double().numpy())["auroc"] > 0.9
 
 
 TRAINABLE = [n for n in DETECTORS if REG.detector(n).has_loss]

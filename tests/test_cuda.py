@@ -22,9 +22,11 @@ def test_device_augmentation_matches_the_cpu():
 def test_bf16_training_and_scoring_on_cuda(tmp_path):
     from imood_cli.data.digits import Digits
     from imood_cli.engine.runtime import setup
-    from imood_cli.engine.scoring.score import ScoreRequest, load_model, score
+    from imood_cli.engine.scoring.loading import load_model
+    from imood_cli.engine.scoring.request import ScoreRequest
+    from imood_cli.engine.scoring.score import score
     from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.trainer import train
+    from imood_cli.engine.training.lifecycle import train
 
     bench = Digits().load(None)
     rt = setup("cuda")

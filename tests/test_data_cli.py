@@ -72,7 +72,7 @@ def test_data_list_json_keeps_its_keys(tmp_path, capsys):
     code, out, err = run_cli(["data", "list", "--drp", tmp_path, "--json"], capsys)
     assert code == 0, err
     rows = json.loads(out)
-    assert sorted(r["name"] for r in rows) == ["cifar10", "cifar100", "digits", "imagenet"]
+    assert sorted(r["name"] for r in rows) == ["cifar10", "cifar100", "digits", "glyphs", "imagenet"]
     for row in rows:
         assert list(row) == ["name", "description", "ready", "files"]
         for f in row["files"]:

@@ -71,7 +71,7 @@ def test_score_with_ood_dir_end_to_end(tmp_path, capsys):
     from imood_cli.data.digits import Digits
     from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
     from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.trainer import model_metadata
+    from imood_cli.engine.training.setup import model_metadata
     from imood_cli.models.imood_model import Architecture, ImOODModel
 
     cfg = resolve_config(dict(dataset="digits", save_root=str(tmp_path), name="r"))

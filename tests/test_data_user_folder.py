@@ -17,7 +17,7 @@ from PIL import Image
 from imood_cli.data.images import decode_resized
 from imood_cli.data.user_folder import decode_bytes, split_counts
 from imood_cli.engine.benchmarks import load_benchmark
-from imood_cli.engine.metrics.evaluate import shot_groups
+from imood_cli.engine.metrics.groups import shot_groups
 from imood_cli.errors import ImoodError
 
 TRAIN = {"cat": 12, "dog": 5, "owl": 2}
@@ -401,7 +401,7 @@ def test_unknown_name_suggests_folder_benchmarks_and_how_to_prepare(tree, capsys
 
 
 def test_sweep_plans_name_folder_benchmarks(tree, capsys):
-    from imood_cli.engine.sweep import plan as sweep
+    from imood_cli.engine import sweep
 
     assert prepare(tree, capsys, "--train", tree["train"], "--test", tree["test"])[0] == 0
     plan = tree["data"].parent / "plan.toml"

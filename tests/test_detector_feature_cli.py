@@ -13,7 +13,8 @@ from pytorch_ood.detector import KNN as PoodKNN
 from imood_cli.engine.benchmarks import load_benchmark
 from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.scoring.score import infer, load_model
+from imood_cli.engine.scoring.infer import infer
+from imood_cli.engine.scoring.loading import load_model
 
 SPECS = ["react", "ada_react", "ash", "ash:variant=b:layer=map", "scale", "dice", "vim", "ada_vim", "knn", "ada_knn",
          "rmd", "ada_rmd"]

@@ -9,9 +9,13 @@ from imood_cli.data.digits import Digits
 from imood_cli.engine.metrics.evaluate import evaluate
 from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
 from imood_cli.engine.runtime import setup
-from imood_cli.engine.scoring.score import ScoreRequest, load_model, score
+from imood_cli.engine.scoring.loading import load_model
+from imood_cli.engine.scoring.request import ScoreRequest
+from imood_cli.engine.scoring.score import score
 from imood_cli.engine.training.config import resolve_config
-from imood_cli.engine.training.trainer import AUX_WEIGHT_FLOOR, Trainer, architecture, keep_aux_linear_increasing, train
+from imood_cli.engine.training.lifecycle import train
+from imood_cli.engine.training.setup import AUX_WEIGHT_FLOOR, architecture, keep_aux_linear_increasing
+from imood_cli.engine.training.trainer import Trainer
 from imood_cli.models.imood_model import ImOODModel
 
 # torch's default init of Linear(1, 1) draws aux_linear's weight from U(-1, 1): negative for these seeds on

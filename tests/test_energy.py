@@ -15,7 +15,9 @@ from imood_cli.detectors.energy import ID_GAP, OOD_GAP, Energy, margins_from_ene
 from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import default_for, resolve_config
-from imood_cli.engine.training.trainer import TrainObserver, build_detector, resume, train
+from imood_cli.engine.training.lifecycle import resume, train
+from imood_cli.engine.training.setup import build_detector
+from imood_cli.engine.training.trainer import TrainObserver
 from imood_cli.errors import ImoodError
 from imood_cli.registry import parse_spec, registry
 

@@ -5,14 +5,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from imood_cli import api
-from imood_cli.engine.metrics.evaluate import (
-    bootstrap_ci,
-    evaluate,
-    group_errors,
-    id_accuracy,
-    ood_metrics,
-    shot_groups,
-)
+from imood_cli.engine.metrics.evaluate import evaluate
+from imood_cli.engine.metrics.groups import group_errors, id_accuracy, shot_groups
+from imood_cli.engine.metrics.ranking import bootstrap_ci, detection_metrics
 from imood_cli.errors import ImoodError
 
 
@@ -37,7 +32,7 @@ def test_metrics_equal_sklearn(seed):
     else:  # float32-rounded scores, as models produce
         id_s = rng.normal(size=n_id).astype(np.float32).astype(float).round(2)
         ood_s = rng.normal(0.5, size=n_ood).astype(np.float32).astype(float).round(2)
-    got = ood_metrics(id_s, ood_s)
+    got = detection_metrics(id_s, ood_s)
     ref = sklearn_reference(id_s, ood_s)
     for k, v in ref.items():
         assert got[k] == pytest.approx(v, abs=1e-12), k
@@ -46,26 +41,26 @@ def test_metrics_equal_sklearn(seed):
 def test_fpr95_is_the_id_fraction_at_the_first_threshold_reaching_95_recall():
     ood = np.arange(100, 120, dtype=float)  # 20 OOD: 95% recall = 19 detected → threshold 101
     id_s = np.array([0.0, 101.0, 102.0, 50.0])
-    m = ood_metrics(id_s, ood)
+    m = detection_metrics(id_s, ood)
     assert m["threshold"] == 101.0
     assert m["fpr95"] == pytest.approx(2 / 4)
 
 
 def test_perfect_and_inverted_separation():
-    assert ood_metrics([0, 1, 2], [5, 6])["auroc"] == 1.0
-    assert ood_metrics([0, 1, 2], [5, 6])["fpr95"] == 0.0
-    assert ood_metrics([5, 6], [0, 1, 2])["auroc"] == 0.0
+    assert detection_metrics([0, 1, 2], [5, 6])["auroc"] == 1.0
+    assert detection_metrics([0, 1, 2], [5, 6])["fpr95"] == 0.0
+    assert detection_metrics([5, 6], [0, 1, 2])["auroc"] == 0.0
 
 
 @pytest.mark.parametrize("bad", [[np.nan, 1.0], [np.inf, 0.0]])
 def test_non_finite_scores_are_refused(bad):
     with pytest.raises(ImoodError, match="NaN or infinite"):
-        ood_metrics([0.0, 1.0], bad)
+        detection_metrics([0.0, 1.0], bad)
 
 
 def test_empty_sets_are_refused():
     with pytest.raises(ImoodError, match="no scores"):
-        ood_metrics([], [1.0])
+        detection_metrics([], [1.0])
     with pytest.raises(ImoodError, match="no OOD set"):
         evaluate([1.0], {})
 
@@ -124,7 +119,7 @@ def test_bootstrap_interval_contains_the_estimate():
     rng = np.random.default_rng(0)
     id_s, ood_s = rng.normal(size=400), rng.normal(1, size=400)
     ci = bootstrap_ci(id_s, ood_s, 200, seed=1)
-    m = ood_metrics(id_s, ood_s)
+    m = detection_metrics(id_s, ood_s)
     for k in ("auroc", "fpr95"):
         assert ci[k][0] <= m[k] <= ci[k][1]
         assert ci[k][1] - ci[k][0] < 0.2

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from safetensors.torch import save_file
 
-from imood_cli.engine.metrics.evaluate import METRIC_KEYS
+from imood_cli.engine.metrics.ranking import METRIC_KEYS
 from imood_cli.engine.runs.scorefile import ScoreSet
 
 # IMOOD_FUZZ_EXAMPLES=1000 for a long hunt; the default keeps the file under 30 s.
@@ -350,7 +350,7 @@ def trained_run(tmp_path_factory):
     from imood_cli.data.digits import Digits
     from imood_cli.engine.runs.checkpoint import save_tensors
     from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.trainer import architecture, model_metadata
+    from imood_cli.engine.training.setup import architecture, model_metadata
     from imood_cli.fs.atomic import atomic_write_text
     from imood_cli.models.imood_model import ImOODModel
 

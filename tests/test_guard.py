@@ -11,7 +11,9 @@ from imood_cli.data.digits import Digits
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.engine.training.guard import TrainingGuard
-from imood_cli.engine.training.trainer import TrainObserver, build_detector, train
+from imood_cli.engine.training.lifecycle import train
+from imood_cli.engine.training.setup import build_detector
+from imood_cli.engine.training.trainer import TrainObserver
 from imood_cli.registry import registry
 
 DIGITS_COUNTS = [118, 74, 46, 29, 18, 11]

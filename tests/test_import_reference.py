@@ -12,7 +12,7 @@ from torch import nn
 
 from imood_cli.engine.imports import import_reference
 from imood_cli.engine.runs.checkpoint import load_tensors
-from imood_cli.engine.scoring.score import load_model
+from imood_cli.engine.scoring.loading import load_model
 from imood_cli.errors import ImoodError
 from imood_cli.models.reference import load_reference, read_reference_file
 

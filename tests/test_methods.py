@@ -550,7 +550,8 @@ def test_resume_after_an_interrupt_reaches_the_same_weights(tmp_path, metric):
     from imood_cli.engine.runs.checkpoint import load_tensors
     from imood_cli.engine.runtime import setup
     from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.trainer import Interrupted, TrainObserver, resume, train
+    from imood_cli.engine.training.lifecycle import resume, train
+    from imood_cli.engine.training.trainer import Interrupted, TrainObserver
 
     class SigintAtStep(TrainObserver):
         def step(self, epoch, step, images):

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from imood_cli.engine.metrics import evaluate
-from imood_cli.engine.metrics.evaluate import bootstrap_ci, curve, metrics_from_curve, ood_metrics
+from imood_cli.engine.metrics import ranking
+from imood_cli.engine.metrics.ranking import bootstrap_ci, curve, detection_metrics, metrics_from_curve
 from imood_cli.errors import ImoodError
 
 TOL = 1e-12
@@ -45,17 +45,17 @@ def assert_matches_references(id_s, ood_s, got):
 
 @contextlib.contextmanager
 def block_size(n):
-    saved = evaluate._BLOCK
-    evaluate._BLOCK = n
+    saved = ranking._BLOCK
+    ranking._BLOCK = n
     try:
         yield
     finally:
-        evaluate._BLOCK = saved
+        ranking._BLOCK = saved
 
 
 def check(id_s, ood_s, block):
     with block_size(block):
-        got = ood_metrics(id_s, ood_s)
+        got = detection_metrics(id_s, ood_s)
         assert_matches_references(id_s, ood_s, got)
         assert metrics_from_curve(curve(id_s, ood_s)) == pytest.approx(got, abs=TOL, rel=0)
 
@@ -107,7 +107,7 @@ def test_all_equal_scores(n_id, n_ood, value, dtype, block):
     id_s, ood_s = np.full(n_id, value, dtype), np.full(n_ood, value, dtype)
     check(id_s, ood_s, block)
     with block_size(block):
-        m = ood_metrics(id_s, ood_s)
+        m = detection_metrics(id_s, ood_s)
     n = n_id + n_ood
     assert (m["auroc"], m["fpr95"]) == (0.5, 1.0)
     assert m["aupr_out"] == pytest.approx(n_ood / n, abs=TOL) and m["aupr_in"] == pytest.approx(n_id / n, abs=TOL)
@@ -119,7 +119,7 @@ def test_all_equal_scores(n_id, n_ood, value, dtype, block):
 def test_one_id_and_one_ood_score(dtype, id_value, ood_value, auroc):
     id_s, ood_s = np.array([id_value], dtype), np.array([ood_value], dtype)
     check(id_s, ood_s, 1 << 16)
-    assert ood_metrics(id_s, ood_s)["auroc"] == auroc
+    assert detection_metrics(id_s, ood_s)["auroc"] == auroc
 
 
 @pytest.mark.parametrize("n_ood", list(range(1, 60)) + [99, 100, 101, 199, 200, 201, 1000, 1999, 2000, 2001])
@@ -130,21 +130,22 @@ def test_fpr95_threshold_is_the_first_reaching_95_percent_recall(n_ood):
     id_s = np.arange(n_ood, dtype=np.float64)
     recall = (n_ood - ood_s) / n_ood
     t = ood_s[recall >= 0.95].max()
-    m = ood_metrics(id_s, ood_s)
+    m = detection_metrics(id_s, ood_s)
     assert m["threshold"] == t
     assert m["fpr95"] == np.count_nonzero(id_s >= t) / n_ood
 
 
 def test_negative_zero_ties_with_zero_on_both_paths():
     for dtype in (np.float32, np.float64):
-        m = ood_metrics(np.array([-0.0, -0.0], dtype), np.array([0.0, 1e-300 if dtype == np.float64 else 1.0], dtype))
+        tiny = 1e-300 if dtype == np.float64 else 1.0
+        m = detection_metrics(np.array([-0.0, -0.0], dtype), np.array([0.0, tiny], dtype))
         assert m["auroc"] == 0.75  # one OOD tied with both ID scores (half each), one above them
 
 
 def test_threshold_is_the_float32_value_itself():
     id_s = np.array([0.1, 0.2, 0.3], np.float32)
     ood_s = np.array([0.7, 0.35, 0.8], np.float32)
-    assert ood_metrics(id_s, ood_s)["threshold"] == float(np.float32(0.35))
+    assert detection_metrics(id_s, ood_s)["threshold"] == float(np.float32(0.35))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -154,16 +155,16 @@ def test_nan_and_inf_anywhere_in_a_large_set_are_refused(dtype, where, bad, coun
     ood_s = np.linspace(0, 1, 200_000).astype(dtype)
     ood_s[where:where + count] = bad
     with pytest.raises(ImoodError, match=f"the OOD set has {count} NaN or infinite score"):
-        ood_metrics(np.zeros(3, dtype), ood_s)
+        detection_metrics(np.zeros(3, dtype), ood_s)
 
 
 def test_other_real_inputs_are_read_like_scikit_learn():
     id_s, ood_s = [0, 1, 2, 2], np.array([2, 3, 1], np.int16)
-    assert_matches_references(np.array(id_s, np.float64), ood_s.astype(np.float64), ood_metrics(id_s, ood_s))
+    assert_matches_references(np.array(id_s, np.float64), ood_s.astype(np.float64), detection_metrics(id_s, ood_s))
     half = np.array([0.5, 1.25, 3.0], np.float16)
-    assert ood_metrics(half, half[::-1].copy())["auroc"] == 0.5
+    assert detection_metrics(half, half[::-1].copy())["auroc"] == 0.5
     with pytest.raises(ImoodError, match="real numbers"):
-        ood_metrics([1 + 2j], [1.0])
+        detection_metrics([1 + 2j], [1.0])
 
 
 def test_curve_equals_sklearn_roc_points():
@@ -214,7 +215,7 @@ def test_peak_memory_per_score_is_bounded(id_dtype, ood_dtype, ties):
     id_s, ood_s = id_s.astype(id_dtype), ood_s.astype(ood_dtype)
     tracemalloc.start()
     try:
-        ood_metrics(id_s, ood_s)
+        detection_metrics(id_s, ood_s)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
-from imood_cli.engine.scoring.score import load_model
+from imood_cli.engine.scoring.loading import load_model
 from imood_cli.errors import ImoodError
 from imood_cli.models.adapter import LAST_LINEAR, TIMM, WHOLE, LastLinear, Split, Whole, adapter_for
 from imood_cli.models.imood_model import Architecture, ImOODModel

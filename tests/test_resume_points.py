@@ -16,7 +16,8 @@ from imood_cli.data.digits import Digits
 from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors, save_tensors
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
-from imood_cli.engine.training.trainer import TrainObserver, resume, train
+from imood_cli.engine.training.lifecycle import resume, train
+from imood_cli.engine.training.trainer import TrainObserver
 from imood_cli.errors import ImoodError, TrainingDiverged
 
 

@@ -24,7 +24,7 @@ from safetensors.numpy import load_file
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from imood_cli import plans
-from imood_cli.engine.sweep import plan as engine
+from imood_cli.engine import sweep as engine
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.errors import ImoodError
 
@@ -294,7 +294,7 @@ def test_pool_runs_one_command_per_gpu_in_dependency_order_and_survives_a_failur
 def test_a_failing_run_is_reported_with_its_log_and_the_others_go_on(tmp_path, capsys, monkeypatch):
     plan = write(tmp_path, GOOD)
     launch, record = stand_in(tmp_path, {"a-seed0": "fail"})
-    monkeypatch.setattr(engine, "launch", launch)
+    monkeypatch.setattr(engine.pool, "launch", launch)
     code, out, err = run_cli(["sweep", plan, "--save-root", tmp_path / "runs", "--format", "json"], capsys)
     assert code == 1
     log = tmp_path / "runs" / "logs" / "digits" / "a-seed0.log"

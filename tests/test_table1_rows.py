@@ -11,7 +11,9 @@ from conftest import run_cli
 from fixtures_data import write_cifar_benchmark
 
 from imood_cli.engine.runs.scorefile import ScoreSet
-from imood_cli.engine.sweep.plan import commands, read_plan, select, unit_state, units
+from imood_cli.engine.sweep.commands import commands
+from imood_cli.engine.sweep.plan import read_plan, select
+from imood_cli.engine.sweep.units import unit_state, units
 
 PLANS = Path(__file__).resolve().parent.parent / "imood_cli" / "plans"
 SMALL = ["-e", "1", "--md", "imood_resnet_micro", "-b", "32", "--ood-batch-size", "32", "--num_ood_samples", "40",

@@ -11,7 +11,8 @@ from imood_cli.data.digits import Digits
 from imood_cli.engine.runs.checkpoint import load_tensors
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
-from imood_cli.engine.training.trainer import Interrupted, Trainer, TrainObserver, resume, train
+from imood_cli.engine.training.lifecycle import resume, train
+from imood_cli.engine.training.trainer import Interrupted, Trainer, TrainObserver
 from imood_cli.errors import ImoodError, TrainingDiverged
 
 

@@ -29,7 +29,7 @@ FOLDER = "folder"  # `imood data prepare folder`: a benchmark of the user's own 
 @app.command("prepare")
 def prepare(
     name: str = typer.Argument(..., metavar="NAME",
-                               help="Benchmark: digits, cifar10, cifar100, imagenet, a plugin's, or a folder "
+                               help="Benchmark: digits, glyphs, cifar10, cifar100, imagenet, a plugin's, or a folder "
                                     "benchmark prepared before (prepared again from the sources it recorded); "
                                     "folder: a new benchmark from your own images (--name, and the (folder) "
                                     "options)."),

@@ -135,8 +135,10 @@ def score(
     from imood_cli.engine.benchmarks import load_benchmark
     from imood_cli.engine.metrics.evaluate import evaluate
     from imood_cli.engine.runs.layout import detector_label
-    from imood_cli.engine.scoring.score import ScoreRequest, load_model, model_config, write_scores
+    from imood_cli.engine.scoring.loading import load_model, model_config
+    from imood_cli.engine.scoring.request import ScoreRequest
     from imood_cli.engine.scoring.score import score as score_run
+    from imood_cli.engine.scoring.score import write_scores
     from imood_cli.registry import parse_spec, registry
 
     requested = list(dict.fromkeys(split_list(ood_metric)))  # a name given twice is scored once

@@ -116,8 +116,8 @@ def train(resume_run: Optional[Path], config: Optional[Path], force: bool, ddp: 
     batch of auxiliary OOD images. Defaults depend on --ds (shown per benchmark below).
     """
     from imood_cli.engine import runtime
-    from imood_cli.engine.training.trainer import resume
-    from imood_cli.engine.training.trainer import train as train_run
+    from imood_cli.engine.training.lifecycle import resume
+    from imood_cli.engine.training.lifecycle import train as train_run
 
     given = {k: v for k, v in given.items() if v is not None}
     if ddp and "WORLD_SIZE" not in os.environ:

@@ -118,7 +118,7 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
                      ood_metric: str | None = None, logit_adjust: float | None = None,
                      force: bool = False) -> ImportResult:
     """Turn a reference `.pth` into `<out>/model.safetensors` + `<out>/config.json` (a run folder)."""
-    from imood_cli.engine.training.trainer import model_metadata
+    from imood_cli.engine.training.setup import model_metadata
     from imood_cli.registry import registry
 
     file = Path(file)
@@ -162,7 +162,7 @@ def import_model(source: str, name: str, out: Path, dataset: str, *, weights: Pa
     """A timm or torchvision classifier (random, pretrained from the local cache, or with a weights file) as the
     run folder `out` for the benchmark `dataset`."""
     from imood_cli.engine.scoring.score import unavailable_detectors
-    from imood_cli.engine.training.trainer import model_metadata
+    from imood_cli.engine.training.setup import model_metadata
     from imood_cli.models.importer import check_names, import_classifier, recipe
 
     out = check_out(out, force)

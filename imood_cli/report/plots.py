@@ -17,7 +17,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from imood_cli.engine.metrics.evaluate import curve, shot_groups
+from imood_cli.engine.metrics.groups import shot_groups
+from imood_cli.engine.metrics.ranking import curve
 from imood_cli.report.results import Entry, Report
 
 MAX_POINTS = 2000

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from imood_cli.engine.metrics.evaluate import FPR95_CONVENTION
+from imood_cli.engine.metrics.ranking import FPR95_CONVENTION
 from imood_cli.report.results import Entry, Report, base_of
 
 GROUPS = ("many", "medium", "few")

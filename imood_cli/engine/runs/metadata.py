@@ -15,7 +15,7 @@ def whole_number(v: Any, low: int, high: int) -> bool:
 def check_model_metadata(meta: Any, path: Path) -> dict[str, Any]:
     """The metadata of a model file after checking every field that scoring and training rely on; returns
     the architecture fields as plain values."""
-    from imood_cli.engine.metrics.evaluate import check_class_counts
+    from imood_cli.engine.metrics.groups import check_class_counts
 
     def bad(what: str) -> ImoodError:
         return ImoodError(f"{path} has malformed metadata: {what}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from imood_cli.engine.metrics.evaluate import check_class_counts
+from imood_cli.engine.metrics.groups import check_class_counts
 from imood_cli.engine.runs.digest import tensors_digest
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_bytes

@@ -14,9 +14,6 @@ classifier to re-run) gets one note naming the detectors it cannot run; the rest
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,212 +21,20 @@ import torch
 
 from imood_cli.core.ada import Ada
 from imood_cli.core.contract import ModelOutputs, ModelView
-from imood_cli.core.prior import log_beta, log_prior
-from imood_cli.data.augment import AugmentSpec, to_float
+from imood_cli.core.prior import log_prior
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.engine import runtime
-from imood_cli.engine.runs.checkpoint import load_tensors, non_finite_weight, save_tensors
-from imood_cli.engine.runs.digest import sha256_file
-from imood_cli.engine.runs.layout import detector_label, model_path, score_file_stem
-from imood_cli.engine.runs.metadata import check_model_metadata
+from imood_cli.engine.runs.layout import detector_label, score_file_stem
 from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.engine.runtime import Runtime
+from imood_cli.engine.scoring.fits import AUTO_RULE, fit_auto_scales, fit_detectors
+from imood_cli.engine.scoring.infer import ModelAccess, ScoreObserver, infer
+from imood_cli.engine.scoring.loading import LoadedModel, model_input
+from imood_cli.engine.scoring.request import ScoreRequest
 from imood_cli.errors import ImoodError
 from imood_cli.models.adapter import STAGES, Capabilities
-from imood_cli.models.imood_model import Architecture, ImOODModel, check_new_fields, forward_macs
-from imood_cli.models.preprocess import Preprocess
-from imood_cli.models.staged import StagedClassifier
+from imood_cli.models.imood_model import Architecture, forward_macs
 from imood_cli.registry import parse_spec, registry
-
-
-class ScoreObserver:
-    def start_set(self, name: str, size: int) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def end_set(self, name: str) -> None: ...
-
-
-@dataclass
-class LoadedModel:
-    model: ImOODModel
-    meta: dict[str, Any]
-    path: Path
-    sha256: str
-
-    @property
-    def class_counts(self) -> list[int]:
-        return self.meta["class_counts"]
-
-    @property
-    def preprocess(self) -> Preprocess | None:
-        """How an imported model's inputs are made (None: the benchmark's own test transform)."""
-        record = self.meta.get("preprocess")
-        return None if record is None else Preprocess.from_dict(record, f"{self.path}: preprocess")
-
-
-def load_model(target: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    path = model_path(target)
-    tensors, meta = load_tensors(path, "model file")
-    if "skeleton" in meta:  # a training checkpoint: its model weights are under s.0.
-        raise ImoodError(f"{path} is a training checkpoint; score the run folder or its model.safetensors")
-    arch = architecture_of(meta, path)
-    model = ImOODModel(arch)
-    check_state_dict(model, tensors, path)
-    bad = non_finite_weight(tensors)
-    if bad:  # every score would be NaN, and fits (vim's eigendecomposition) would fail on them
-        raise ImoodError(f"{path}: the weight {bad} holds NaN or infinite values; the model is broken (a diverged "
-                         "training?): score an intact model")
-    model.load_state_dict(tensors)
-    model.to(device).eval()
-    return LoadedModel(model, meta, path, sha256_file(path))
-
-
-def architecture_of(meta: dict[str, Any], path: Path) -> Architecture:
-    """The architecture a model file declares, after checking every field scoring relies on (runs.metadata's
-    checks, then those of the fields imported models add)."""
-    fields_ = check_model_metadata(meta, path)
-    extras = check_new_fields(meta["architecture"], str(path))
-    if meta.get("preprocess") is not None:
-        prep = Preprocess.from_dict(meta["preprocess"], f"{path} has malformed metadata: preprocess")
-        if prep.in_chans != fields_["in_chans"]:
-            raise ImoodError(f"{path} has malformed metadata: preprocess.in_chans {prep.in_chans} but the "
-                             f"architecture takes {fields_['in_chans']} channels")
-    return Architecture.from_dict({**fields_, **extras})
-
-
-def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Name what does not fit: another architecture, a missing head, a wrong class count."""
-    want = model.state_dict()
-    arch = getattr(model, "arch", None)
-    name = arch.backbone if arch is not None else type(model).__name__
-    missing = [k for k in want if k not in tensors]
-    extra = [k for k in tensors if k not in want]
-    if any(k.startswith("backbone.") for k in missing + extra):
-        example = next(k for k in missing + extra if k.startswith("backbone."))
-        raise ImoodError(f"{path}: the weights do not fit the architecture {name} it declares "
-                         f"({len(missing)} missing, {len(extra)} unexpected tensors, e.g. {example})")
-    if missing:
-        heads = sorted({k.split(".")[0] for k in missing})
-        raise ImoodError(f"{path} is missing the {', '.join(heads)} head ({len(missing)} tensors, e.g. {missing[0]})")
-    if extra:
-        raise ImoodError(f"{path} holds weights the architecture {name} does not have (e.g. {extra[0]})")
-    for k, t in want.items():
-        if tuple(tensors[k].shape) != tuple(t.shape):
-            what = "number of classes" if k.startswith(("classifier", "lambda_head")) else "architecture"
-            raise ImoodError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, expected {tuple(t.shape)} "
-                             f"(wrong {what})")
-        if tensors[k].dtype != t.dtype:
-            raise ImoodError(f"{path}: {k} is {tensors[k].dtype}, expected {t.dtype}")
-
-
-def eval_batches(images: ImageSet, batch_size: int, spec: AugmentSpec, device: torch.device,
-                 workers: int = 0, prep: Preprocess | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """Test-time batches (start index, float images on the device), no augmentation; an imported model's
-    preprocessing (`prep`) replaces the benchmark's normalization."""
-    if prep is not None:
-        spec = replace(spec, mean=None, std=None)
-    convert = (lambda b: prep.apply(to_float(b, spec))) if prep is not None else (lambda b: to_float(b, spec))
-    if images.in_memory:
-        for i in range(0, len(images), batch_size):
-            yield i, convert(images.images[i:i + batch_size].to(device, non_blocking=True))
-    else:
-        start = 0
-        for batch in images.files.batches(batch_size, workers=workers):
-            yield start, convert(batch.to(device, non_blocking=True))
-            start += batch.shape[0]
-
-
-def model_input(loaded: LoadedModel, bench: Benchmark) -> tuple[int, int]:
-    """(channels, size) of the images the model sees for this benchmark."""
-    prep = loaded.preprocess
-    return (prep.in_chans, prep.image_size) if prep is not None else (bench.channels, bench.image_size)
-
-
-class ModelAccess:
-    """The parts of a model a view hands to detectors, run under the runtime's autocast, float32 out."""
-
-    def __init__(self, model: StagedClassifier, rt: Runtime) -> None:
-        self.model, self.rt = model, rt
-
-    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        with self.rt.autocast():
-            return fn(x).float()
-
-    def head_from_map(self, m: torch.Tensor) -> torch.Tensor:
-        if self.rt.channels_last and m.ndim == 4:
-            m = m.contiguous(memory_format=torch.channels_last)
-        return self._run(self.model.logits_from_feature_map, m)
-
-    def head_from_features(self, f: torch.Tensor) -> torch.Tensor:
-        return self._run(self.model.logits_from_features, f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self._run(lambda t: self.model(t).logits, x)
-
-    def view(self, out: ModelOutputs, needs: set[str], images: torch.Tensor | None = None,
-             labels: torch.Tensor | None = None) -> ModelView:
-        more: dict[str, Any] = {"labels": labels}
-        if "classifier" in needs and getattr(self.model, "has_classifier", True):  # duck-typed models have one
-            w, b = self.model.class_weights()
-            more.update(weight=w.detach().float(), bias=b.detach().float(),
-                        logits_from_features=self.head_from_features)
-        if "feature_map" in needs and out.feature_map is not None:
-            more["logits_from_feature_map"] = self.head_from_map
-        if "input_grad" in needs and images is not None:
-            more.update(images=images, logits_from_images=self.forward)
-        return ModelView.of(out, **more)
-
-
-def infer(model: StagedClassifier, images: ImageSet, rt: Runtime, batch_size: int, spec: AugmentSpec,
-          keep_features: bool, observer: ScoreObserver | None = None, workers: int = 0,
-          each: Any = None, feature_map: bool = False, prep: Preprocess | None = None) -> ModelOutputs | None:
-    """Outputs over a set (features only if asked). With `each(out, x, start)`, call it per batch and keep
-    nothing."""
-    return run_batches(model, eval_batches(images, batch_size, spec, rt.device, workers, prep), rt, keep_features,
-                       observer, each, feature_map)
-
-
-@torch.no_grad()
-def run_batches(model: StagedClassifier, batches: Iterable[tuple[int, torch.Tensor]], rt: Runtime,
-                keep_features: bool, observer: ScoreObserver | None = None, each: Any = None,
-                feature_map: bool = False) -> ModelOutputs | None:
-    """`infer` over any (start, images on the device) batches."""
-    parts = []
-    for start, x in batches:
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
-            out = model(x, feature_map=feature_map)
-        out = out.float()
-        if not keep_features:
-            out.features = None
-        if each is not None:
-            each(out, x, start)
-        else:
-            out.feature_map = None
-            parts.append(out)
-        if observer:
-            observer.advance(x.shape[0])
-    if each is not None:
-        return None
-    if not parts:
-        return ModelOutputs(torch.zeros(0, model.num_classes, device=rt.device))
-    return ModelOutputs.cat(parts)
-
-
-@dataclass
-class ScoreRequest:
-    detectors: list[str]  # "name" or "name:key=value:..." specs
-    logit_adjust: float = 1.0
-    ada_scale: float | str | None = None  # a number, "auto" (fitted on the ID training set) or None
-    batch_size: int = 512
-    workers: int = 0
-    extra_ood: dict[str, ImageSet] = field(default_factory=dict)
-    threads: int = 0  # CPU threads; 0: from the model's size (one thread for tiny models)
-    skip_unavailable: bool = False  # drop detectors the model cannot run (-m all), with a note; else an error
 
 
 def build_detectors(specs: list[str], ada_scale: float | None, arch: Architecture) -> dict[str, Any]:
@@ -294,61 +99,6 @@ def drop_unavailable(detectors: dict[str, Any], caps: Capabilities, model_name: 
     return dropped
 
 
-def _fit_key(label: str) -> str:
-    return score_file_stem(label.removeprefix("ada_"))
-
-
-def fit_on(detectors: dict[str, Any], view: ModelView, where: str) -> None:
-    """Fit each detector on one view of the ID training set; a detector's own failure is reported by name."""
-    for label, d in detectors.items():
-        try:
-            d.fit(view)
-        except (ImoodError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # e.g. linalg on odd features
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise ImoodError(f"detector {label} ({type(d).__name__}) failed to fit on {where}: "
-                             f"{type(exc).__name__}: {first}") from exc
-
-
-def fit_detectors(detectors: dict[str, Any], loaded: LoadedModel, bench: Benchmark, rt: Runtime,
-                  req: ScoreRequest, cache_dir: Path | None, observer: ScoreObserver | None) -> list[str]:
-    """Fit every detector that needs it on the ID training set (one pass for all), through the fit cache.
-    Returns notes for the user (a cache that could not be written)."""
-    need = {label: d for label, d in detectors.items() if d.needs_fit}
-    notes: list[str] = []
-    if not need:
-        return notes
-    fit_view = None
-    for label, d in need.items():
-        cache = cache_dir / f"{_fit_key(label)}-{loaded.sha256[:16]}.safetensors" if cache_dir else None
-        if cache is not None and cache.is_file():
-            try:
-                state, meta = load_tensors(cache, "fit cache")
-                if meta.get("checkpoint_sha256") == loaded.sha256 and meta.get("options") == d.options():
-                    d.load_fit_state({k: v.to(rt.device) for k, v in state.items()})
-                    continue
-            except (ImoodError, KeyError, RuntimeError, ValueError):
-                pass  # a damaged or foreign cache is refitted
-        if fit_view is None:
-            if observer:
-                observer.start_set(f"fit on {bench.train.name}", len(bench.train))
-            feats = infer(loaded.model, bench.train, rt, req.batch_size, bench.augment, True, observer, req.workers,
-                          prep=loaded.preprocess)
-            if observer:
-                observer.end_set("fit")
-            fit_view = ModelAccess(loaded.model, rt).view(feats, {"classifier"},
-                                                          labels=bench.train.labels.to(rt.device))
-        fit_on({label: d}, fit_view, bench.train.name)
-        if cache is not None:
-            try:
-                save_tensors(cache, d.fit_state(), {"detector": label, "options": d.options(),
-                                                    "checkpoint_sha256": loaded.sha256})
-            except (ImoodError, OSError) as exc:
-                notes.append(f"the {label} fit is not cached ({exc}); it is refitted next time")
-    return notes
-
-
 def _run_detector(label: str, d: Any, view: ModelView, lp: torch.Tensor, n: int) -> torch.Tensor:
     """One detector's scores for a batch; whatever goes wrong inside it is reported under its name."""
     try:
@@ -401,62 +151,6 @@ class BatchScorer:
     def result(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         cat = lambda xs: torch.cat(xs).cpu() if xs else torch.zeros(0)
         return {k: cat(v) for k, v in self.scores.items()}, cat(self.preds).long()
-
-
-AUTO_RULE = ("auto: the c that makes the per-class mean ID score uncorrelated with log π̃ over the ID training "
-             "set, c = -cov_k(mean g, log π̃) / cov_k(mean log β̂, log π̃), at least 0 (imood's heuristic)")
-
-
-def fit_auto_scales(detectors: dict[str, Ada], loaded: LoadedModel, bench: Benchmark, rt: Runtime,
-                    req: ScoreRequest, lp: torch.Tensor, observer: ScoreObserver | None) -> None:
-    """--ada-scale auto: for each ada_ detector, the c that removes the correlation between a class's mean ID
-    score and its log prior on the training set: the bias the correction exists to remove."""
-    if not detectors:
-        return
-    if observer:
-        observer.start_set(f"--ada-scale auto on {bench.train.name}", len(bench.train))
-    batches = eval_batches(bench.train, req.batch_size, bench.augment, rt.device, req.workers, loaded.preprocess)
-    auto_scales(detectors, loaded.model, batches, bench.train.labels.to(rt.device), bench.num_classes, rt, lp,
-                observer)
-    if observer:
-        observer.end_set("auto")
-
-
-def auto_scales(detectors: dict[str, Ada], model: StagedClassifier, batches: Iterable[tuple[int, torch.Tensor]],
-                labels: torch.Tensor | list[torch.Tensor], k: int, rt: Runtime, lp: torch.Tensor,
-                observer: ScoreObserver | None = None) -> None:
-    """Set `override` (the c) of each ada_ detector from the ID training batches and their labels (a tensor, or
-    a list the batches fill as they are read)."""
-    access = ModelAccess(model, rt)
-    needs = set().union(*(d.needs for d in detectors.values()))
-    g = {key: [] for key in detectors}
-    lb = []
-
-    def each(out: ModelOutputs, x: torch.Tensor, start: int) -> None:
-        view = access.view(out, needs, images=x)
-        lb.append(log_beta(out.logits, lp))
-        for label, d in detectors.items():
-            with torch.enable_grad() if "input_grad" in d.needs else nullcontext():
-                g[label].append(d.base.idness(view).detach().float())
-
-    run_batches(model, batches, rt, True, observer, each=each, feature_map="feature_map" in needs)
-    if isinstance(labels, list):
-        labels = torch.cat(labels).to(rt.device)
-    present = torch.bincount(labels, minlength=k).double()
-
-    def class_means(values: torch.Tensor) -> torch.Tensor:
-        sums = torch.zeros(k, dtype=torch.float64, device=values.device).index_add_(0, labels, values.double())
-        return sums / present
-
-    def cov(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(((a - a.mean()) * (b - b.mean())).mean())
-
-    prior = lp.double()
-    beta_means = class_means(torch.cat(lb))
-    for label, d in detectors.items():
-        denom = cov(beta_means, prior)
-        c = -cov(class_means(torch.cat(g[label])), prior) / denom if abs(denom) > 1e-12 else 0.0
-        d.override = max(c, 0.0)
 
 
 def _check_scores(label: str, d: Any, scores: Any, n: int) -> torch.Tensor:
@@ -589,7 +283,4 @@ def write_scores(scoresets: dict[str, ScoreSet], folder: Path) -> dict[str, Path
         ss.save(paths[label])
     return paths
 
-
-def model_config(loaded: LoadedModel) -> dict[str, Any]:
-    return loaded.meta.get("config") or {}
 

@@ -4,7 +4,6 @@ L = L_in + Lambda · L_ood + Lambda2 · L_aux, checkpoints every epoch, exact re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
@@ -17,27 +16,38 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from imood_cli import __version__
-from imood_cli.core.contract import AuxBatch, Detector, LossContext, ModelView
+from imood_cli.core.contract import AuxBatch, LossContext, ModelView
 from imood_cli.core.prior import log_prior
-from imood_cli.data.augment import AugmentSpec, draw
 from imood_cli.data.augment import apply as augment_apply
+from imood_cli.data.augment import draw
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine import runtime
-from imood_cli.engine.benchmarks import load_benchmark
-from imood_cli.engine.runs.checkpoint import CheckpointDir, ResumePoint, non_finite_weight, save_tensors
-from imood_cli.engine.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE
-from imood_cli.engine.runs.lock import RunLock
-from imood_cli.engine.runs.owned import clear_run
+from imood_cli.engine.runs.checkpoint import CheckpointDir, non_finite_weight, save_tensors
+from imood_cli.engine.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_FILE
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.training.config import TrainConfig, convert, default_for, load_run_config, options, show
+from imood_cli.engine.training.config import TrainConfig
 from imood_cli.engine.training.guard import TrainingGuard
+from imood_cli.engine.training.setup import (
+    architecture,
+    augment_spec,
+    build_detector,
+    conv_output_bytes,
+    freeze_for,
+    init_weights,
+    keep_aux_linear_increasing,
+    load_training_data,
+    lr_factor,
+    make_optimizer,
+    model_metadata,
+    orient_aux_linear,
+    used_heads,
+)
 from imood_cli.errors import ImoodError, TrainingDiverged
-from imood_cli.fs.atomic import atomic_write_text, is_temp_file
+from imood_cli.fs.atomic import atomic_write_text
 from imood_cli.losses.la_ce import logit_adjusted_ce
-from imood_cli.models.imood_model import Architecture, ImOODModel, canonical_model_name, forward_macs
-from imood_cli.registry import parse_spec, registry
+from imood_cli.models.imood_model import ImOODModel, canonical_model_name, forward_macs
+from imood_cli.registry import registry
 
 LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux", "train_acc")  # train_acc: top-1 of the class logits, ID rows
 
@@ -70,136 +80,12 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def augment_spec(cfg: TrainConfig, bench: Benchmark) -> AugmentSpec:
-    spec = bench.augment
-    over = {
-        "crop_padding": cfg.crop_padding, "flip": cfg.flip, "jitter_p": cfg.jitter_p, "grayscale_p": cfg.grayscale_p,
-        "jitter": tuple(cfg.color_jitter) if cfg.color_jitter is not None else None,
-    }
-    return AugmentSpec(**{**spec.to_dict(), **{k: v for k, v in over.items() if v is not None}})
-
-
-def architecture(cfg: TrainConfig, bench: Benchmark, extra_outputs: int) -> Architecture:
-    return Architecture(cfg.model, bench.num_classes, extra_outputs, bench.channels, cfg.cifar_stem)
-
-
-def model_metadata(cfg: TrainConfig, arch: Architecture, class_counts: list[int], epochs_done: int) -> dict[str, Any]:
-    return {
-        "format": "imood-model", "imood_version": __version__, "architecture": arch.to_dict(),
-        "class_counts": class_counts, "metric": cfg.ood_metric, "aux_loss": cfg.aux_ood_loss,
-        "dataset": cfg.dataset, "logit_adjust": cfg.logit_adjust, "epochs": epochs_done, "config": cfg.to_dict(),
-    }
-
-
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        if cfg.schedule == "multisteps":
-            epoch = step // steps_per_epoch
-            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-        return 1.0
-
-    return factor
-
-
-def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    """The optimizer with its fused kernel (one launch for all parameters; on the CPU 3-5x faster than the
-    per-parameter loop, bench/bench_ops.py), where this torch has one for the device."""
-    if cfg.optimizer == "sgd":
-        cls, kw = torch.optim.SGD, dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                        weight_decay=cfg.weight_decay)
-    else:
-        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    try:
-        return cls(params, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device in this torch
-        return cls(params, **kw)
-
-
-def used_heads(detector, aux, cfg: TrainConfig) -> dict[str, bool]:
-    """Heads that receive gradients; the rest are frozen so DDP needs no unused-parameter search."""
-    ood = cfg.Lambda > 0 and detector.has_loss
-    return {
-        "projection": aux.needs_projections and cfg.Lambda2 > 0,
-        "lambda_head": ood and "lambda_head" in detector.heads,
-        "aux_linear": ood and "aux_linear" in detector.heads,
-    }
-
-
 def _scalar(value: Any, what: str) -> torch.Tensor:
     """A loss from a detector or aux loss must be one number (checked on the host: no device sync)."""
     if not isinstance(value, torch.Tensor) or value.ndim != 0 or not value.is_floating_point():
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ImoodError(f"{what} returned {shape}, not a scalar float tensor")
     return value.float()
-
-
-def freeze_for(model: ImOODModel, train_only: str) -> None:
-    """--train-only: keep gradients only for the classifier (and BatchNorm's affine parameters)."""
-    if train_only == "all":
-        return
-    for name, p in model.named_parameters():
-        if name.startswith("backbone."):
-            p.requires_grad_(False)
-    if train_only == "bn+classifier":
-        for m in model.backbone.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                for p in m.parameters():
-                    p.requires_grad_(True)
-
-
-def build_detector(cfg: TrainConfig):
-    """The training detector of `--ood_metric name[:key=value...]`; --m-in / --m-out reach a detector that
-    declares them (energy)."""
-    name, options = parse_spec(cfg.ood_metric)
-    reg = registry()
-    cls = reg.get("detector", name).cls
-    for key in ("m_in", "m_out"):
-        value = getattr(cfg, key)
-        if value is not None:
-            if key not in cls.hyperparameters:
-                if value == default_for(key, cfg.dataset):
-                    continue  # the benchmark's default margin, meant for the detectors that have margins
-                raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins "
-                                 f"(energy, balenergy), not {name}")
-            options.setdefault(key, value)
-    if cfg.ada_correction != "full" and not name.startswith("ada_"):
-        raise ImoodError(f"--ada-correction {cfg.ada_correction} is a control of an ada_ training loss; "
-                         f"{name} has no ImOOD correction to change")
-    detector = reg.detector(name, ada_correction=cfg.ada_correction, **options)
-    base = getattr(detector, "base", None)
-    if base is not None and base.needs_fit and type(base).train_update is Detector.train_update:
-        raise ImoodError(f"{name} cannot be trained: {name.removeprefix('ada_')} needs statistics fitted on a trained "
-                         f"model and does not track them during training; score a trained model with {name} instead")
-    return detector
-
-
-def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
-    """The ID training set and, when an OOD loss needs it, the auxiliary OOD images: the benchmark's own, or
-    those of --aux-ood-dir. Test sets are not loaded: training does not need them."""
-    from_folder = needs_aux and cfg.aux_ood_dir is not None
-    options = dict(imbalance_ratio=cfg.imbalance_ratio, ood_tests=False)
-    try:
-        bench = load_benchmark(cfg.dataset, cfg.data_root,
-                               num_ood_samples=cfg.num_ood_samples if needs_aux and not from_folder else 0, **options)
-    except ImoodError as exc:
-        if not needs_aux or from_folder:
-            raise
-        load_benchmark(cfg.dataset, cfg.data_root, num_ood_samples=0, **options)  # the ID part alone loads?
-        raise ImoodError(f"{exc}; or train without the benchmark's auxiliary images: --aux-ood-dir DIR (any "
-                         "folder of images), or --Lambda 0 (no OOD loss)") from None
-    if from_folder:
-        from imood_cli.data.folder import load_image_folder
-
-        # The benchmark's own default (30,000 of the 300K file) is not a request about the user's folder
-        limit = None if cfg.num_ood_samples == default_for("num_ood_samples", cfg.dataset) else cfg.num_ood_samples
-        bench.aux_ood = load_image_folder(Path(cfg.aux_ood_dir), bench.image_size, bench.channels,
-                                          limit=limit, option="--aux-ood-dir")
-    return bench
 
 
 class _StopFlag:
@@ -269,7 +155,7 @@ class Trainer:
             getattr(self.core, head).requires_grad_(used)
         freeze_for(self.core, cfg.train_only)
         params = [p for p in self.core.parameters() if p.requires_grad]
-        self.opt = _optimizer(cfg, params, rt.device)
+        self.opt = make_optimizer(cfg, params, rt.device)
         has_aux = needs_aux and b.aux_ood is not None and len(b.aux_ood) > 0
         self.in_memory = b.train.in_memory
         if self.in_memory:  # uint8 tensors held on the training device
@@ -282,7 +168,7 @@ class Trainer:
         first = self._epoch(0)
         self.steps_per_epoch = len(first)
         _close(first)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg, self.steps_per_epoch))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(cfg, self.steps_per_epoch))
         self.model = self.core
         if rt.distributed:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
@@ -572,77 +458,11 @@ class Trainer:
         return TrainResult(cfg.run_dir, self.epoch, last, warnings=list(guard.warnings))
 
 
-AUX_WEIGHT_FLOOR = 1e-2
-
-
-@torch.no_grad()
-def conv_output_bytes(model: torch.nn.Module, in_chans: int, size: int, itemsize: int) -> int:
-    """Bytes of the convolution and linear outputs of one image's forward pass: a lower bound of what autograd
-    keeps per image for the backward pass (it keeps these layers' inputs, and more)."""
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * itemsize
-
-    kinds = (torch.nn.Conv2d, torch.nn.Linear)
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
-    was_training = model.training
-    try:
-        model.eval()
-        device = next(model.parameters()).device
-        model(torch.zeros(1, in_chans, size, size, device=device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return total
-
-
 def _widen(sums: torch.Tensor) -> torch.Tensor:
     """Running loss sums of a checkpoint written before the record had all of LOSS_PARTS (0.1 kept 4)."""
     if sums.ndim == 1 and 0 < sums.numel() < len(LOSS_PARTS):
         return torch.cat([sums, sums.new_zeros(len(LOSS_PARTS) - sums.numel())])
     return sums
-
-
-def orient_aux_linear(head: torch.nn.Linear) -> None:
-    """aux_linear starts as the identity: the ImOOD logit is the statistic itself, higher = more ID.
-
-    A model trained with an ada_ loss is scored with the vanilla statistic (SPEC §3), which is right only if
-    aux_linear is increasing. torch's default init draws its single weight from U(-1, 1): on a negative draw
-    the BCE trains the statistic upside down (on digits: ID energies fall, auxiliary ones rise, and the
-    vanilla energy score ranks OOD as ID, AUROC near 0)."""
-    with torch.no_grad():
-        head.weight.fill_(1.0)
-        head.bias.zero_()
-
-
-def keep_aux_linear_increasing(head: torch.nn.Linear) -> None:
-    """Projected step: the weight stays above a small floor, so the map cannot turn decreasing mid-run."""
-    with torch.no_grad():
-        head.weight.clamp_(min=AUX_WEIGHT_FLOOR)
-
-
-def init_weights(model: ImOODModel, target: Path, metric_name: str) -> None:
-    """Start from an imood model's weights; any architecture difference is an error before training."""
-    from imood_cli.engine.runs.checkpoint import load_tensors
-    from imood_cli.engine.runs.layout import model_path
-    from imood_cli.engine.scoring.score import architecture_of, check_state_dict
-
-    path = model_path(target)
-    tensors, meta = load_tensors(path, "model file")
-    theirs, ours = architecture_of(meta, path), model.arch
-    if theirs.extra_outputs < ours.extra_outputs:
-        raise ImoodError(f"{metric_name} needs {ours.extra_outputs} extra classifier output(s), but {path} has "
-                         f"{theirs.extra_outputs}: start from scratch, or train a metric without one")
-    for name in ("backbone", "num_classes", "in_chans", "cifar_stem", "extra_outputs"):
-        if getattr(theirs, name) != getattr(ours, name):
-            raise ImoodError(f"{path} has {name} = {getattr(theirs, name)!r}, this run needs "
-                             f"{getattr(ours, name)!r}")
-    check_state_dict(model, tensors, path)
-    model.load_state_dict(tensors)
 
 
 def _close(batches) -> None:
@@ -651,171 +471,3 @@ def _close(batches) -> None:
         close()
 
 
-def prepare_run_dir(cfg: TrainConfig, rt: Runtime, force: bool = False) -> list[str]:
-    """A fresh run folder: refused if the folder holds anything, unless --force, which removes imood's own
-    files there (only in a folder imood trained in). Returns notes for the user."""
-    run, notes = cfg.run_dir, []
-    if rt.is_main:
-        if run.exists() and not run.is_dir():
-            raise ImoodError(f"{run} is a file, not a run folder")
-        busy = run.is_dir() and any(p.name != LOCK_FILE for p in run.iterdir())
-        if busy and not force:
-            raise ImoodError(f"run folder {run} already exists; continue it with --resume {run}, "
-                             "or pick another --name (or --force to start over)")
-        if busy:
-            removed = clear_run(run)
-            if removed:
-                notes.append(f"--force removed {len(removed)} file(s) imood had written in {run}")
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / CONFIG_FILE, cfg.to_json())
-    rt.barrier()
-    return notes
-
-
-def train(cfg: TrainConfig, rt: Runtime, observer: TrainObserver | None = None, force: bool = False,
-          bench: Benchmark | None = None) -> TrainResult:
-    """Train a new run in cfg.run_dir (one process at a time per run folder)."""
-    trainer = Trainer(cfg, rt, observer, bench)
-    with _lock(cfg.run_dir, rt):
-        notes = prepare_run_dir(cfg, rt, force)
-        for note in notes:
-            trainer.obs.message(note)
-        return trainer.run()
-
-
-def _lock(run: Path, rt: Runtime):
-    """The run's lock, held by the process that writes (rank 0)."""
-    if not rt.is_main:
-        return contextlib.nullcontext()
-    Path(run).mkdir(parents=True, exist_ok=True)
-    return RunLock(run)
-
-
-def resume_config(run: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
-    """The run's stored, re-validated config with the options given on the command line applied, if they
-    may change on resume (the rest must equal the stored values). Returns it and what changed, in words."""
-    cfg = load_run_config(Path(run) / CONFIG_FILE)
-    cfg.save_root, cfg.name = str(Path(run).parent), Path(run).name
-    known, notes = options(), []
-    for key, value in overrides.items():
-        value = convert(key, value, "")
-        stored = getattr(cfg, key)
-        if value == stored:
-            continue
-        flag = known[key][0].flags[0].split("/")[0]
-        if not known[key][0].resumable:
-            raise ImoodError(f"{flag} cannot change on --resume (this run was started with {show(stored)}): "
-                             "drop the flag, or start a new run")
-        if key == "epochs":
-            done = _epochs_done(Path(run))
-            if value < max(done, 1):
-                raise ImoodError(f"--epochs {value}: {run} has already trained {done} epochs")
-            notes.append(f"--epochs {value} extends the run from {stored} epochs; the {cfg.schedule} schedule is "
-                         f"recomputed over {value} epochs from the current step, so the learning rate continues "
-                         "on the longer curve (it jumps at this step)")
-        elif key == "device":
-            notes.append(f"resuming on --device {value}; the run was started on {stored}: weights will not match "
-                         "an uninterrupted run bit for bit")
-        setattr(cfg, key, value)
-    return cfg, notes
-
-
-def _epochs_done(run: Path) -> int:
-    return CheckpointDir(run / CHECKPOINT_DIR).newest_epoch()
-
-
-def resume(run: Path, observer: TrainObserver | None = None, overrides: dict[str, Any] | None = None,
-           bench: Benchmark | None = None, rt: Runtime | None = None) -> TrainResult:
-    """Continue a run from its newest intact checkpoint, with the settings it was started with.
-
-    A kill can land anywhere in a checkpoint save (file, index, rotation) or before the first one: the resume
-    continues from the newest checkpoint file that verifies, says which one and what it passed over, and
-    rebuilds the index from the files when it was missing or unreadable."""
-    from imood_cli.engine import runtime
-
-    run = Path(run)
-    if not run.is_dir():
-        raise ImoodError(f"run folder not found: {run}")
-    cfg, notes = resume_config(run, overrides or {})
-    rt = rt or runtime.setup(cfg.device, cfg.amp, cfg.channels_last)
-    ckpt = CheckpointDir(run / CHECKPOINT_DIR)
-    with _lock(run, rt):
-        if ckpt.files():
-            cfg.init_from = None  # the checkpoint holds the weights; the starting model may be gone by now
-        elif (run / MODEL_FILE).exists():
-            raise ImoodError(f"{run} holds a {MODEL_FILE} but no checkpoint to continue from: the run is complete, or "
-                             f"was imported; train a new run (--ckpt-path {run} starts from its weights)")
-        trainer = Trainer(cfg, rt, observer, bench)
-        for note in notes:
-            trainer.obs.message(note)
-        if rt.is_main:
-            remove_partial_files(run)
-        rt.barrier()
-        point = _load_newest(ckpt, trainer)
-        trainer.pending_config = True  # written at the first checkpoint, once the resumed training runs
-        if point is not None:
-            for skipped in point.skipped:
-                trainer.obs.message(f"warning: skipped checkpoint {skipped}")
-            if point.index_note:
-                trainer.obs.message(f"note: {point.index_note}; it is written anew from the checkpoint files")
-            if rt.is_main:
-                point.tidy(ckpt)
-                _truncate_metrics(run / METRICS_FILE, trainer.global_step)
-            if trainer.epoch >= cfg.epochs and not trainer.step_in_epoch and _model_intact(run / MODEL_FILE):
-                trainer.obs.message(f"{run} is complete ({trainer.epoch} epochs) and its {MODEL_FILE} is intact: "
-                                    "nothing to do (--epochs N extends it)")
-                return TrainResult(run, trainer.epoch, warnings=notes)
-            trainer.obs.message(f"resuming from {point.path} (epoch {trainer.epoch}, step {trainer.step_in_epoch})")
-        elif rt.is_main:  # killed before its first checkpoint: start again from scratch
-            (run / METRICS_FILE).unlink(missing_ok=True)
-        result = trainer.run()
-        result.warnings = notes + result.warnings
-        return result
-
-
-def _model_intact(path: Path) -> bool:
-    """A model file that loads and verifies (a kill may have left none, or the user may have damaged it)."""
-    from imood_cli.engine.runs.checkpoint import load_tensors
-
-    try:
-        return "skeleton" not in load_tensors(path, "model file")[1]
-    except ImoodError:
-        return False
-
-
-def _load_newest(ckpt: CheckpointDir, trainer: Trainer) -> ResumePoint | None:
-    """Load the newest checkpoint that verifies and fits the run into the trainer; older ones are the fallback
-    for one whose state does not load (its counters or tensors inconsistent)."""
-    for point in ckpt.resume_points():
-        try:
-            trainer.load_state(point.state, point.path)
-        except ImoodError as exc:
-            point.skipped.append(f"{point.path.name} ({str(exc).removeprefix(str(point.path) + ' ')})")
-            continue
-        trainer.resumed_from = point.path
-        return point
-    return None
-
-
-def remove_partial_files(run: Path) -> None:
-    """Temporary files of writes cut short by a kill: never read, safe to delete (one writer per run)."""
-    for folder in (run, run / CHECKPOINT_DIR, run / "scores", run / "fits", run / "eval"):
-        if folder.is_dir():
-            for f in folder.iterdir():
-                if f.is_file() and is_temp_file(f):
-                    f.unlink(missing_ok=True)
-
-
-def _truncate_metrics(path: Path, global_step: int) -> None:
-    """Drop records written after the checkpoint, so the resumed run does not log them twice."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            step = json.loads(line)["step"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            break  # a torn last line from a kill
-        if isinstance(step, int) and step <= global_step:
-            keep.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in keep))

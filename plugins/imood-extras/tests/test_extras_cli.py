@@ -51,7 +51,8 @@ def test_train_with_supcon_and_score_with_margin(run):
     from imood_cli.engine.benchmarks import load_benchmark
     from imood_cli.engine.runs.scorefile import ScoreSet
     from imood_cli.engine.runtime import Runtime
-    from imood_cli.engine.scoring.score import infer, load_model
+    from imood_cli.engine.scoring.infer import infer
+    from imood_cli.engine.scoring.loading import load_model
 
     loaded = load_model(run, "cpu")
     bench = load_benchmark("digits", run.parent / "data")
