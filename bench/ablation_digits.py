@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from common import write_json
 
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine.metrics.evaluate import evaluate
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.scoring.loading import load_model

@@ -15,7 +15,7 @@ import torch
 from common import print_table, synthetic_cifar_lt, write_json
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from imood_cli.data.augment import draw
+from imood_cli.data.pipeline.augment import draw
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.engine.training.trainer import Trainer

@@ -15,7 +15,7 @@ import time
 import torch
 from common import print_table, synthetic_cifar_lt, write_json
 
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine import runtime
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.engine.training.trainer import Trainer

@@ -24,7 +24,7 @@ import torch
 from common import print_table, sync, synthetic_cifar_lt, write_json
 from PIL import Image
 
-from imood_cli.data.batches import InMemoryEpoch
+from imood_cli.data.pipeline.batches import InMemoryEpoch
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.engine.training.trainer import Trainer

@@ -13,9 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from imood_cli.data.augment import CIFAR_AUGMENT
 from imood_cli.data.base import Benchmark, ImageSet
-from imood_cli.data.longtail import longtail_counts
+from imood_cli.data.pipeline.augment import CIFAR_AUGMENT
+from imood_cli.data.pipeline.longtail import longtail_counts
 
 
 def synthetic_cifar_lt(num_aux: int = 30000, size: int = 32, classes: int = 10, n_max: int = 5000,

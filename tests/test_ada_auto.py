@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine.runs.scorefile import ScoreSet
 
 

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from imood_cli.data.archive import check_md5, download, md5_file, safe_extract
+from imood_cli.data.fetch.archive import check_md5, download, md5_file, safe_extract
 from imood_cli.errors import ImoodError
 
 
@@ -230,7 +230,7 @@ def test_a_bomb_is_stopped_by_the_declared_sizes_before_anything_is_written(tmp_
 
 def test_bytes_are_counted_while_copying(tmp_path, monkeypatch, sentinel):
     """A format whose headers understate the sizes is still stopped at the cap, and leaves nothing."""
-    from imood_cli.data import archive as archive_mod
+    from imood_cli.data.fetch import archive as archive_mod
 
     monkeypatch.setattr(archive_mod, "_check_caps", lambda *a, **k: None)  # as if the headers had lied
     arc = make_tar(tmp_path / "a.tar.gz", [("top/a", b"1" * 1000), ("top/b", os.urandom(3 << 20))])
@@ -261,7 +261,7 @@ def test_an_io_failure_midway_removes_what_was_written(tmp_path, sentinel):
 
 
 def test_ctrl_c_midway_removes_what_was_written_and_is_not_swallowed(tmp_path, monkeypatch, sentinel):
-    from imood_cli.data import archive as archive_mod
+    from imood_cli.data.fetch import archive as archive_mod
 
     real = archive_mod._write_new
     calls = []

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from imood_cli.data.augment import CIFAR_AUGMENT, AugmentSpec, augment, draw
+from imood_cli.data.pipeline.augment import CIFAR_AUGMENT, AugmentSpec, augment, draw
 
 
 def per_image(img: torch.Tensor, d, i: int, spec: AugmentSpec) -> torch.Tensor:

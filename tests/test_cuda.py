@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from imood_cli.data.augment import CIFAR_AUGMENT, augment, draw
+from imood_cli.data.pipeline.augment import CIFAR_AUGMENT, augment, draw
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -20,7 +20,7 @@ def test_device_augmentation_matches_the_cpu():
 
 @cuda
 def test_bf16_training_and_scoring_on_cuda(tmp_path):
-    from imood_cli.data.digits import Digits
+    from imood_cli.data.benchmarks.digits import Digits
     from imood_cli.engine.runtime import setup
     from imood_cli.engine.scoring.loading import load_model
     from imood_cli.engine.scoring.request import ScoreRequest

@@ -14,10 +14,10 @@ import torch
 from conftest import run_cli
 from fixtures_data import dump_batch, write_cifar, write_cifar_benchmark
 
-from imood_cli.data import cifar
-from imood_cli.data.augment import CIFAR_AUGMENT
-from imood_cli.data.cifar import CIFAR10, CIFAR100, Cifar10, Cifar100, safe_load_pickle
-from imood_cli.data.longtail import longtail_counts
+from imood_cli.data.benchmarks import cifar
+from imood_cli.data.benchmarks.cifar import CIFAR10, CIFAR100, Cifar10, Cifar100, safe_load_pickle
+from imood_cli.data.pipeline.augment import CIFAR_AUGMENT
+from imood_cli.data.pipeline.longtail import longtail_counts
 from imood_cli.errors import ImoodError
 
 

@@ -26,8 +26,9 @@ def test_data_list_imports_no_torch_timm_or_matplotlib(tmp_path):
 
 def test_dataset_modules_import_without_torch():
     code = ("import sys\n"
-            "import imood_cli.cli.data, imood_cli.data.cifar, imood_cli.data.digits, imood_cli.data.imagenet_lt\n"
-            "import imood_cli.data.folder, imood_cli.data.manifest, imood_cli.data.archive\n"
+            "import imood_cli.cli.data, imood_cli.data.benchmarks.cifar, imood_cli.data.benchmarks.digits\n"
+            "import imood_cli.data.benchmarks.imagenet_lt\n"
+            "import imood_cli.data.pipeline.folder, imood_cli.data.manifest, imood_cli.data.fetch.archive\n"
             "from imood_cli.registry import registry\n"
             "r = registry()\n"
             "[r.dataset(n).status('.') for n in r.names('dataset')]\n"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from imood_cli.data import digits as digits_mod
-from imood_cli.data.digits import ARRAYS_FILE, Digits
+from imood_cli.data.benchmarks import digits as digits_mod
+from imood_cli.data.benchmarks.digits import ARRAYS_FILE, Digits
 from imood_cli.errors import ImoodError
 
 TESTS = Path(__file__).resolve().parent
@@ -69,7 +69,7 @@ def test_loading_stored_arrays_does_not_import_scikit_learn(prepared):
     code = textwrap.dedent(f"""
         import sys, hashlib, json
         sys.modules["sklearn"] = None  # any import of scikit-learn now fails
-        from imood_cli.data.digits import Digits
+        from imood_cli.data.benchmarks.digits import Digits
         b = Digits().load({str(root)!r})
         h = hashlib.sha256(b.train.images.numpy().tobytes() + b.ood_tests["flower-patches"].images.numpy().tobytes())
         print(json.dumps([h.hexdigest(), "sklearn" in sys.modules and sys.modules["sklearn"] is not None]))
@@ -162,7 +162,7 @@ def test_num_ood_samples_and_ood_tests(prepared):
 def test_auxiliary_set_alternates_photo_patches_and_pen_strokes():
     """Outliers from photos alone teach 'photo vs digit'; the pen strokes are digit-like shapes of no class.
     They alternate, so the first N images (--num_ood_samples) hold both kinds."""
-    from imood_cli.data.digits import build_arrays, pen_strokes
+    from imood_cli.data.benchmarks.digits import build_arrays, pen_strokes
 
     arrays = build_arrays()
     bench = Digits().load(None)
@@ -181,7 +181,7 @@ def test_auxiliary_set_alternates_photo_patches_and_pen_strokes():
 def test_built_arrays_are_cached_per_process_but_handed_out_as_copies():
     """Each in-memory load would otherwise redraw the strokes and decode the photos (seconds); a caller
     that writes into its arrays must not change what the next load gets."""
-    from imood_cli.data.digits import build_arrays
+    from imood_cli.data.benchmarks.digits import build_arrays
 
     first = build_arrays()
     first["strokes"][:] = 0

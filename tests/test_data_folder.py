@@ -7,7 +7,7 @@ from conftest import run_cli
 from fixtures_data import random_png, solid_png
 from PIL import Image
 
-from imood_cli.data.folder import load_ood_folder
+from imood_cli.data.pipeline.folder import load_ood_folder
 from imood_cli.errors import ImoodError
 
 
@@ -68,7 +68,7 @@ def test_large_images_stay_on_disk_with_the_test_transform(tmp_path):
 
 def test_score_with_ood_dir_end_to_end(tmp_path, capsys):
     """`imood score RUN --ood-dir FOLDER` on an (untrained) digits model: the folder becomes an OOD set."""
-    from imood_cli.data.digits import Digits
+    from imood_cli.data.benchmarks.digits import Digits
     from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
     from imood_cli.engine.training.config import resolve_config
     from imood_cli.engine.training.setup import model_metadata
@@ -95,7 +95,7 @@ def test_score_with_ood_dir_end_to_end(tmp_path, capsys):
 # ---------------------------------------------------------------- auxiliary OOD from any folder (--aux-ood-dir)
 
 def test_load_image_folder_names_limits_and_matches_the_ood_dir_reader(tmp_path):
-    from imood_cli.data.folder import load_image_folder
+    from imood_cli.data.pipeline.folder import load_image_folder
 
     folder = tmp_path / "aux"
     rng = np.random.default_rng(4)

@@ -13,9 +13,18 @@ import pytest
 import torch
 from conftest import run_cli
 
-from imood_cli.data import glyphs as glyphs_mod
-from imood_cli.data.glyphs import ARRAYS_FILE, CLASSES, GREEK, SEED, SYMBOLS, Glyphs, arrays_bytes, build_arrays
-from imood_cli.data.longtail import longtail_counts
+from imood_cli.data.benchmarks import glyphs as glyphs_mod
+from imood_cli.data.benchmarks.glyphs import (
+    ARRAYS_FILE,
+    CLASSES,
+    GREEK,
+    SEED,
+    SYMBOLS,
+    Glyphs,
+    arrays_bytes,
+    build_arrays,
+)
+from imood_cli.data.pipeline.longtail import longtail_counts
 from imood_cli.engine.metrics.groups import shot_groups
 from imood_cli.errors import ImoodError
 from imood_cli.registry import Registry, reset_registry
@@ -227,11 +236,11 @@ def test_loading_stored_arrays_renders_nothing(prepared):
     root, _ = prepared
     code = textwrap.dedent(f"""
         import sys, hashlib, json
-        import imood_cli.data.glyphs
+        import imood_cli.data.benchmarks.glyphs
         heavy = sorted(m for m in ("torch", "PIL", "matplotlib", "sklearn", "fontTools") if m in sys.modules)
         for m in ("PIL", "matplotlib", "sklearn", "fontTools"):
             sys.modules[m] = None  # any import of them now fails
-        b = imood_cli.data.glyphs.Glyphs().load({str(root)!r})
+        b = imood_cli.data.benchmarks.glyphs.Glyphs().load({str(root)!r})
         h = hashlib.sha256(b.train.images.numpy().tobytes() + b.ood_tests["greek"].images.numpy().tobytes())
         print(json.dumps([h.hexdigest(), heavy]))
     """)

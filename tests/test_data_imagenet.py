@@ -8,9 +8,9 @@ from fixtures_data import write_imagenet
 from PIL import Image
 
 from imood_cli.data.base import ImageSet
-from imood_cli.data.batches import InMemoryEpoch
-from imood_cli.data.files import FileEpoch, FileImages, file_image_set, random_resized_crop_params
-from imood_cli.data.imagenet_lt import IMAGENET_AUGMENT, ImageNetLT
+from imood_cli.data.benchmarks.imagenet_lt import IMAGENET_AUGMENT, ImageNetLT
+from imood_cli.data.pipeline.batches import InMemoryEpoch
+from imood_cli.data.pipeline.files import FileEpoch, FileImages, file_image_set, random_resized_crop_params
 from imood_cli.errors import ImoodError
 
 

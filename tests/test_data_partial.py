@@ -10,9 +10,9 @@ import pytest
 from conftest import run_cli
 from fixtures_data import write_300k, write_cifar, write_imagenet, write_scood
 
-from imood_cli.data import archive as archive_mod
-from imood_cli.data.cifar import Cifar10
-from imood_cli.data.imagenet_lt import ImageNetLT
+from imood_cli.data.benchmarks.cifar import Cifar10
+from imood_cli.data.benchmarks.imagenet_lt import ImageNetLT
+from imood_cli.data.fetch import archive as archive_mod
 from imood_cli.errors import ImoodError
 
 SCOOD_NAMES = ["texture", "svhn", "cifar100", "tin", "lsun", "places365"]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from fixtures_data import random_png, write_cifar, write_imagenet, write_scood
 
-from imood_cli.data import scood
-from imood_cli.data.imagenet_lt import ImageNetLT
-from imood_cli.data.images import list_images
+from imood_cli.data.benchmarks import scood
+from imood_cli.data.benchmarks.imagenet_lt import ImageNetLT
+from imood_cli.data.pipeline.images import list_images
 from imood_cli.errors import ImoodError
 from imood_cli.fs.safe import check_list_path, open_regular, read_lines
 
@@ -73,7 +73,7 @@ def test_a_fifo_in_an_ood_dir_is_named_not_opened(tmp_path):
     os.mkfifo(folder / "x.png")
     os.mkfifo(folder / "notes.txt")  # not an image name: ignored, never opened either
     out = isolated(CATCH + """
-from imood_cli.data.folder import load_image_folder, load_ood_folder
+from imood_cli.data.pipeline.folder import load_image_folder, load_ood_folder
 print(json.dumps({"small": outcome(lambda: load_ood_folder(d, 32, 3)),
                   "large": outcome(lambda: load_ood_folder(d, 224, 3)),
                   "aux": outcome(lambda: load_image_folder(d, 32, 3, option="--aux-ood-dir"))}))
@@ -93,7 +93,7 @@ def test_fifos_in_scood_lists_and_images(tmp_path):
     lst.unlink()
     os.mkfifo(lst)
     out = isolated(CATCH + """
-from imood_cli.data import scood
+from imood_cli.data.benchmarks import scood
 print(json.dumps({
     "image": outcome(lambda: scood.load_set(root, "cifar10", "svhn", 10)),
     "list": outcome(lambda: scood.load_set(root, "cifar10", "lsun", 10)),
@@ -114,7 +114,7 @@ def test_fifos_in_imagenet_split_and_listed_images(tmp_path):
     listed.unlink()
     os.mkfifo(listed)
     out = isolated(CATCH + """
-from imood_cli.data.imagenet_lt import ImageNetLT
+from imood_cli.data.benchmarks.imagenet_lt import ImageNetLT
 def score_unverified():
     b = ImageNetLT().load(root, num_ood_samples=0, verify=False)
     list(b.test.files.batches(4))
@@ -142,8 +142,8 @@ def test_fifos_as_cifar_batches_and_the_300k_file(tmp_path):
     npy.parent.mkdir()
     os.mkfifo(npy)
     out = isolated(CATCH + """
-from imood_cli.data import cifar, tinyimages
-from imood_cli.data.cifar import Cifar10
+from imood_cli.data.benchmarks import cifar, tinyimages
+from imood_cli.data.benchmarks.cifar import Cifar10
 print(json.dumps({
     "pickle": outcome(lambda: cifar.safe_load_pickle(root / "cifar-10-batches-py" / "data_batch_2")),
     "load": outcome(lambda: Cifar10().load(root, num_ood_samples=0, verify=False)),
@@ -168,7 +168,7 @@ def test_a_symlink_loop_is_walked_once(tmp_path):
     (folder / "sub" / "up").symlink_to("..", target_is_directory=True)
     (folder / "sub" / "self").symlink_to(folder / "sub", target_is_directory=True)
     out = isolated("""
-from imood_cli.data.images import list_images
+from imood_cli.data.pipeline.images import list_images
 print(json.dumps([str(p) for p in list_images(d)]))
 """, d=folder)
     assert out == [str(folder / "a.png"), str(folder / "sub" / "b.png")]

@@ -5,7 +5,7 @@ import pytest
 from fixtures_data import SCOOD_SETS, solid_png, write_scood
 from PIL import Image
 
-from imood_cli.data import scood
+from imood_cli.data.benchmarks import scood
 from imood_cli.errors import ImoodError
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from fixtures_data import write_300k
 
-from imood_cli.data import tinyimages
-from imood_cli.data.tinyimages import load_tinyimages, open_300k, tinyimages_path
+from imood_cli.data.benchmarks import tinyimages
+from imood_cli.data.benchmarks.tinyimages import load_tinyimages, open_300k, tinyimages_path
 from imood_cli.errors import ImoodError
 
 

@@ -1,4 +1,4 @@
-"""Folder benchmarks (data/user_folder.py, `imood data prepare folder`): the user's own images as ID data."""
+"""Folder benchmarks (data/benchmarks/folder/, `imood data prepare folder`): the user's own images as ID data."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from imood_cli.data.images import decode_resized
-from imood_cli.data.user_folder import decode_bytes, split_counts
+from imood_cli.data.benchmarks.folder.benchmark import split_counts
+from imood_cli.data.benchmarks.folder.files import decode_bytes
+from imood_cli.data.pipeline.images import decode_resized
 from imood_cli.engine.benchmarks import load_benchmark
 from imood_cli.engine.metrics.groups import shot_groups
 from imood_cli.errors import ImoodError

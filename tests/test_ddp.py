@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from imood_cli.data.base import ImageSet
-from imood_cli.data.batches import InMemoryEpoch
+from imood_cli.data.pipeline.batches import InMemoryEpoch
 from imood_cli.engine.runs.checkpoint import load_tensors
 
 

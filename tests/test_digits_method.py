@@ -5,7 +5,7 @@ sign of aux_linear's weight)."""
 import pytest
 import torch
 
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine.metrics.evaluate import evaluate
 from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
 from imood_cli.engine.runtime import setup

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imood_cli.core.contract import LossContext, ModelOutputs
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.detectors.energy import ID_GAP, OOD_GAP, Energy, margins_from_energies
 from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors
 from imood_cli.engine.runtime import setup

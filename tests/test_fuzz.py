@@ -347,7 +347,7 @@ def test_report_with_html(score_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A digits run folder with freshly initialized weights (what score needs, without training)."""
-    from imood_cli.data.digits import Digits
+    from imood_cli.data.benchmarks.digits import Digits
     from imood_cli.engine.runs.checkpoint import save_tensors
     from imood_cli.engine.training.config import resolve_config
     from imood_cli.engine.training.setup import architecture, model_metadata

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.engine.training.guard import TrainingGuard

@@ -178,7 +178,7 @@ def test_import_then_score_on_digits(tmp_path, capsys):
     code, out, err = run_cli(["import-ckpt", path, "--ds", "digits", "--out", tmp_path / "d"], capsys)
     assert code == 0, err
     _, meta = load_tensors(tmp_path / "d" / "model.safetensors")
-    from imood_cli.data.digits import Digits
+    from imood_cli.data.benchmarks.digits import Digits
 
     assert meta["class_counts"] == list(Digits().load(None).class_counts)
     code, out, err = run_cli(["score", tmp_path / "d", "-m", "msp,ada_energy"], capsys)

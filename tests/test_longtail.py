@@ -1,7 +1,7 @@
 import torch
 
-from imood_cli.data.digits import Digits
-from imood_cli.data.longtail import longtail_counts, longtail_indices
+from imood_cli.data.benchmarks.digits import Digits
+from imood_cli.data.pipeline.longtail import longtail_counts, longtail_indices
 
 
 def test_cifar10_lt_counts():

@@ -546,7 +546,7 @@ def test_model_files_hold_the_extra_outputs_but_not_the_prototypes(digits_runs):
 @pytest.mark.parametrize("metric", ["cocl", "balenergy"])
 def test_resume_after_an_interrupt_reaches_the_same_weights(tmp_path, metric):
     # COCL draws head negatives and owns prototypes, BalEnergy keeps a running prior: all must come back exactly
-    from imood_cli.data.digits import Digits
+    from imood_cli.data.benchmarks.digits import Digits
     from imood_cli.engine.runs.checkpoint import load_tensors
     from imood_cli.engine.runtime import setup
     from imood_cli.engine.training.config import resolve_config

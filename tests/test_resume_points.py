@@ -12,7 +12,7 @@ import stat
 import pytest
 import torch
 
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors, save_tensors
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from imood_cli.data.digits import Digits
+from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine.runs.checkpoint import load_tensors
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
@@ -227,8 +227,8 @@ def test_fast_step_equals_a_per_image_torchvision_step(tmp_path):
     the same random draws, then the same loss and optimizer; the weights after two steps agree."""
     from test_augment import per_image
 
-    from imood_cli.data.augment import CIFAR_AUGMENT, draw
     from imood_cli.data.base import Benchmark, ImageSet
+    from imood_cli.data.pipeline.augment import CIFAR_AUGMENT, draw
     from imood_cli.engine.training.trainer import Trainer
 
     g = torch.Generator().manual_seed(0)

@@ -23,7 +23,7 @@ PIECE_INDENT = " " * 4
 URL = re.compile(r"https?://\S+")
 
 
-FOLDER = "folder"  # `imood data prepare folder`: a benchmark of the user's own images (data/user_folder.py)
+FOLDER = "folder"  # `imood data prepare folder`: a benchmark of the user's own images (data/benchmarks/folder/)
 
 
 @app.command("prepare")
@@ -102,7 +102,7 @@ def prepare(
         if given:
             raise ImoodError(f"{given[0]} belongs to `imood data prepare folder` (a benchmark of your own images), "
                              f"not to `imood data prepare {name}`")
-        from imood_cli.data.user_folder import FolderBenchmark
+        from imood_cli.data.benchmarks.folder.benchmark import FolderBenchmark
         from imood_cli.engine.benchmarks import dataset
 
         ds = dataset(name, data_root)
@@ -125,7 +125,8 @@ def _refuse(options: dict, what: str) -> None:
 def _prepare_folder(data_root: Path, bench_name: Optional[str], **options) -> dict:
     """`imood data prepare folder`: the name checked against every benchmark imood knows, then
     `data.user_folder.prepare_folder` (which checks everything else before its one write)."""
-    from imood_cli.data.user_folder import check_name, prepare_folder
+    from imood_cli.data.benchmarks.folder.benchmark import prepare_folder
+    from imood_cli.data.benchmarks.folder.sources import check_name
     from imood_cli.engine.benchmarks import is_registered
     from imood_cli.engine.training.config import DATASET_ALIASES
     from imood_cli.errors import ImoodError
@@ -207,7 +208,8 @@ def _warn(text: str) -> None:
 def _status_rows(data_root: Path) -> list[dict]:
     """Every registered benchmark, then the folder benchmarks prepared under DATA (whose names no registered
     benchmark has: those win the name)."""
-    from imood_cli.data.user_folder import FolderBenchmark, prepared_names
+    from imood_cli.data.benchmarks.folder.benchmark import FolderBenchmark
+    from imood_cli.data.benchmarks.folder.record import prepared_names
     from imood_cli.registry import registry
 
     reg = registry()

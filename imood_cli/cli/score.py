@@ -66,7 +66,7 @@ def extra_sets(folders: list[Path], taken: set[str], image_size: int, channels: 
     out: dict = {}
     seen: dict[str, Path] = {}
     for folder in folders:
-        from imood_cli.data.folder import load_ood_folder
+        from imood_cli.data.pipeline.folder import load_ood_folder
 
         s = load_ood_folder(folder, image_size, channels)
         if s.name in taken:

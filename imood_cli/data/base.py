@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imood_cli.core.lazy import torch
-from imood_cli.data.augment_spec import AugmentSpec
+from imood_cli.data.pipeline.augment_spec import AugmentSpec
 
 
 @dataclass

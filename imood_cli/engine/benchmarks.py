@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from imood_cli.data.base import Benchmark
-from imood_cli.data.user_folder import NAME_PATTERN, FolderBenchmark, prepared_names, read_folder_manifest
+from imood_cli.data.benchmarks.folder.benchmark import FolderBenchmark
+from imood_cli.data.benchmarks.folder.record import prepared_names, read_folder_manifest
+from imood_cli.data.benchmarks.folder.sources import NAME_PATTERN
 from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.registry import registry
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from imood_cli.core.contract import ModelOutputs, ModelView
-from imood_cli.data.augment import AugmentSpec, to_float
 from imood_cli.data.base import ImageSet
+from imood_cli.data.pipeline.augment import AugmentSpec, to_float
 from imood_cli.engine.runtime import Runtime
 from imood_cli.models.preprocess import Preprocess
 from imood_cli.models.staged import StagedClassifier

@@ -11,8 +11,8 @@ import torch
 
 from imood_cli import __version__
 from imood_cli.core.contract import Detector
-from imood_cli.data.augment import AugmentSpec
 from imood_cli.data.base import Benchmark
+from imood_cli.data.pipeline.augment import AugmentSpec
 from imood_cli.engine.benchmarks import load_benchmark
 from imood_cli.engine.training.config import TrainConfig, default_for
 from imood_cli.errors import ImoodError
@@ -135,7 +135,7 @@ def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
         raise ImoodError(f"{exc}; or train without the benchmark's auxiliary images: --aux-ood-dir DIR (any "
                          "folder of images), or --Lambda 0 (no OOD loss)") from None
     if from_folder:
-        from imood_cli.data.folder import load_image_folder
+        from imood_cli.data.pipeline.folder import load_image_folder
 
         # The benchmark's own default (30,000 of the 300K file) is not a request about the user's folder
         limit = None if cfg.num_ood_samples == default_for("num_ood_samples", cfg.dataset) else cfg.num_ood_samples

@@ -18,10 +18,10 @@ import torch.distributed as dist
 
 from imood_cli.core.contract import AuxBatch, LossContext, ModelView
 from imood_cli.core.prior import log_prior
-from imood_cli.data.augment import apply as augment_apply
-from imood_cli.data.augment import draw
 from imood_cli.data.base import Benchmark, ImageSet
-from imood_cli.data.batches import Batch, InMemoryEpoch, epoch_seed
+from imood_cli.data.pipeline.augment import apply as augment_apply
+from imood_cli.data.pipeline.augment import draw
+from imood_cli.data.pipeline.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine import runtime
 from imood_cli.engine.runs.checkpoint import CheckpointDir, non_finite_weight, save_tensors
 from imood_cli.engine.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_FILE
@@ -203,7 +203,7 @@ class Trainer:
         if self.in_memory:
             return InMemoryEpoch(self.train_set, self.aux_set, cfg.batch_size, ood_bs, cfg.seed, epoch,
                                  rt.rank, rt.world_size)
-        from imood_cli.data.files import FileEpoch
+        from imood_cli.data.pipeline.files import FileEpoch
 
         return FileEpoch(self.train_set, self.aux_set, cfg.batch_size, ood_bs, cfg.seed, epoch, rt.rank,
                          rt.world_size, workers=cfg.workers, pin_memory=rt.device.type == "cuda")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from imood_cli.core.lazy import torch
 from imood_cli.data.base import ImageSet
-from imood_cli.data.images import IMAGE_EXTENSIONS, decode_many, failed_message, list_images
+from imood_cli.data.pipeline.images import IMAGE_EXTENSIONS, decode_many, failed_message, list_images
 from imood_cli.errors import ImoodError
 
 IN_MEMORY_MAX_SIZE = 64
@@ -50,7 +50,7 @@ def load_image_folder(folder: Path, size: int, channels: int, name: str | None =
     if in_memory is None:
         in_memory = size <= IN_MEMORY_MAX_SIZE
     if not in_memory:
-        from imood_cli.data.files import file_image_set
+        from imood_cli.data.pipeline.files import file_image_set
 
         return file_image_set(name, paths, labels, size, mode="center", channels=channels)
     images, failed = decode_many(paths, size, channels)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 # Re-exported: the spec lives in a torch-free module so describing a benchmark does not import torch.
-from imood_cli.data.augment_spec import CIFAR_AUGMENT as CIFAR_AUGMENT
-from imood_cli.data.augment_spec import AugmentSpec as AugmentSpec
+from imood_cli.data.pipeline.augment_spec import CIFAR_AUGMENT as CIFAR_AUGMENT
+from imood_cli.data.pipeline.augment_spec import AugmentSpec as AugmentSpec
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)

@@ -48,10 +48,10 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 from imood_cli.core.lazy import np, torch
-from imood_cli.data.augment_spec import AugmentSpec
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet
-from imood_cli.data.longtail import longtail_counts
 from imood_cli.data.manifest import read_manifest, write_manifest
+from imood_cli.data.pipeline.augment_spec import AugmentSpec
+from imood_cli.data.pipeline.longtail import longtail_counts
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_bytes
 from imood_cli.fs.safe import path_kind, read_capped

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from imood_cli.data.base import ImageSet
-from imood_cli.data.batches import Batch, EpochOrder, epoch_seed
-from imood_cli.data.images import SHOW_FAILED, failed_message, open_image
+from imood_cli.data.pipeline.batches import Batch, EpochOrder, epoch_seed
+from imood_cli.data.pipeline.images import SHOW_FAILED, failed_message, open_image
 from imood_cli.errors import ImoodError
 
 RESIZE_FOR_CROP = 256 / 224  # test transform: resize the shorter side to 256, center crop 224

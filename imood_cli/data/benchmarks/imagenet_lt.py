@@ -24,10 +24,10 @@ import stat
 from pathlib import Path
 
 from imood_cli.core.lazy import torch
-from imood_cli.data.augment_spec import AugmentSpec
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet, missing_phrase
-from imood_cli.data.images import list_images
 from imood_cli.data.manifest import resolve_verify, write_manifest
+from imood_cli.data.pipeline.augment_spec import AugmentSpec
+from imood_cli.data.pipeline.images import list_images
 from imood_cli.errors import ImoodError
 from imood_cli.fs.safe import absent_or_kind, check_list_path, is_regular_file, mode_kind, read_lines
 
@@ -146,7 +146,7 @@ class ImageNetLT:
         return ImoodError(f"{self.name} is not ready, missing: {'; '.join(required)}{also}")
 
     def _folder_set(self, folder: Path, name: str, limit: int | None = None) -> ImageSet:
-        from imood_cli.data.files import file_image_set
+        from imood_cli.data.pipeline.files import file_image_set
 
         paths = list_images(folder)
         if not paths:
@@ -162,7 +162,7 @@ class ImageNetLT:
              verify: bool | None = None, ood_tests: bool = True, **_) -> Benchmark:
         """The benchmark. verify: check that every listed image is a regular file (None: as the manifest
         recorded, True without one); ood_tests=False skips ood_test_1k; num_ood_samples=0: no extra_1k."""
-        from imood_cli.data.files import file_image_set
+        from imood_cli.data.pipeline.files import file_image_set
 
         root, base = Path(root), imagenet_dir(root)
         if num_ood_samples is not None and num_ood_samples < 0:

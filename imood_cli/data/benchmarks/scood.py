@@ -26,7 +26,7 @@ from pathlib import Path
 
 from imood_cli.core.lazy import np, torch
 from imood_cli.data.base import FileStatus, ImageSet
-from imood_cli.data.images import decode_many, failed_message
+from imood_cli.data.pipeline.images import decode_many, failed_message
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_bytes
 from imood_cli.fs.safe import absent_or_kind, check_list_path, is_regular_file, open_regular, read_lines

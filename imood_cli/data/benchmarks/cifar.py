@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imood_cli.core.lazy import np, torch
-from imood_cli.data import scood, tinyimages
-from imood_cli.data.archive import check_md5, safe_extract
-from imood_cli.data.archive import download as fetch
-from imood_cli.data.augment_spec import CIFAR_AUGMENT
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet, missing_phrase
-from imood_cli.data.longtail import check_imbalance_ratio, longtail_counts, longtail_indices
+from imood_cli.data.benchmarks import scood, tinyimages
+from imood_cli.data.fetch.archive import check_md5, safe_extract
+from imood_cli.data.fetch.archive import download as fetch
 from imood_cli.data.manifest import resolve_verify, write_manifest
+from imood_cli.data.pipeline.augment_spec import CIFAR_AUGMENT
+from imood_cli.data.pipeline.longtail import check_imbalance_ratio, longtail_counts, longtail_indices
 from imood_cli.errors import ImoodError
 from imood_cli.fs.safe import NotRegularFile, absent_or_kind, is_regular_file, open_regular, path_kind
 
