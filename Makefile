@@ -1,15 +1,17 @@
 # make demo: the embedded digits benchmark end to end, ending with the report.
 # make test: the test suite. Both create .venv with plain pip and install the project first.
+# make docs: the documentation site (mkdocs build --strict into build/site/), the docs extra installed into .venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 IMOOD := $(VENV)/bin/imood
 STAMP := $(VENV)/.imood-installed
+DOCS_STAMP := $(VENV)/.imood-docs-installed
 RUNS ?= runs
 DATA ?= data
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint docs clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +35,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -6,9 +6,7 @@ import importlib
 import importlib.util
 import json
 import os
-import signal
 import sys
-import threading
 import warnings
 
 import typer
@@ -24,6 +22,7 @@ from imood_cli.cli import score as score_cmd
 from imood_cli.cli import sweep as sweep_cmd
 from imood_cli.cli import train as train_cmd
 from imood_cli.cli.common import DDP_ARGV, set_argv, shown
+from imood_cli.core.interrupts import Interrupts
 from imood_cli.core.process import die_with_parent
 from imood_cli.errors import ImoodError
 
@@ -100,32 +99,6 @@ def _plain_argument_help(command) -> None:
         _plain_argument_help(sub)
 
 
-class _CtrlC:
-    """While a command runs: Python's own Ctrl-C (a KeyboardInterrupt), remembering that one came.
-
-    A Ctrl-C that lands inside an extension module's initialisation comes out as another error (pybind11
-    turns it into `ImportError: initialization failed`); knowing it came, the boundary still says
-    "interrupted" and exits 130 instead of printing a traceback.
-    """
-
-    def __init__(self) -> None:
-        self.came = False
-        self._old = None
-
-    def __enter__(self) -> _CtrlC:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.came = True
-        signal.default_int_handler(signum, frame)
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
 def _clear_embedded_interrupt_flag() -> None:
     """Exit 130, not death by SIGINT, after a handled Ctrl-C.
 
@@ -151,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
     _plain_argument_help(command)
-    ctrl_c = _CtrlC()
+    # Python's own Ctrl-C (a KeyboardInterrupt at once), remembering that one came: a Ctrl-C that lands inside an
+    # extension module's initialisation comes out as another error (pybind11's `ImportError: initialization
+    # failed`); knowing it came, the boundary still says "interrupted" and exits 130, not a traceback.
+    ctrl_c = Interrupts(graceful=False)
     try:
         with ctrl_c:
             code = command.main(args=args, prog_name="imood", standalone_mode=False)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
+import typer
 from rich.console import Console
 
 _KEPT_CONTROLS = "\n\t"
@@ -96,3 +98,13 @@ def warn(text: str) -> None:
     err_console.print(f"[yellow]warning:[/] {text}")
 
 
+def abort_on_interrupt(command):
+    """Ctrl-C as click's Abort, which the CLI turns into one line and exit code 130 (Typer itself would
+    turn a KeyboardInterrupt into a silent exit)."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise typer.Abort() from None
+    return run

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from imood_cli.errors import ImoodError
+from imood_cli.cli.common import abort_on_interrupt
+from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.fs.safe import read_json
-
-
-def abort_on_interrupt(command):
-    """Ctrl-C as click's Abort, which the CLI turns into one line and exit code 130 (Typer itself would
-    turn a KeyboardInterrupt into a silent exit)."""
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise typer.Abort() from None
-    return run
 
 
 def _eval_json_path(run: Path, stem: str) -> Path:
@@ -58,6 +47,10 @@ def eval_scores(
                               "run's scores folder."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Evaluate scores computed from an older model than "
                                      "the run's model.safetensors, marked stale (never saved), instead of refusing."),
+    sort: Optional[str] = typer.Option(None, "--sort", metavar="KEY",
+                                       help="Order the score files (by their mean over the OOD sets) and each "
+                                            "file's OOD sets: auroc (highest first), fpr95 (lowest first) or name. "
+                                            "[default: the order found]"),
 ) -> None:
     """AUROC, AUPR-in, AUPR-out and FPR95 per OOD set and their mean; ID and many/medium/few accuracy."""
     # numpy and the report modules load only when the command runs: `imood --help` stays fast
@@ -65,8 +58,10 @@ def eval_scores(
     from imood_cli.engine.runs.scorefile import ScoreSet
     from imood_cli.fs.atomic import atomic_write_text
     from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
-    from imood_cli.report.tables import METRICS, eval_tables
+    from imood_cli.report.tables import METRICS, SORTS, eval_tables, sort_key, summary_table
 
+    if sort is not None and sort not in SORTS:
+        raise unknown_name("--sort key", sort, SORTS)
     if bootstrap < 0:
         raise ImoodError("--bootstrap must be >= 0")
     if seed < 0:
@@ -87,6 +82,8 @@ def eval_scores(
         run = run_of(path)
         if save and run is not None and not reason:
             atomic_write_text(_eval_json_path(run, path.stem), json.dumps(results[key], indent=2))
+    if sort is not None:
+        results = dict(sorted(results.items(), key=lambda kv: sort_key(sort, kv[0], kv[1]["ood"]["mean"].get(sort))))
     if as_json:
         print(json.dumps(next(iter(results.values())) if len(results) == 1 else results, indent=2))
     elif as_csv:
@@ -94,10 +91,18 @@ def eval_scores(
         w = csv.writer(buf)
         w.writerow(["metric", "ood_set", *[k for k, _, _ in METRICS]])
         for metric, r in results.items():
-            for set_name, m in r["ood"].items():
+            names = list(r["ood"])
+            if sort is not None:  # the mean stays last
+                names.sort(key=lambda s: (s == "mean", sort_key(sort, s, r["ood"][s].get(sort))))
+            for set_name in names:
+                m = r["ood"][set_name]
                 w.writerow([metric, set_name] + [f"{m[k]:.6f}" for k, _, _ in METRICS])
         print(buf.getvalue(), end="")
     else:
         for metric, r in results.items():
-            for t in eval_tables(metric + (" (stale)" if r.get("stale") else ""), r):
+            for t in eval_tables(metric + (" (stale)" if r.get("stale") else ""), r, sort):
                 print_table(t)
+        if len(results) > 1:  # the files side by side, after the details: the comparison ends the output
+            rows = [(metric + (" (stale)" if r.get("stale") else ""), r) for metric, r in results.items()]
+            print_table(summary_table("files", f"{len(rows)} score files: mean over each file's OOD sets (%)",
+                                      rows, sort=sort))

@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from imood_cli.cli.common import console, split_list
-from imood_cli.cli.eval import abort_on_interrupt
+from imood_cli.cli.common import abort_on_interrupt, console, split_list
 from imood_cli.errors import ImoodError, unknown_name
 
 FORMATS = ("terminal", "md", "latex", "json", "csv")
+SORTS = ("auroc", "fpr95", "name")  # report/tables.py SORTS, here so that --help needs no numpy
 
 
 @abort_on_interrupt
@@ -28,9 +28,20 @@ def report(
                                              help="Where to write the page with plots. [default: <first run>/"
                                                   "report.html]"),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write report.html."),
-    plots: int = typer.Option(4, "--plots", metavar="N", help="Detectors of each run drawn in the page's figures "
-                              "(the run's training detector, msp and energy first, each with its ada_ form); "
-                              "0 draws every one. The tables always hold every row."),
+    plots: int = typer.Option(4, "--plots", metavar="N", help="Distinct detectors of each run drawn in the figures: "
+                              "the ada_ pair with the largest gain, then the best mean AUROC with its pair; 0 "
+                              "draws every one. Identical scores are drawn once. The tables hold every row."),
+    curves: Optional[str] = typer.Option(None, "--curves", metavar="NAMES",
+                                         help="Detectors to draw in the figures, comma-separated, in this order "
+                                              "(instead of --plots' choice)."),
+    log_fpr: bool = typer.Option(True, "--log-fpr/--linear-fpr", help="The ROC curves' FPR axis: log scale (the "
+                                 "low-FPR region and each FPR95 stay apart) or linear."),
+    figures_dir: Optional[Path] = typer.Option(None, "--figures", metavar="DIR",
+                                               help="Also write each figure as DIR/<name>.svg and .pdf (for a "
+                                                    "paper); only figures imood wrote are replaced."),
+    sort: Optional[str] = typer.Option(None, "--sort", metavar="KEY",
+                                       help="Order the rows of every table and format: auroc (highest mean "
+                                            "first), fpr95 (lowest first) or name. [default: argument order]"),
     bootstrap: int = typer.Option(0, "--bootstrap", metavar="N", help="Bootstrap rounds for 95% intervals in the "
                                   "JSON output (0: none)."),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Report rows scored on different OOD sets or "
@@ -46,10 +57,12 @@ def report(
     from imood_cli.fs.atomic import atomic_write_text
     from imood_cli.report import formats
     from imood_cli.report.results import collect, source_root
-    from imood_cli.report.tables import report_tables
+    from imood_cli.report.tables import report_tables, sort_report
 
     if fmt not in FORMATS:
         raise unknown_name("report format", fmt, FORMATS)
+    if sort is not None and sort not in SORTS:
+        raise unknown_name("--sort key", sort, SORTS)
     if bootstrap < 0:
         raise ImoodError("--bootstrap must be >= 0")
     if published:
@@ -64,11 +77,21 @@ def report(
 
         target = html_path or source_root(Path(runs[0])) / "report.html"
         check_replaceable(target)  # before minutes of work
+    if figures_dir is not None:
+        from imood_cli.report.figures import check_folder
+
+        check_folder(figures_dir)
     metrics = list(dict.fromkeys(split_list(metric))) or None
     rep = collect(runs, metrics, bootstrap, allow_stale=allow_stale, allow_mismatch=allow_mismatch)
     for w in rep.warnings:
         print_warning(w)
-    tables = report_tables(rep)
+    curve_names = list(dict.fromkeys(split_list(curves))) or None
+    if curve_names and (target is not None or figures_dir is not None):
+        from imood_cli.report.selection import check_curves
+
+        check_curves(rep, curve_names)
+    rep = sort_report(rep, sort)
+    tables = report_tables(rep, sort)
     if published:
         tables.append(paper.for_report(published, rep))
     if fmt == "terminal":
@@ -79,10 +102,21 @@ def report(
     else:
         render = {"md": formats.markdown, "latex": formats.latex, "json": formats.as_json}[fmt]
         print(render(rep, tables), end="")
+    if target is None and figures_dir is None:
+        return
+    from imood_cli.report import plots as figures
+
+    made = figures.build(rep, plots, curve_names, log_fpr, sort)
     if target is not None:
         from imood_cli.report.html import render as render_html
 
         title = "imood report: " + ", ".join(name for name, _ in rep.runs)
-        atomic_write_text(target, render_html(rep, title, tables, plots_per_run=plots))
+        atomic_write_text(target, render_html(rep, title, tables, figures=made))
         if fmt == "terminal":
             console.print(f"report with plots: {target}")
+    if figures_dir is not None:
+        from imood_cli.report.figures import write
+
+        written = write(figures_dir, [(p.key, p.figure) for p in made[1]], figures.encode)
+        if fmt == "terminal":
+            console.print(f"figures: {len(written)} files (SVG and PDF) in {figures_dir}")

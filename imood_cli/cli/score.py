@@ -12,6 +12,7 @@ from imood_cli.cli.common import ScoreProgress, console, progress, split_list, w
 from imood_cli.errors import ImoodError
 
 DEFAULT_DETECTORS = "msp,energy,ada_msp,ada_energy"
+SORTS = ("auroc", "fpr95", "name")  # report/tables.py SORTS, here so that --help needs no numpy
 
 
 def reads_extra_outputs(name: str, trained_with: str | None) -> bool:
@@ -59,6 +60,14 @@ def expand_all(requested: list[str], extra_outputs: int, trained_with: str | Non
             if cls.ada_scale is not None:
                 out.append(f"ada_{name}")
     return list(dict.fromkeys(out))
+
+
+def shown_path(path: Path) -> str:
+    """A path as the tables print it: relative to the working folder when inside it, else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)
 
 
 def extra_sets(folders: list[Path], taken: set[str], image_size: int, channels: int) -> dict:
@@ -112,6 +121,9 @@ def score(
     model_name: Optional[str] = typer.Option(None, "--model", "--md", metavar="NAME",
                                              help="Accepted for the reference's command lines; the architecture "
                                                   "comes from the model file."),
+    sort: Optional[str] = typer.Option(None, "--sort", metavar="KEY",
+                                       help="Order the results table: auroc (highest mean first), fpr95 (lowest "
+                                            "first) or name. [default: the order of -m]"),
 ) -> None:
     """Score the ID test set and the OOD test sets; one forward pass serves every detector."""
     target = run or ckpt_path
@@ -121,6 +133,10 @@ def score(
         raise ImoodError(f"--batch-size must be >= 1, got {batch_size}")
     if workers < 0:
         raise ImoodError(f"--workers must be >= 0, got {workers}")
+    if sort is not None and sort not in SORTS:
+        from imood_cli.errors import unknown_name
+
+        raise unknown_name("--sort key", sort, SORTS)
     if not (math.isfinite(logit_adjust) and logit_adjust >= 0):
         raise ImoodError(f"--logit_adjust must be a finite number >= 0, got {logit_adjust}")
     if ada_scale is not None and ada_scale != "auto":
@@ -172,21 +188,26 @@ def score(
     paths = write_scores(results, folder)
     for note in notes:
         warn(note)
-    from rich.table import Table
+    from imood_cli.cli.tables import print_table
+    from imood_cli.report.tables import summary_table
 
     n_sets = len(bench.ood_tests) + len(extra)
-    table = Table(title=f"{bench.name}: mean over {n_sets} OOD set{'s' if n_sets != 1 else ''}", title_justify="left")
-    for col in ("detector", "AUROC", "AUPR-in", "AUPR-out", "FPR95", "ID acc", "file"):
-        table.add_column(col, justify="right" if col not in ("detector", "file") else "left")
+    rows = []
     for spec in specs:
         label = detector_label(spec)
         if label not in results:  # left out by -m all (named in the note above)
             continue
         ss = results[label]
-        r = evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label, id_preds=ss.id_pred,
-                     class_counts=ss.class_counts)
-        m = r["ood"]["mean"]
-        table.add_row(label, f"{100 * m['auroc']:.2f}", f"{100 * m['aupr_in']:.2f}", f"{100 * m['aupr_out']:.2f}",
-                      f"{100 * m['fpr95']:.2f}", f"{100 * r['id']['acc']:.2f}", str(paths[label]))
-    console.print(table)
-    console.print(f"next: imood eval {folder}   or   imood report {run_dir if out is None else folder}")
+        rows.append((label, evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label, id_preds=ss.id_pred,
+                                     class_counts=ss.class_counts)))
+    table = summary_table("score", f"{bench.name}: mean over {n_sets} OOD set{'s' if n_sets != 1 else ''} (%)", rows,
+                          sort=sort)
+    print_table(table)
+    # the files share one folder: named once, on a line of its own that is never cut or wrapped (a column of
+    # paths showed `runs…` at 80 columns)
+    renamed = any(paths[label].stem != label for label, _ in rows)
+    console.print(f"score files: {shown_path(folder)}/<detector>.safetensors"
+                  + (" (a ':' in a detector's name is '-' in its file's)" if renamed else ""), soft_wrap=True,
+                  markup=False)
+    console.print(f"next: imood eval {shown_path(folder)}   or   imood report "
+                  f"{shown_path(run_dir if out is None else folder)}", soft_wrap=True, markup=False)

@@ -8,11 +8,16 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from imood_cli.cli.common import console
-from imood_cli.report.tables import Column, Table, cell_text
+from imood_cli.report.tables import Column, Table, best_cells, cell_text, is_marked, marked_text
 
 
-def _styled(column, value) -> str:
-    text = escape(cell_text(column, value))
+def _bold(text: str) -> str:
+    return f"[bold]{text}[/]"
+
+
+def _styled(column, value, mark: bool | list[bool] = False) -> str:
+    """A cell as rich markup: missing values dim, gains green or red, each column's best value bold."""
+    text = marked_text(column, value, mark, escape, _bold)
     if value is None:
         return f"[dim]{text}[/]"
     if column.kind == "delta":
@@ -53,8 +58,10 @@ def rich_table(t: Table) -> RichTable:
                            no_wrap=widest <= LABEL_MIN_WIDTH)
         else:
             out.add_column(escape(c.heading), justify="right", overflow="fold", min_width=narrowest)
-    for row, stale in zip(t.rows, t.stale):
-        out.add_row(*[_styled(c, v) for c, v in zip(t.columns, row)], style="yellow" if stale else None)
+    best = best_cells(t)
+    for i, (row, stale) in enumerate(zip(t.rows, t.stale)):
+        out.add_row(*[_styled(c, v, is_marked(best, c, i)) for c, v in zip(t.columns, row)],
+                    style="yellow" if stale else None)
     return out
 
 
@@ -88,7 +95,7 @@ def split_columns(t: Table, width: int) -> list[Table]:
     for n, part in enumerate(parts, 1):
         keep = sorted(names + part)
         sub = Table(t.key, f"{t.title} [part {n} of {len(parts)}]", [t.columns[i] for i in keep],
-                    notes=t.notes if n == len(parts) else [])
+                    notes=t.notes if n == len(parts) else [], mark_best=t.mark_best)
         for row, stale in zip(t.rows, t.stale):
             sub.add([row[i] for i in keep], stale)
         out.append(sub)

@@ -9,7 +9,7 @@ import math
 
 from imood_cli import __version__
 from imood_cli.report.results import Report
-from imood_cli.report.tables import RECORD_COLUMNS, Table, cell_text, records, report_tables
+from imood_cli.report.tables import RECORD_COLUMNS, Table, best_cells, is_marked, marked_text, records, report_tables
 
 
 def _md_cell(text: str) -> str:
@@ -18,13 +18,20 @@ def _md_cell(text: str) -> str:
     return text.replace("\n", " ")
 
 
+def _md_bold(text: str) -> str:
+    return f"**{text}**"
+
+
 def markdown(report: Report, tables: list[Table] | None = None) -> str:
+    """One `###` section per table; the best value of each ranked column in bold."""
     lines = []
     for t in tables or report_tables(report):
+        best = best_cells(t)
         lines += [f"### {t.title}", ""]
         lines.append("| " + " | ".join(_md_cell(c.heading) for c in t.columns) + " |")
         lines.append("|" + "|".join(":--" if c.kind == "text" else "--:" for c in t.columns) + "|")
-        lines += ["| " + " | ".join(_md_cell(cell_text(c, v)) for c, v in zip(t.columns, row)) + " |" for row in t.rows]
+        lines += ["| " + " | ".join(marked_text(c, v, is_marked(best, c, i), _md_cell, _md_bold)
+                                   for c, v in zip(t.columns, row)) + " |" for i, row in enumerate(t.rows)]
         lines.append("")
         lines += [f"{_md_cell(n)}  " for n in t.notes]  # two spaces: a line break in Markdown
         lines.append("")
@@ -40,15 +47,21 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
+def _latex_bold(text: str) -> str:
+    return rf"\textbf{{{text}}}"
+
+
 def latex(report: Report, tables: list[Table] | None = None) -> str:
-    """One booktabs table per report table, with its title as the caption."""
+    """One booktabs table per report table, with its title as the caption; best values in \\textbf."""
     out = [f"% imood {__version__} report; needs \\usepackage{{booktabs}}"]
     for t in tables or report_tables(report):
+        best = best_cells(t)
         align = "".join("l" if c.kind == "text" else "r" for c in t.columns)
         out += [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(t.title)}}}",
                 rf"\begin{{tabular}}{{{align}}}", r"\toprule",
                 " & ".join(latex_escape(c.heading) for c in t.columns) + r" \\", r"\midrule"]
-        out += [" & ".join(latex_escape(cell_text(c, v)) for c, v in zip(t.columns, row)) + r" \\" for row in t.rows]
+        out += [" & ".join(marked_text(c, v, is_marked(best, c, i), latex_escape, _latex_bold)
+                           for c, v in zip(t.columns, row)) + r" \\" for i, row in enumerate(t.rows)]
         out += [r"\bottomrule", r"\end{tabular}"]
         if t.notes:
             out.append(r"\par\smallskip{\footnotesize " + latex_escape(" ".join(t.notes)) + "}")
@@ -68,15 +81,17 @@ def _finite(value):
 
 
 def as_json(report: Report, tables: list[Table] | None = None) -> str:
-    """Every table (values as fractions, null where missing), the records behind them, and each row's
-    `imood eval --json` document."""
+    """Every table (values as fractions, null where missing; `best`: per ranked column the indices of the rows
+    with its best value, a pair of such lists for an AUROC / FPR95 column), the records behind them, and each
+    row's `imood eval --json` document."""
     doc = {
         "format": "imood-report", "imood_version": __version__,
         "runs": [{"name": name, "path": str(path)} for name, path in report.runs],
         "ood_sets": report.sets, "warnings": report.warnings,
         "tables": [{"key": t.key, "title": t.title,
                     "columns": [{"key": c.key, "title": c.heading, "kind": c.kind} for c in t.columns],
-                    "rows": t.rows, "stale": t.stale, "notes": t.notes} for t in tables or report_tables(report)],
+                    "rows": t.rows, "stale": t.stale, "best": best_cells(t), "notes": t.notes}
+                   for t in tables or report_tables(report)],
         "records": [{k: r[k] for k in RECORD_COLUMNS} for r in records(report)],
         "entries": [{"run": e.run or report.runs[0][0], "metric": e.metric, "score_file": str(e.path),
                      "stale": e.stale, **e.result} for e in report.entries],

@@ -7,6 +7,9 @@ formats can show different numbers. `records` holds every number a report shows,
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +32,17 @@ class Column:
     key: str
     title: str
     kind: str = "pct"
-    better: str | None = None  # "higher" or "lower" is better
+    better: str | None = None  # "higher" or "lower" is better (an arrow in the heading)
+    best: str | None = None  # which value the table marks as best when it differs from `better`; "none": no mark
 
     @property
     def heading(self) -> str:
         return self.title + ARROW.get(self.better or "", "")
+
+    @property
+    def ranking(self) -> str | None:
+        """"higher" or "lower": the direction in which this column's best value is marked (None: never)."""
+        return None if self.best == "none" else self.best or self.better
 
 
 @dataclass
@@ -44,10 +53,17 @@ class Table:
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stale: list[bool] = field(default_factory=list)  # rows whose scores come from an older model
+    mark_best: bool = False  # rows are alternatives to compare: mark each ranked column's best value
 
     def add(self, row: list[Any], stale: bool = False) -> None:
         self.rows.append(row)
         self.stale.append(stale)
+
+    def sort_rows(self, key) -> None:
+        """Reorder the rows (and their stale marks) by key(row); sorted() is stable, so ties keep their order."""
+        order = sorted(range(len(self.rows)), key=lambda i: key(self.rows[i]))
+        self.rows = [self.rows[i] for i in order]
+        self.stale = [self.stale[i] for i in order]
 
 
 def cell_text(column: Column, value: Any) -> str:
@@ -65,6 +81,98 @@ def cell_text(column: Column, value: Any) -> str:
     if column.kind == "interval":
         return f"{100 * value[0]:.1f}–{100 * value[1]:.1f}"
     raise ValueError(f"unknown column kind {column.kind!r}")
+
+
+PAIR_PARTS = (("auroc", "higher"), ("fpr95", "lower"))  # a pair cell is (AUROC, FPR95)
+
+
+def _part_text(kind: str, value: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{100 * value:+.2f}" if kind == "delta" else f"{100 * value:.2f}"
+
+
+def _best_of(values: list[float | None], direction: str, kind: str) -> list[int]:
+    """Indices of the values that show as the best one (ties: every one); none when fewer than two values
+    compete or when every value shows the same."""
+    present = [(i, v) for i, v in enumerate(values) if isinstance(v, (int, float)) and math.isfinite(v)]
+    if len(present) < 2:
+        return []
+    top = _part_text(kind, (max if direction == "higher" else min)(v for _, v in present))
+    rows = [i for i, v in present if _part_text(kind, v) == top]
+    return [] if len(rows) == len(present) else rows
+
+
+def best_cells(t: Table) -> dict[str, list]:
+    """Per ranked column of a table that marks its best values: the indices of the rows holding the best
+    value as shown (ties all marked), or for an AUROC / FPR95 pair column one such list per part. Columns
+    where nothing stands out (one value, or all equal) are left out; CSV and JSON values are never marked
+    (JSON carries this as the table's `best`)."""
+    if not t.mark_best:
+        return {}
+    out: dict[str, list] = {}
+    for i, c in enumerate(t.columns):
+        values = [row[i] for row in t.rows]
+        if c.kind == "pair" and c.best != "none":
+            parts = [_best_of([None if v is None else v[p] for v in values], direction, "pct")
+                     for p, (_, direction) in enumerate(PAIR_PARTS)]
+            if any(parts):
+                out[c.key] = parts
+        elif c.kind in ("pct", "delta") and c.ranking:
+            rows = _best_of(values, c.ranking, c.kind)
+            if rows:
+                out[c.key] = rows
+    return out
+
+
+def is_marked(best: dict[str, list], column: Column, row: int) -> bool | list[bool]:
+    """Whether the cell (a pair: each of its two parts) holds its column's best value."""
+    marked = best.get(column.key)
+    if column.kind == "pair":
+        return [bool(marked) and row in marked[p] for p in range(2)]
+    return bool(marked) and row in marked
+
+
+def marked_text(column: Column, value: Any, mark: bool | list[bool], text=lambda s: s, bold=lambda s: s) -> str:
+    """cell_text with the best parts marked: `text` makes a piece of plain text safe for the format (escaping),
+    `bold` marks an escaped piece."""
+    if column.kind == "pair" and value is not None:
+        marks = mark if isinstance(mark, list) else [bool(mark)] * 2
+        parts = [text(_part_text("pct", v)) for v in value]
+        return text(" / ").join(bold(p) if m else p for p, m in zip(parts, marks))
+    shown = text(cell_text(column, value))
+    return bold(shown) if mark is True and value is not None else shown
+
+
+# ---- --sort: the order of rows
+SORTS = ("auroc", "fpr95", "name")
+
+
+def natural(name: str) -> list[tuple[int, Any]]:
+    """A name as a sort key: case-insensitive, numbers by value (seed2 before seed10)."""
+    return [(0, int(t)) if t.isdigit() else (1, t.casefold()) for t in re.split(r"(\d+)", name) if t]
+
+
+def sort_key(by: str, name: str, value: float | None = None) -> tuple:
+    """The key of a row under --sort BY: auroc highest first, fpr95 lowest first, name in natural order; rows
+    without the value come last."""
+    if by == "name":
+        return (0, natural(name))
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return (1, 0.0)
+    return (0, -value if by == "auroc" else value)
+
+
+def sort_report(report: Report, by: str | None) -> Report:
+    """The report with its rows (every table, the records, the figures' order) in --sort order: by the row's
+    mean AUROC or FPR95 over its OOD sets, or by name; without `by`, argument order."""
+    if by is None:
+        return report
+    if by not in SORTS:
+        raise ValueError(f"unknown sort {by!r}")
+    key = (lambda e: sort_key(by, e.label)) if by == "name" else (
+        lambda e: sort_key(by, e.label, e.result["ood"]["mean"].get(by)))
+    return dataclasses.replace(report, entries=sorted(report.entries, key=key))
 
 
 def _sentence(text: str) -> str:
@@ -125,12 +233,13 @@ def _label_column(title: str = "run · detector") -> Column:
     return Column("label", title, "text")
 
 
-def _metric_columns(prefix: str = "", kind: str = "pct", title: str = "{}") -> list[Column]:
-    return [Column(prefix + k, title.format(name), kind, better) for k, name, better in METRICS]
+def _metric_columns(prefix: str = "", kind: str = "pct", title: str = "{}", best: str | None = None) -> list[Column]:
+    return [Column(prefix + k, title.format(name), kind, better, best) for k, name, better in METRICS]
 
 
-def report_tables(report: Report) -> list[Table]:
-    """The six tables of a report, in the order every format shows them."""
+def report_tables(report: Report, sort: str | None = None) -> list[Table]:
+    """The six tables of a report, in the order every format shows them. The rows follow the report's entries
+    (see sort_report); with `sort` auroc or fpr95 the gains table is ordered by its own ΔAUROC or ΔFPR95."""
     recs = records(report)
     means = [r for r in recs if r["ood_set"] == "mean"]
     differ = report.sets_differ
@@ -138,7 +247,9 @@ def report_tables(report: Report) -> list[Table]:
     id_differ = "dataset" in report.mismatches or "id_set" in report.mismatches
     extra = ([Column("id_data", "ID data", "text")] if id_differ else []) + (
         [Column("mean_over", "mean over", "text")] if differ else [])
-    summary = Table("summary", "OOD detection, mean over OOD sets (%)", [_label_column(), *_metric_columns(), *extra])
+    # means over different OOD sets are not compared: no best mark then (the per-set table still has them)
+    summary = Table("summary", "OOD detection, mean over OOD sets (%)",
+                    [_label_column(), *_metric_columns(best="none" if differ else None), *extra], mark_best=True)
     for r in means:
         r["id_data"] = " / ".join(str(r[k]) for k in ("dataset", "id_set") if r[k] is not None) or None
         summary.add([r["label"], *[r[k] for k, _, _ in METRICS], *[r[c.key] for c in extra]], r["stale"])
@@ -151,16 +262,20 @@ def report_tables(report: Report) -> list[Table]:
     summary.notes.append(f"OOD is the positive class. FPR95: {FPR95_CONVENTION}.")
 
     gains = Table("gains", "Gain of the ada_ form over its base (points)", [_label_column(),
-                  *_metric_columns("gain_", "delta", "Δ{}")])
+                  *_metric_columns("gain_", "delta", "Δ{}")], mark_best=True)
     for r in means:
         if r["metric"].startswith("ada_") and base_of(r["entry"], report.entries) is not None:
             gains.add([r["label"], *[r[f"gain_{k}"] for k, _, _ in METRICS]], r["stale"])
+    if sort in ("auroc", "fpr95"):
+        col = 1 + [k for k, _, _ in METRICS].index(sort)
+        gains.sort_rows(lambda row: sort_key(sort, row[0], row[col]))
     gains.notes.append("The ada_ form minus its base detector in the same run, averaged over the OOD sets both "
                        "were scored on; a positive ΔFPR95 is worse." if gains.rows else
                        "No ada_ detector was scored together with its base detector.")
 
-    id_table = Table("id", "ID classification (%)", [_label_column("model"), Column("id_acc", "accuracy"),
-                     *[Column(g, f"{g}-shot") for g in GROUPS]])
+    id_table = Table("id", "ID classification (%)", [_label_column("model"),
+                     Column("id_acc", "accuracy", best="higher"), *[Column(g, f"{g}-shot", best="higher")
+                                                                    for g in GROUPS]], mark_best=True)
     seen = set()
     for r in means:
         e = r["entry"]
@@ -174,7 +289,7 @@ def report_tables(report: Report) -> list[Table]:
                           "Not available: the score files hold no ID labels, predictions and class counts.")
 
     per_set = Table("per_set", "Per OOD set: AUROC / FPR95 (%)",
-                    [_label_column(), *[Column(s, s, "pair") for s in report.sets]])
+                    [_label_column(), *[Column(s, s, "pair") for s in report.sets]], mark_best=True)
     for r in means:
         e = r["entry"]
         cells = [(e.result["ood"][s]["auroc"], e.result["ood"][s]["fpr95"]) if s in e.result["ood"] else None
@@ -192,7 +307,8 @@ def report_tables(report: Report) -> list[Table]:
          "Fraction of each OOD set scored below its FPR95 threshold and predicted as a class of the group, "
          "averaged over the row's OOD sets; the three add up to the OOD images that get through (about 5%)."),
     ):
-        t = Table(short, title, [_label_column(), *[Column(f"{short}_{g}", g, better="lower") for g in GROUPS]])
+        t = Table(short, title, [_label_column(), *[Column(f"{short}_{g}", g, better="lower") for g in GROUPS]],
+                  mark_best=True)
         for r in means:
             if r["id_acc"] is not None:
                 t.add([r["label"], *[r[f"{short}_{g}"] for g in GROUPS]], r["stale"])
@@ -208,8 +324,9 @@ def report_tables(report: Report) -> list[Table]:
     return [summary, gains, id_table, per_set, *shot]
 
 
-def eval_tables(name: str, result: dict) -> list[Table]:
-    """The tables `imood eval` prints for one score file."""
+def eval_tables(name: str, result: dict, sort: str | None = None) -> list[Table]:
+    """The tables `imood eval` prints for one score file; with `sort` the OOD sets are in that order (the mean
+    stays last). Its rows are OOD sets, not alternatives: no best value is marked."""
     with_ci = any("ci95" in m for m in result["ood"].values())
     cols = [Column("label", "OOD set", "text")]
     for k, title, better in METRICS:
@@ -225,6 +342,8 @@ def eval_tables(name: str, result: dict) -> list[Table]:
                 row.append(m.get("ci95", {}).get(k))
         ood.add(row)
     ood.notes.append(f"FPR95: {result['fpr95_convention']}.")
+    if sort is not None:
+        ood.sort_rows(lambda row: (row[0] == "mean", sort_key(sort, row[0], result["ood"][row[0]].get(sort))))
     out = [ood]
     if "id" in result:
         idr = result["id"]
@@ -239,5 +358,28 @@ def eval_tables(name: str, result: dict) -> list[Table]:
                      *[Column(f"ood_accepted_{g}", f"OOD taken as {g}", better="lower") for g in GROUPS]])
         for s, g in result.get("groups", {}).items():
             grp.add([s, *[g[part].get(x) for part, _ in GROUP_PARTS for x in GROUPS]])
+        if sort is not None:
+            grp.sort_rows(lambda row: sort_key(sort, row[0], result["ood"].get(row[0], {}).get(sort)))
         out.append(grp)
     return out
+
+
+def summary_table(key: str, title: str, rows: list[tuple[str, dict]], label_title: str = "detector",
+                  sort: str | None = None) -> Table:
+    """One row per score file (its label and `imood eval --json` document): the mean over its OOD sets and
+    its ID accuracy, best values marked (the means only when every row covers the same OOD sets); `imood score`
+    and a several-file `imood eval` print it."""
+    sets = {tuple(sorted(s for s in result["ood"] if s != "mean")) for _, result in rows}
+    table = Table(key, title, [Column("label", label_title, "text"),
+                               *_metric_columns(best=None if len(sets) <= 1 else "none"),
+                               Column("id_acc", "ID acc", best="higher")], mark_best=True)
+    if len(sets) > 1:
+        table.notes.append("The rows cover different OOD sets: their means are not compared.")
+    for label, result in rows:
+        m = result["ood"]["mean"]
+        table.add([label, *[m.get(k) for k, _, _ in METRICS], result.get("id", {}).get("acc")],
+                  bool(result.get("stale")))
+    if sort is not None:
+        col = {"auroc": 1, "fpr95": 4, "name": 0}[sort]
+        table.sort_rows(lambda row: sort_key(sort, row[0], row[col]))
+    return table

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from imood_cli.core.interrupts import Interrupts
 from imood_cli.core.process import PARENT_ENV
 from imood_cli.engine.sweep.units import Unit
 from imood_cli.errors import ImoodError
@@ -173,26 +174,17 @@ class Pool:
                 exited.append(i)
 
         threads = [threading.Thread(target=run_slot, args=(i, s), daemon=True) for i, s in enumerate(slots)]
-        previous = _on_sigterm()
-        started: list[threading.Thread] = []
-        try:
-            try:
-                for t in threads:
-                    t.start()
-                    started.append(t)
-            except KeyboardInterrupt:
-                self.interrupt()
-            # Sleep rather than Thread.join: a KeyboardInterrupt inside join can leave the thread looking finished.
-            while len(exited) < len(started):
-                try:
-                    time.sleep(0.1)
-                except KeyboardInterrupt:
-                    self.interrupt()  # once per Ctrl-C: a second one stops a training at once, as in `imood train`
-            for t in started:
+        # Each Ctrl-C or SIGTERM (a scheduler's pre-emption) passes one SIGINT on: the first lets trainings
+        # save and stop, a second stops them at once; the sweep waits for its commands either way.
+        with Interrupts(signals=(signal.SIGINT, signal.SIGTERM), on_signal=lambda state: self.interrupt(),
+                        escalate=False):
+            for t in threads:
+                t.start()
+            # Sleep rather than Thread.join: a signal handler runs in the main thread between the sleeps.
+            while len(exited) < len(threads):
+                time.sleep(0.1)
+            for t in threads:
                 t.join()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
         with self.cond:
             left = list(self.pending)
         outcomes = self.outcomes + [Outcome(w.unit, "interrupted", "not started") for w in left]
@@ -214,12 +206,3 @@ def _ended(code: int) -> str:
         return f"was killed by signal {-code}"
 
 
-def _on_sigterm():
-    """SIGTERM (a scheduler's pre-emption, `kill`) stops the sweep the way Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from imood_cli.core.contract import AuxBatch, LossContext, ModelView
+from imood_cli.core.interrupts import Interrupts
 from imood_cli.core.prior import log_prior
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.data.pipeline.augment import apply as augment_apply
@@ -86,29 +85,6 @@ def _scalar(value: Any, what: str) -> torch.Tensor:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ImoodError(f"{what} returned {shape}, not a scalar float tensor")
     return value.float()
-
-
-class _StopFlag:
-    """First Ctrl-C: stop at the next step boundary after saving; second: the usual KeyboardInterrupt."""
-
-    def __init__(self) -> None:
-        self.set = False
-        self._old = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 class Trainer:
@@ -401,7 +377,7 @@ class Trainer:
         guard = TrainingGuard.for_run(cfg, self.detector, self.class_counts, cfg.epochs * self.steps_per_epoch)
         last: dict[str, Any] = {}
         self.core.train()
-        with _StopFlag() as stop:
+        with Interrupts(graceful=True) as stop:
             while self.epoch < cfg.epochs:
                 batches = self._epoch(self.epoch)
                 self._gen = self._generator(self.epoch)
@@ -438,7 +414,7 @@ class Trainer:
                             self.obs.message(f"warning: {warning}")
                         r["sums"].zero_(), r["count"].zero_()
                         r["images"], t0 = 0, time.perf_counter()
-                    if stop.set and self.step_in_epoch < len(batches):
+                    if stop.stopping and self.step_in_epoch < len(batches):
                         _close(batches)
                         path = self.save_checkpoint()
                         raise Interrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
@@ -450,7 +426,7 @@ class Trainer:
                 self.step_in_epoch = 0
                 self.save_checkpoint()
                 self.obs.epoch_end(last)
-                if stop.set and self.epoch < cfg.epochs:
+                if stop.stopping and self.epoch < cfg.epochs:
                     raise Interrupted(f"interrupted after epoch {self.epoch}; continue with: "
                                       f"imood train --resume {cfg.run_dir}")
             self.save_model()  # still under the stop flag: a Ctrl-C now waits for the model file

@@ -1,0 +1,55 @@
+"""The one interrupt state machine (core.interrupts), signal by signal, in this process's main thread.
+
+The commands that use it are tested end to end elsewhere (a training's Ctrl-C saves and resumes exactly:
+tests/test_train.py, tests/test_kill_resume.py; a sweep passes one SIGINT on: tests/test_sweep.py; any other
+command prints one line and exits 130: tests/test_cli_messages.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from imood_cli.core.interrupts import ABORTED, RUNNING, STOPPING, Interrupts
+
+
+def send(sig=signal.SIGINT):
+    os.kill(os.getpid(), sig)  # delivered to the main thread at the next bytecode boundary
+
+
+def test_graceful_first_signal_stops_at_the_next_safe_point_and_the_second_aborts():
+    before = signal.getsignal(signal.SIGINT)
+    with Interrupts(graceful=True) as it:
+        assert it.state == RUNNING and not it.stopping and not it.came
+        send()
+        assert it.state == STOPPING and it.stopping and it.came  # no exception: the work goes on to a safe point
+        with pytest.raises(KeyboardInterrupt):
+            send()
+        assert it.state == ABORTED
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
+
+
+def test_immediate_mode_interrupts_at_once_and_remembers_it():
+    with pytest.raises(KeyboardInterrupt):
+        with Interrupts(graceful=False) as it:
+            send()
+    assert it.came and it.state == STOPPING
+
+
+def test_a_callback_receives_each_state_and_nothing_is_raised_without_escalation():
+    seen = []
+    with Interrupts(signals=(signal.SIGINT, signal.SIGTERM), on_signal=seen.append, escalate=False) as it:
+        send(signal.SIGTERM)
+        send(signal.SIGINT)
+        send(signal.SIGINT)
+    assert seen == [STOPPING, ABORTED, ABORTED] and it.state == ABORTED
+
+
+def test_nested_machines_restore_each_other():
+    with Interrupts(graceful=False):
+        outer = signal.getsignal(signal.SIGINT)
+        with Interrupts(graceful=True) as inner:
+            send()
+            assert inner.stopping
+        assert signal.getsignal(signal.SIGINT) == outer
