@@ -101,7 +101,7 @@ def evaluate_detectors(loaded, bench, rt, detectors: list[str]) -> dict[str, dic
         names = [d.removesuffix(AUTO) for d in detectors if d.endswith(AUTO) == auto]
         if not names:
             continue
-        # ada_ scores use the prior of the training labels at τ = 1 (SPEC §2), whatever τ the model trained with.
+        # ada_ scores use the prior of the training labels at τ = 1, whatever τ the model trained with.
         req = ScoreRequest(names, logit_adjust=1.0, batch_size=1024, ada_scale="auto" if auto else None)
         for name, s in score(loaded, bench, req, rt).items():
             ev = evaluate(s.id_score, s.ood_score, id_labels=s.id_label, id_preds=s.id_pred,

@@ -14,6 +14,7 @@ import time
 import torch
 from common import print_table, sync, synthetic_cifar_lt, write_json
 
+from imood_cli.cli.score import expand_all
 from imood_cli.data.base import ImageSet
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.scoring.loading import LoadedModel
@@ -61,13 +62,13 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
     loaded = LoadedModel(model, {"class_counts": bench.class_counts, "metric": "oe"}, None, "0" * 64)
     scored = 2 * args.images
-    known = set(registry().names("detector"))
+    known = set(registry().names("method"))
     rows, results = [], {}
-    every = [n for n in registry().names("detector") if registry().get("detector", n).cls.extra_outputs == 0]
+    every = expand_all(["all"], extra_outputs=0, trained_with="oe")  # what `imood score -m all` scores
     runs = [("msp alone", ["msp"]), ("one pass: " + ONE_PASS.replace(",", " "), ONE_PASS.split(","))]
     if not args.tiny:  # the CI check runs the script, it does not measure -m all
         runs.append((f"-m all ({len(every)} detectors)", every))
-    runs += [(f"{name} alone (fit included)" if registry().detector(name).needs_fit else f"{name} alone", [name])
+    runs += [(f"{name} alone (fit included)" if registry().score(name).needs_fit else f"{name} alone", [name])
              for name in (EXPENSIVE[:2] if args.tiny else EXPENSIVE) if name in known]
     bench_once(loaded, bench, ["msp"], rt, args.batch)  # warm-up
     base = None

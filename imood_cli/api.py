@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from imood_cli.core.ada import Ada
+from imood_cli.core.ada import AdaScore
 from imood_cli.core.contract import ModelOutputs, ModelView
+from imood_cli.core.method import Objective, Score
 from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.engine.metrics.evaluate import evaluate as _evaluate
 from imood_cli.engine.metrics.groups import shot_groups
@@ -31,8 +32,8 @@ from imood_cli.models.adapter import WHOLE, Adapter, Capabilities, LastLinear, S
 from imood_cli.models.staged import StagedModel, eval_mode
 from imood_cli.registry import parse_spec, registry
 
-__all__ = ["ood_scores", "evaluate", "detection_metrics", "shot_groups", "log_prior", "log_beta", "detector",
-           "list_detectors", "ModelOutputs", "ModelView", "score_model", "ModelScores", "model_view", "staged",
+__all__ = ["ood_scores", "evaluate", "detection_metrics", "shot_groups", "log_prior", "log_beta", "score", "training",
+           "list_methods", "ModelOutputs", "ModelView", "score_model", "ModelScores", "model_view", "staged",
            "Split", "Adapter", "adapter_for"]
 
 
@@ -45,13 +46,38 @@ def ood_metrics(id_scores, ood_scores) -> dict:
     return detection_metrics(id_scores, ood_scores)
 
 
-def detector(name: str, ada_scale: float | None = None, **options):
-    """A detector instance from the registry (built-in or plugin); options are its hyperparameters."""
-    return registry().detector(name, ada_scale=ada_scale, **options)
+def score(name: str, ada_scale: float | None = None, **options) -> Score:
+    """A method's score from the registry (built-in or plugin; `ada_<name>` its ImOOD form); options are its
+    scoring options."""
+    return registry().score(name, ada_scale=ada_scale, **options)
+
+
+def training(name: str, **options) -> tuple[Score, Objective | None]:
+    """A method's score and training objective (None for a post-hoc method), as `imood train --ood-metric`
+    builds them; options are its training and scoring options."""
+    return registry().training(name, **options)
+
+
+def list_methods() -> list[str]:
+    """Every usable method name, ada_ forms and plugins included."""
+    return registry().names("method")
+
+
+def detector(name: str, ada_scale: float | None = None, **options) -> Score:
+    """imood 0.2's name of `score` (a detector was one class for scoring and training); kept until 0.4."""
+    import warnings
+
+    warnings.warn("api.detector is now api.score (api.training for a method's training objective)",
+                  DeprecationWarning, stacklevel=2)
+    return score(name, ada_scale=ada_scale, **options)
 
 
 def list_detectors() -> list[str]:
-    return registry().names("detector")
+    """imood 0.2's name of `list_methods`; kept until 0.4."""
+    import warnings
+
+    warnings.warn("api.list_detectors is now api.list_methods", DeprecationWarning, stacklevel=2)
+    return list_methods()
 
 
 def ood_scores(detector_name: str, logits, class_counts: Sequence[int], *, extra_logit=None, features=None,
@@ -69,8 +95,7 @@ def ood_scores(detector_name: str, logits, class_counts: Sequence[int], *, extra
         raise ImoodError(f"logits must be [N, K], got shape {tuple(logits.shape)}")
     if logits.shape[1] != len(class_counts):
         raise ImoodError(f"logits have {logits.shape[1]} classes but class_counts has {len(class_counts)}")
-    m = registry().detector(detector_name, ada_scale=ada_scale if detector_name.startswith("ada_") else None,
-                            **options)
+    m = registry().score(detector_name, ada_scale=ada_scale if detector_name.startswith("ada_") else None, **options)
     missing = set(m.needs) - {"features", "fit"}
     if missing:
         raise ImoodError(f"{detector_name} needs {', '.join(sorted(missing))} of the model: score it with imood score")
@@ -186,12 +211,14 @@ def _expand(detectors: str | Sequence[str]) -> list[str]:
             if spec != "all":
                 specs.append(spec)
                 continue
-            for name in reg.names("detector"):
-                cls = reg.get("detector", name).cls
-                if name.startswith("ada_") or cls.extra_outputs:
+            for name in reg.names("method"):
+                if name.startswith("ada_") or reg.alias_of(name):
+                    continue
+                s = reg.score(name)
+                if s.extra_outputs:
                     continue
                 specs.append(name)
-                if cls.ada_scale is not None:
+                if s.ada_scale is not None:
                     specs.append(f"ada_{name}")
     return list(dict.fromkeys(specs))
 
@@ -283,7 +310,7 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
         ds: dict[str, Any] = {}
         for spec in wanted:
             name, options = parse_spec(spec)
-            d = reg.detector(name, ada_scale=None if auto or not name.startswith("ada_") else ada_scale, **options)
+            d = reg.score(name, ada_scale=None if auto or not name.startswith("ada_") else ada_scale, **options)
             if d.extra_outputs:
                 raise ImoodError(f"{name} reads {d.extra_outputs} extra output(s) of a model trained for it; a "
                                  "classifier's logits have none")
@@ -293,7 +320,7 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
             raise ImoodError(f"none of the detectors can run on {type(s.module).__name__}: {caps.why(set(ALL_STAGES))}")
         access = ModelAccess(s, rt)
         need_fit = {label: d for label, d in ds.items() if d.needs_fit}
-        ada = {label: d for label, d in ds.items() if isinstance(d, Ada)} if auto else {}
+        ada = {label: d for label, d in ds.items() if isinstance(d, AdaScore)} if auto else {}
         if (need_fit or ada) and fit_loader is None:
             which = ", ".join(need_fit) or "ada_scale='auto'"
             raise ImoodError(f"{which} must be fitted on the ID training set: pass fit_loader (images, labels)")

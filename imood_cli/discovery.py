@@ -12,7 +12,7 @@ from pathlib import Path
 
 import tomllib
 
-GROUPS = {"detector": "imood.ood_metrics", "aux_loss": "imood.aux_losses", "dataset": "imood.datasets"}
+GROUPS = {"method": "imood.ood_metrics", "aux_loss": "imood.aux_losses", "dataset": "imood.datasets"}
 OWN_PACKAGE = "imood_cli"
 
 

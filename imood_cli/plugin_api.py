@@ -22,7 +22,7 @@ stages as plain callables, no private fields (`imood_cli.api.model_view` builds 
 this module keeps `imood plugins list` and `imood --help` fast. Importing torch directly works too.
 """
 
-from imood_cli.core.ada import ADA_PREFIX, Ada
+from imood_cli.core.ada import ADA_PREFIX, CORRECTIONS, AdaObjective, AdaScore
 from imood_cli.core.contract import (
     NEEDS,
     AuxBatch,
@@ -36,10 +36,14 @@ from imood_cli.core.contract import (
     class_probs,
 )
 from imood_cli.core.lazy import F, torch
+from imood_cli.core.method import Method, Objective, Paper, Score
 from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.errors import ImoodError
 
+Ada = AdaScore  # the 0.2 name: plugins written for 0.2 keep importing it
+
 __all__ = [
-    "NEEDS", "ADA_PREFIX", "Ada", "AuxBatch", "AuxLoss", "Configurable", "Detector", "LossContext", "ModelOutputs",
-    "ModelView", "OptionError", "ImoodError", "class_probs", "log_beta", "log_prior", "torch", "F",
+    "NEEDS", "ADA_PREFIX", "CORRECTIONS", "Ada", "AdaObjective", "AdaScore", "AuxBatch", "AuxLoss", "Configurable",
+    "Detector", "LossContext", "Method", "ModelOutputs", "ModelView", "Objective", "OptionError", "ImoodError",
+    "Paper", "Score", "class_probs", "log_beta", "log_prior", "torch", "F",
 ]

@@ -1,4 +1,4 @@
-"""The registry: the entry points (imood_cli.discovery) as a dict of classes (DESIGN.md "Plugin contract").
+"""The registry: the entry points (imood_cli.discovery) as a dict of classes (docs/plugins.md).
 
 Built-ins are recognised by their module, never by a distribution name anyone can claim; they always load
 and always win a name. `IMOOD_PLUGINS=a,b` limits which third-party distributions load (set but empty:
@@ -14,13 +14,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from imood_cli.core.contract import check_class, plugin_name_problem
+from imood_cli.core.ada import ADA_PREFIX, AdaObjective, AdaScore
+from imood_cli.core.contract import OptionError, check_class, plugin_name_problem
 from imood_cli.core.contract import parse_spec as parse_spec  # re-exported: callers spell detectors with it
+from imood_cli.core.method import Method, Objective, Score, as_method
 from imood_cli.discovery import GROUPS, OWN_PACKAGE, entry_points, normalize_dist
 from imood_cli.errors import ImoodError, unknown_name
 
-LABELS = {"detector": "detector", "aux_loss": "aux loss", "dataset": "dataset"}
-ADA_PREFIX = "ada_"
+LABELS = {"method": "method", "aux_loss": "aux loss", "dataset": "dataset"}
 ENV = "IMOOD_PLUGINS"
 
 
@@ -39,6 +40,12 @@ class Plugin:
     error: str | None = None
     status: str = "loaded"  # loaded | error | refused (its name) | disabled | shadowed | clash
     derived_from: str | None = None  # ada_ forms name their base
+
+    @property
+    def method(self) -> type[Method]:
+        """The method the entry point names: a Method subclass as it is, a Score subclass as a post-hoc method,
+        a 0.2 Detector subclass through Method.from_detector."""
+        return as_method(self.cls)
 
     @property
     def builtin(self) -> bool:
@@ -83,7 +90,7 @@ class Registry:
             seen.add((kind, name, target))
             if not p.builtin and allowed is not None and normalize_dist(dist) not in allowed:
                 p.status, p.error = "disabled", f"not loaded: {ENV}={allow!r} leaves {dist} out"
-            elif kind == "detector" and name.startswith(ADA_PREFIX):
+            elif kind == "method" and name.startswith(ADA_PREFIX):
                 p.status, p.error = "refused", f"names starting with {ADA_PREFIX!r} are the ImOOD forms imood derives"
             elif not p.builtin and plugin_name_problem(kind, name):
                 p.status, p.error = "refused", plugin_name_problem(kind, name)
@@ -119,7 +126,7 @@ class Registry:
             self._plugins = self._load()
         out = list(self._plugins.values()) + self._others
         for p in list(self._plugins.values()):
-            if p.kind == "detector" and p.loaded and p.cls.ada_scale is not None:
+            if p.kind == "method" and p.loaded and p.method.ada_scale() is not None:
                 out.append(Plugin(ADA_PREFIX + p.name, p.kind, p.distribution, p.version, p.target, p.cls,
                                   derived_from=p.name))
         return out
@@ -140,12 +147,12 @@ class Registry:
         """The usable plugin of this name, or an ImoodError that says why there is none."""
         self._warn()  # also loads the table
         table = self._plugins or {}
-        base = name[len(ADA_PREFIX):] if kind == "detector" and name.startswith(ADA_PREFIX) else None
+        base = name[len(ADA_PREFIX):] if kind == "method" and name.startswith(ADA_PREFIX) else None
         p = table.get((kind, base or name))
         if p is not None and p.loaded:
             if base is None:
                 return p
-            if p.cls.ada_scale is not None:
+            if p.method.ada_scale() is not None:
                 return Plugin(name, kind, p.distribution, p.version, p.target, p.cls, derived_from=base)
             raise ImoodError(f"{base!r} declares no ada_scale, so it has no ImOOD form {name!r}")
         if p is not None:
@@ -156,23 +163,53 @@ class Registry:
             raise ImoodError(f"{err} ({', '.join(off)} provides {(base or name)!r} but {ENV} leaves it out)")
         raise err
 
-    def detector(self, name: str, ada_scale: float | None = None, ada_correction: str = "full", **options: Any):
-        """A fresh detector instance (fitted state is per instance); `ada_<name>` wraps its base, with the
-        correction or one of its controls (core.ada.CORRECTIONS)."""
-        from imood_cli.plugin_api import Ada, OptionError
-
-        p = self.get("detector", name)
+    def score(self, name: str, ada_scale: float | None = None, ada_correction: str = "full", **options: Any) -> Score:
+        """A fresh score of the method `name` (fitted state is per instance), for `imood score -m name:options`;
+        `ada_<name>` wraps its base with the correction or one of its controls (core.ada.CORRECTIONS)."""
+        p = self.get("method", name)
+        base = p.derived_from or name
         try:
-            inst = p.cls(**options)
+            score = p.method.build_score(base, options)
         except OptionError as exc:
             raise ImoodError(f"{name}: {exc}") from None
         if p.derived_from is None:
             if ada_scale is not None:
-                raise ImoodError(f"--ada-scale applies to ada_ detectors only, not {name!r}")
+                raise ImoodError(f"--ada-scale applies to ada_ methods only, not {name!r}")
             if ada_correction != "full":
-                raise ImoodError(f"--ada-correction applies to ada_ detectors only, not {name!r}")
-            return inst
-        return Ada(inst, scale=ada_scale, correction=ada_correction)
+                raise ImoodError(f"--ada-correction applies to ada_ methods only, not {name!r}")
+            return score
+        return AdaScore(score, scale=ada_scale, correction=ada_correction)
+
+    def training(self, name: str, ada_correction: str = "full", **options: Any) -> tuple[Score, Objective | None]:
+        """The score whose g a run trains and the objective it trains with (None: the classifier alone), for
+        `imood train --ood-metric name:options`; `ada_<name>` trains ImOOD's regularizer on the base score's g,
+        with the base method's own objective where it keeps it."""
+        p = self.get("method", name)
+        base = p.derived_from or name
+        try:
+            score, objective = p.method.build_training(base, options)
+        except OptionError as exc:
+            raise ImoodError(f"{name}: {exc}") from None
+        if p.derived_from is None:
+            if ada_correction != "full":
+                raise ImoodError(f"--ada-correction applies to ada_ methods only, not {name!r}")
+            return score, objective
+        return score, AdaObjective(score, objective, keep_base=p.method.ada_keeps_objective, correction=ada_correction)
+
+    def alias_of(self, name: str) -> str | None:
+        """The method whose score `name` scores with, when that is another method's (outlier exposure scores
+        as msp, balanced energy as energy): the two give identical scores on any model. None otherwise."""
+        p = self.get("method", name)
+        prefix = ADA_PREFIX if p.derived_from else ""
+        base = p.derived_from or name
+        score = p.method.score if issubclass(p.method, Method) and hasattr(p.method, "score") else None
+        if score is None:
+            return None
+        for other in self.plugins():
+            if (other.kind == "method" and other.loaded and other.derived_from is None and other.name != base
+                    and getattr(other.method, "score", None) is score and other.method.__module__ == score.__module__):
+                return prefix + other.name
+        return None
 
     def aux_loss(self, name: str, **options: Any):
         """A fresh aux loss; it receives the options it declares (pascl: k, T), the others are dropped."""

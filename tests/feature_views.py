@@ -57,7 +57,7 @@ def fitted(detector, model: ImOODModel, train_x: torch.Tensor, train_y: torch.Te
 
 
 def np_log_beta(logits, counts, tau: float = 1.0) -> np.ndarray:
-    """log β̂ = log((1/K) Σ_k p_k / π̃_k), π̃ ∝ π^τ, in float64 numpy (SPEC §2)."""
+    """log β̂ = log((1/K) Σ_k p_k / π̃_k), π̃ ∝ π^τ, in float64 numpy (docs/concepts.md)."""
     z = np.asarray(logits, np.float64)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)

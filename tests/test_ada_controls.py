@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import run_cli
 
-from imood_cli.core.ada import Ada, imood_training_loss
+from imood_cli.core.ada import AdaScore, imood_training_loss
 from imood_cli.core.contract import LossContext, ModelView
 from imood_cli.core.prior import log_prior
-from imood_cli.detectors.energy import Energy
-from imood_cli.detectors.msp import MSP
+from imood_cli.methods.energy import EnergyScore
+from imood_cli.methods.msp import MSP
 
 COUNTS = [50, 20, 8, 3]
 
@@ -76,14 +76,14 @@ def test_none_is_a_plain_logistic_loss_on_the_same_statistic_and_flat_prior_diff
     assert float(flat[1]) != pytest.approx(float(full[1]), rel=1e-3)  # the prior matters on this batch
 
 
-@pytest.mark.parametrize("base", [MSP, Energy])
+@pytest.mark.parametrize("base", [MSP, EnergyScore])
 def test_post_hoc_controls_score_as_the_vanilla_detector(base):
     view, _, _, _ = batch(3)
     lp = log_prior(COUNTS, 1.0).float()
     vanilla = base().ood_score(view, lp)
     for correction in ("none", "flat-prior"):
-        assert torch.equal(Ada(base(), correction=correction).ood_score(view, lp), vanilla)
-    assert not torch.equal(Ada(base()).ood_score(view, lp), vanilla)
+        assert torch.equal(AdaScore(base(), correction=correction).ood_score(view, lp), vanilla)
+    assert not torch.equal(AdaScore(base()).ood_score(view, lp), vanilla)
 
 
 def test_the_option_is_checked_recorded_and_trains(tmp_path, capsys):

@@ -73,7 +73,7 @@ def timm_stages(model, x):
 
 
 def test_model_aware_detectors_equal_pytorch_ood(r18, monkeypatch):
-    import imood_cli.detectors.maha as maha
+    import imood_cli.methods.maha as maha
 
     model, train_x, train_y, test_x, ood_x = r18
     n = len(train_x)
@@ -239,12 +239,12 @@ def test_a_view_of_any_model_without_private_fields(net_data):
                             logits_from_features=net.fc, logits_from_feature_map=lambda t: net.fc(t.mean(dim=(2, 3))),
                             logits_from_images=net)
 
-    react = registry().detector("react")
+    react = registry().score("react")
     react.fit(view(train, y))
     scores = react.ood_score(view(test), log_prior(COUNTS))
     f = net.body(test).mean(dim=(2, 3)).detach().clamp(max=float(react.threshold))
     torch.testing.assert_close(scores, -torch.logsumexp(net.fc(f), 1).detach())
-    odin = registry().detector("odin")
+    odin = registry().score("odin")
     with torch.enable_grad():
         assert odin.ood_score(view(test), log_prior(COUNTS)).shape == (40,)
     # api.model_view builds the same view through the adapter (or a split)

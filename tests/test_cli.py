@@ -58,6 +58,7 @@ def test_score_file_format(run, capsys):
     assert {"id.score", "id.label", "id.pred", "ood.noise.score", "ood.noise.pred"} <= keys
     assert meta["score_direction"] == "higher_is_ood" and meta["metric"] == "energy"
     assert meta["class_counts"] and meta["checkpoint"].endswith("model.safetensors")
+    assert meta["class_names"] == [str(k) for k in range(len(meta["class_counts"]))]  # digits' names: its digits
 
 
 def test_eval_accepts_scores_from_any_tool(tmp_path, capsys):
@@ -103,7 +104,7 @@ def test_unknown_score_metric_suggests_nearest(run, capsys, monkeypatch):
         code, out, err = run_cli(["score", run, "--ood_metric", "ada_enrgy"], capsys)
     finally:
         reset_registry(old)
-    one_line_error(code, err, "unknown detector 'ada_enrgy'; did you mean 'ada_energy'")
+    one_line_error(code, err, "unknown method 'ada_enrgy'; did you mean 'ada_energy'")
 
 
 def test_nan_scores_and_empty_sets_are_refused(tmp_path, capsys):

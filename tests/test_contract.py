@@ -1,12 +1,14 @@
-"""The contract, tested over every registered detector and aux loss (built-in and imood-extras), as timm
-tests every model of list_models(): shapes and dtypes, higher = more OOD on a separable toy, the ada_ form,
-determinism, float32 and bf16 autocast on the CPU, finite losses with gradients."""
+"""The contract, tested over every registered method and aux loss (built-in and imood-extras, whose 0.2-style
+Detector goes through the compatibility path), as timm tests every model of list_models(): shapes and dtypes,
+higher = more OOD on a separable toy, the ada_ form, determinism, float32 and bf16 autocast on the CPU, finite
+losses with gradients, every built-in's paper."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomllib
 import torch
@@ -33,7 +35,7 @@ def registry_with_extras() -> Registry:
 
     if str(EXTRAS) not in sys.path:
         sys.path.insert(0, str(EXTRAS))
-    for kind, group in (("detector", "imood.ood_metrics"), ("aux_loss", "imood.aux_losses")):
+    for kind, group in (("method", "imood.ood_metrics"), ("aux_loss", "imood.aux_losses")):
         for name, target in project["entry-points"].get(group, {}).items():
             found.append((kind, name, target, project["name"], project["version"]))
     reg = Registry(found)
@@ -47,7 +49,7 @@ def registry_with_extras() -> Registry:
 
 
 REG = registry_with_extras()
-DETECTORS = sorted(p.name for p in REG.plugins() if p.kind == "detector" and p.derived_from is None)
+DETECTORS = sorted(p.name for p in REG.plugins() if p.kind == "method" and p.derived_from is None)
 AUX_LOSSES = sorted(p.name for p in REG.plugins() if p.kind == "aux_loss")
 
 
@@ -104,7 +106,7 @@ def toy_images(n: int, ood: bool, seed: int):
 
 
 def make(name: str, amp: bool):
-    d = REG.detector(name)
+    d = REG.score(name)
     model = Toy(d.extra_outputs).eval()
     access = ModelAccess(model, Runtime(torch.device("cpu"), amp=amp))
     if d.needs_fit:
@@ -144,8 +146,8 @@ def test_detector_contract(name):
         assert auroc > 0.9, f"{name}: AUROC {auroc:.3f} on a separable toy (higher must mean more OOD)"
     _, again = scores(name)  # deterministic
     assert all(torch.equal(s[k], again[k]) for k in s)
-    has_ada = type(d).ada_scale is not None
-    assert (f"ada_{name}" in REG.names("detector")) == has_ada
+    has_ada = d.ada_scale is not None
+    assert (f"ada_{name}" in REG.names("method")) == has_ada
     if has_ada:
         ada, a = scores(f"ada_{name}")
         assert all(torch.isfinite(v).all() for v in a.values()) and ada.scale >= 0
@@ -161,15 +163,14 @@ def test_detector_under_bf16_autocast(name):
         assert detection_metrics(s16[False].double().numpy(), s16[True].double().numpy())["auroc"] > 0.9
 
 
-TRAINABLE = [n for n in DETECTORS if REG.detector(n).has_loss]
+TRAINABLE = [n for n in DETECTORS if REG.get("method", n).method.trainable()]
 
 
-@pytest.mark.parametrize("name", TRAINABLE + [f"ada_{n}" for n in TRAINABLE if REG.get("detector", n).cls.ada_scale
-                                              is not None])
+@pytest.mark.parametrize("name", TRAINABLE + [f"ada_{n}" for n in TRAINABLE if REG.score(n).ada_scale is not None])
 def test_training_loss_contract(name):
     torch.manual_seed(0)
-    d = REG.detector(name)
-    model = Toy(d.extra_outputs)
+    score, d = REG.training(name)
+    model = Toy(max(score.extra_outputs, d.extra_outputs))
     x_id, y = toy_images(16, False, 3)
     x_ood, _ = toy_images(8, True, 4)
     x = torch.cat([x_id, x_id, x_ood]).requires_grad_(True)
@@ -182,10 +183,11 @@ def test_training_loss_contract(name):
     ctx = LossContext(is_id=torch.arange(len(x)) < n_id, labels=torch.cat([y, y]), log_prior=log_prior(COUNTS).float(),
                       aux_linear=aux_linear, num_id=n_id, class_counts=torch.tensor(COUNTS),
                       generator=torch.Generator().manual_seed(0), parameters=own)
-    needs = d.needs if d.train_needs is None else d.train_needs
+    needs = score.needs | d.needs
     view = ModelAccess(model, Runtime(torch.device("cpu"))).view(out, set(needs) | {"classifier"}, images=x)
+    score.train_update(view, ctx)
     d.train_update(view, ctx)
-    loss = d.loss(view, ctx)
+    loss = d.loss(view, ctx, score.idness(view))
     assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
@@ -206,3 +208,37 @@ def test_aux_loss_contract(name):
     if loss_fn.needs_projections:
         a.backward()
         assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+BUILT_IN = sorted(p.name for p in REG.plugins() if p.kind == "method" and p.builtin and p.derived_from is None)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_built_in_method_names_its_paper(name):
+    paper = REG.get("method", name).method.paper
+    assert paper is not None, f"{name} declares no paper"
+    assert paper.title and paper.authors and paper.venue and 2000 < paper.year < 2100
+    assert paper.url.startswith("https://"), f"{name}: no link to the paper"
+
+
+def test_a_scoring_run_refuses_a_training_option_naming_its_phase():
+    from imood_cli.errors import ImoodError
+
+    with pytest.raises(ImoodError, match=r"cocl: lambda1 is a training option \(imood train --ood-metric cocl:lambda1"):
+        REG.score("cocl", lambda1=9)
+    score, objective = REG.training("cocl", lambda1=0.2)  # the same option is the objective's at training time
+    assert objective.lambda1 == 0.2 and "lambda1" not in score.options()
+
+
+def test_the_02_api_names_still_work_with_a_warning():
+    from imood_cli import api
+
+    with pytest.warns(DeprecationWarning, match="api.detector is now api.score"):
+        old = api.detector("ada_gen", gamma=0.2)
+    new = api.score("ada_gen", gamma=0.2)
+    assert type(old) is type(new) and old.options() == new.options() == {"gamma": 0.2, "M": 100}
+    with pytest.warns(DeprecationWarning, match="api.list_detectors is now api.list_methods"):
+        assert api.list_detectors() == api.list_methods()
+    with pytest.warns(DeprecationWarning, match="api.ood_metrics is now api.detection_metrics"):
+        old = api.ood_metrics(np.array([0.0, 1.0, 2.0]), np.array([1.5, 3.0]))
+    assert old == api.detection_metrics(np.array([0.0, 1.0, 2.0]), np.array([1.5, 3.0]))

@@ -38,7 +38,7 @@ def with_fixture_md5s(folder, info):
                                test=tuple((f, md5(f)) for f, _ in info.test), meta=(info.meta[0], md5(info.meta[0])))
 
 
-# ---------------------------------------------------------------- the long-tail rule (SPEC §4)
+# ---------------------------------------------------------------- the long-tail rule (docs/data.md)
 
 def test_spec_counts_from_the_benchmark_constants():
     c10 = longtail_counts(CIFAR10.n_max, CIFAR10.num_classes, 0.01)

@@ -18,8 +18,8 @@ from pytorch_ood.detector import SCALE as PoodSCALE
 from pytorch_ood.detector import ReAct as PoodReAct
 
 from imood_cli.core.prior import log_prior
-from imood_cli.detectors.react import percentile
 from imood_cli.errors import ImoodError
+from imood_cli.methods.react import percentile
 from imood_cli.registry import registry
 
 LOG_PRIOR = log_prior([50, 20, 8, 3], 1.0).float()
@@ -58,7 +58,7 @@ def test_percentile_matches_numpy(n, p):
 @pytest.mark.parametrize("p", [90.0, 95.0])
 def test_react_matches_pytorch_ood(setup, p):
     model, train_x, train_y, train_features, test = setup
-    ours = fitted(registry().detector("react", p=p), model, train_x, train_y)
+    ours = fitted(registry().score("react", p=p), model, train_x, train_y)
     pood = PoodReAct(None, pooled_head(model), percentile=p / 100).fit_feature_maps(train_features[:, :, None, None],
                                                                                   train_y)
     assert float(ours.threshold) == pytest.approx(np.percentile(train_features.double().numpy(), p), rel=1e-9)
@@ -75,8 +75,8 @@ def test_react_matches_pytorch_ood(setup, p):
 
 def test_react_fit_state_round_trip_and_unfitted(setup):
     model, train_x, train_y, _, test = setup
-    ours = fitted(registry().detector("react"), model, train_x, train_y)
-    fresh = registry().detector("react")
+    ours = fitted(registry().score("react"), model, train_x, train_y)
+    fresh = registry().score("react")
     with pytest.raises(ImoodError, match="not fitted"):
         fresh.idness(test)
     fresh.load_fit_state(ours.fit_state())
@@ -87,7 +87,7 @@ def test_react_fit_state_round_trip_and_unfitted(setup):
 @pytest.mark.parametrize("p", [90.0, 65.0])
 def test_ash_on_features_matches_pytorch_ood(setup, variant, p):
     model, *_, test = setup
-    ours = registry().detector("ash", variant=variant, p=p)
+    ours = registry().score("ash", variant=variant, p=p)
     assert ours.needs == {"features", "classifier"}
     pood = PoodASH(None, pooled_head(model), variant=f"ash-{variant}", percentile=p / 100)
     with torch.no_grad():
@@ -98,7 +98,7 @@ def test_ash_on_features_matches_pytorch_ood(setup, variant, p):
 @pytest.mark.parametrize("variant", ["s", "b", "p"])
 def test_ash_on_the_feature_map_matches_pytorch_ood(setup, variant):
     model, *_, test = setup
-    ours = registry().detector("ash", variant=variant, layer="map", p=65)
+    ours = registry().score("ash", variant=variant, layer="map", p=65)
     assert ours.needs == {"feature_map"}  # the engine then keeps the map, not the classifier
     pood = PoodASH(None, model.logits_from_feature_map, variant=f"ash-{variant}", percentile=0.65)
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_ash_on_the_feature_map_matches_pytorch_ood(setup, variant):
 
 def test_ash_defaults_and_the_formula_in_float64(setup):
     model, *_, test = setup
-    ours = registry().detector("ash")
+    ours = registry().score("ash")
     assert (ours.variant, ours.p, ours.layer) == ("s", 90.0, "features")  # ASH-S@90, the paper's code default
     f = test.features.double().numpy()
     d = f.shape[1]
@@ -124,7 +124,7 @@ def test_ash_defaults_and_the_formula_in_float64(setup):
 @pytest.mark.parametrize("layer,p", [("features", 85.0), ("features", 60.0), ("map", 85.0)])
 def test_scale_matches_pytorch_ood(setup, layer, p):
     model, *_, test = setup
-    ours = registry().detector("scale", layer=layer, p=p)
+    ours = registry().score("scale", layer=layer, p=p)
     if layer == "map":
         pood = PoodSCALE(None, model.logits_from_feature_map, percentile=p / 100)
         batch = test.feature_map.contiguous()
@@ -138,7 +138,7 @@ def test_scale_matches_pytorch_ood(setup, layer, p):
 
 def test_scale_default_and_the_formula_in_float64(setup):
     model, *_, test = setup
-    ours = registry().detector("scale")
+    ours = registry().score("scale")
     assert (ours.p, ours.layer) == (85.0, "features")
     f = test.features.double().numpy()
     keep = f.shape[1] - int(np.round(f.shape[1] * 0.85))
@@ -151,7 +151,7 @@ def test_scale_default_and_the_formula_in_float64(setup):
 @pytest.mark.parametrize("p", [90.0, 70.0])
 def test_dice_matches_pytorch_ood(setup, p):
     model, train_x, train_y, train_features, test = setup
-    ours = fitted(registry().detector("dice", p=p), model, train_x, train_y)
+    ours = fitted(registry().score("dice", p=p), model, train_x, train_y)
     w, b = model.class_weights()
     pood = PoodDICE(None, w, b, p=p / 100).fit_features(train_features, train_y)
     assert torch.equal(ours.mask, pood.masked_w != 0)
@@ -165,7 +165,7 @@ def test_dice_matches_pytorch_ood(setup, p):
     masked = w.detach().double().numpy() * kept
     close(scores(ours, test), -np_logsumexp(test.features.double().numpy() @ masked.T + b.detach().double().numpy()),
           1e-4)
-    fresh = registry().detector("dice", p=p)
+    fresh = registry().score("dice", p=p)
     fresh.load_fit_state(ours.fit_state())
     close(scores(fresh, test), scores(ours, test), 0)
 
@@ -177,9 +177,9 @@ def test_all_zero_rows_stay_finite():
     v.features[0] = 0
     v.feature_map[0] = 0
     for spec in ({}, {"variant": "b"}, {"layer": "map"}):
-        assert torch.isfinite(registry().detector("ash", **spec).idness(v)).all()
+        assert torch.isfinite(registry().score("ash", **spec).idness(v)).all()
     for spec in ({}, {"layer": "map"}):
-        assert torch.isfinite(registry().detector("scale", **spec).idness(v)).all()
+        assert torch.isfinite(registry().score("scale", **spec).idness(v)).all()
 
 
 @pytest.mark.parametrize("name,options,message", [
@@ -195,11 +195,11 @@ def test_all_zero_rows_stay_finite():
 ])
 def test_bad_options_are_one_clear_error(name, options, message):
     with pytest.raises(ImoodError, match=message):
-        registry().detector(name, **options)
+        registry().score(name, **options)
 
 
 def test_pruning_everything_is_refused():
     model = tiny_model()
     v = view(model, images(2, 6), ALL_NEEDS)
     with pytest.raises(ImoodError, match="keeps none"):
-        registry().detector("ash", p=99.9).idness(v)  # 128 features: round(127.87) = 128 pruned
+        registry().score("ash", p=99.9).idness(v)  # 128 features: round(127.87) = 128 pruned

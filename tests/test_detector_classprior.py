@@ -8,9 +8,9 @@ from detector_toys import micro_model, micro_view
 from pytorch_ood.detector import odin_preprocessing
 from torch import nn
 
-from imood_cli.detectors.classprior import ClassPrior
-from imood_cli.detectors.msp import MSP
 from imood_cli.errors import ImoodError
+from imood_cli.methods.classprior import ClassPrior
+from imood_cli.methods.msp import MSP
 from imood_cli.plugin_api import OptionError, log_prior
 from imood_cli.registry import Registry
 
@@ -102,9 +102,9 @@ def test_needs_follow_the_variant_and_there_is_no_ada_form():
     assert ClassPrior().needs == frozenset()
     assert ClassPrior(variant="rp_gradnorm").needs == frozenset({"features"})
     reg = Registry()
-    reg.add("detector", "classprior_copy", ClassPrior)
+    reg.add("method", "classprior_copy", ClassPrior)
     with pytest.raises(ImoodError, match="declares no ada_scale"):
-        reg.detector("ada_classprior_copy")
+        reg.score("ada_classprior_copy")
 
 
 @pytest.mark.parametrize("options,message", [({"variant": "rw_msp"}, "variant must be one of"),

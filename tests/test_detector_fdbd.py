@@ -6,8 +6,8 @@ import torch
 from detector_toys import micro_model, micro_view
 from pytorch_ood.detector import fDBD as PoodFDBD
 
-from imood_cli.detectors.fdbd import FDBD
 from imood_cli.errors import ImoodError
+from imood_cli.methods.fdbd import FDBD
 from imood_cli.plugin_api import LossContext, ModelOutputs, ModelView, log_prior
 
 LP = log_prior([6, 5, 4, 3, 2, 1])

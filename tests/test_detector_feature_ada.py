@@ -1,4 +1,4 @@
-"""The ada_ forms of react, ash, scale, dice, vim, knn and rmd on a toy long-tailed problem (SPEC §2).
+"""The ada_ forms of react, ash, scale, dice, vim, knn and rmd on a toy long-tailed problem (docs/concepts.md).
 
 ada_<name> scores −(g + c·log β̂): tail-predicted ID samples (log β̂ > 0) must move toward ID and
 head-predicted ones toward OOD, by exactly c·log β̂ (log β̂ recomputed in float64 numpy), with c = 1
@@ -64,7 +64,7 @@ def rank(scores):
 @pytest.mark.parametrize("name", ENERGY_SCALE + FITTED_SCALE)
 def test_ada_moves_tail_predictions_toward_id(problem, name):
     train, test, test_y, is_id = problem
-    ada = registry().detector(f"ada_{name}")
+    ada = registry().score(f"ada_{name}")
     if ada.base.needs_fit:
         ada.fit(train)
     lp = log_prior(COUNTS, 1.0).float()
@@ -96,7 +96,7 @@ def test_ada_moves_tail_predictions_toward_id(problem, name):
 
 def test_ada_scale_override_wins_over_the_fitted_one(problem):
     train, test, *_ = problem
-    ada = registry().detector("ada_knn", ada_scale=0.5)
+    ada = registry().score("ada_knn", ada_scale=0.5)
     ada.fit(train)
     assert ada.base.ada_scale != 0.5 and ada.scale == 0.5
 
@@ -104,7 +104,7 @@ def test_ada_scale_override_wins_over_the_fitted_one(problem):
 def test_tau_zero_turns_the_correction_off(problem):
     train, test, *_ = problem
     for name in ("react", "rmd"):
-        ada = registry().detector(f"ada_{name}")
+        ada = registry().score(f"ada_{name}")
         ada.fit(train)
         lp = log_prior(COUNTS, 0.0).float()
         torch.testing.assert_close(ada.ood_score(test, lp), ada.base.ood_score(test, lp), rtol=1e-5, atol=1e-5)

@@ -12,7 +12,7 @@ import torch
 from feature_views import fitted, images, labels, tiny_model, view
 from pytorch_ood.detector import KNN as PoodKNN
 
-import imood_cli.detectors.knn as knn_module
+import imood_cli.methods.knn as knn_module
 from imood_cli.core.prior import log_prior
 from imood_cli.errors import ImoodError
 from imood_cli.plugin_api import LossContext, ModelOutputs, ModelView
@@ -45,7 +45,7 @@ def bank_view(features):
 def test_knn_matches_pytorch_ood_on_the_model(k):
     model = tiny_model()
     train_x, train_y = images(300, 1), labels(300, 2)
-    ours = fitted(registry().detector("knn", k=k), model, train_x, train_y)
+    ours = fitted(registry().score("knn", k=k), model, train_x, train_y)
     test = view(model, images(64, 3), ours.needs)
     train = view(model, train_x, set()).features
     pood = PoodKNN(None, k=k).fit_features(train, train_y)
@@ -55,10 +55,10 @@ def test_knn_matches_pytorch_ood_on_the_model(k):
 
 
 def test_knn_default_k_and_a_bank_smaller_than_k():
-    assert registry().detector("knn").k == 50  # the paper's CIFAR-10 value
+    assert registry().score("knn").k == 50  # the paper's CIFAR-10 value
     g = torch.Generator().manual_seed(1)
     train, queries = torch.randn(30, 16, generator=g), torch.randn(20, 16, generator=g)
-    ours = registry().detector("knn")
+    ours = registry().score("knn")
     ours.fit(bank_view(train))
     got = -ours.idness(ModelOutputs(torch.zeros(20, 4), features=queries)).double().numpy()
     np.testing.assert_allclose(got, np_kth_distance(queries, train, 30), rtol=1e-5, atol=1e-6)
@@ -68,7 +68,7 @@ def test_knn_blocks_give_the_same_answer_and_stay_small(monkeypatch):
     g = torch.Generator().manual_seed(2)
     train, queries = torch.randn(257, 12, generator=g), torch.randn(40, 12, generator=g)
     queries[:5] = train[:5]  # a training point is its own nearest neighbour
-    ours = registry().detector("knn", k=9)
+    ours = registry().score("knn", k=9)
     ours.fit(bank_view(train))
     whole = ours.idness(ModelOutputs(torch.zeros(40, 4), features=queries))
     seen = []
@@ -90,7 +90,7 @@ def test_knn_blocks_give_the_same_answer_and_stay_small(monkeypatch):
 def test_knn_ada_scale_is_a_tenth_of_the_leave_one_out_spread(monkeypatch):
     g = torch.Generator().manual_seed(3)
     train = torch.randn(120, 8, generator=g)
-    ours = registry().detector("knn", k=5)
+    ours = registry().score("knn", k=5)
     ours.fit(bank_view(train))
     ref = -np_kth_distance(train, train, 5, leave_one_out=True)
     assert ours.ada_scale == pytest.approx(0.1 * np.std(ref, ddof=1), rel=1e-5)
@@ -100,7 +100,7 @@ def test_knn_ada_scale_is_a_tenth_of_the_leave_one_out_spread(monkeypatch):
     rows = np.round(np.linspace(0, 119, 30)).astype(int)
     ref = -np_kth_distance(train[rows], train, 5, leave_one_out=True)
     assert ours.ada_scale == pytest.approx(0.1 * np.std(ref, ddof=1), rel=1e-5)
-    ada = registry().detector("ada_knn", k=5)
+    ada = registry().score("ada_knn", k=5)
     ada.load_fit_state(ours.fit_state())
     assert ada.scale == pytest.approx(ours.ada_scale)
 
@@ -108,22 +108,22 @@ def test_knn_ada_scale_is_a_tenth_of_the_leave_one_out_spread(monkeypatch):
 def test_knn_fit_state_round_trip_and_unfitted():
     g = torch.Generator().manual_seed(4)
     train, queries = torch.randn(50, 6, generator=g), torch.randn(10, 6, generator=g)
-    ours = registry().detector("knn", k=3)
+    ours = registry().score("knn", k=3)
     ours.fit(bank_view(train))
     state = ours.fit_state()
     assert set(state) == {"bank", "ada_scale"} and state["bank"].shape == (50, 6)
-    fresh = registry().detector("knn", k=3)
+    fresh = registry().score("knn", k=3)
     with pytest.raises(ImoodError, match="not fitted"):
         fresh.idness(ModelOutputs(torch.zeros(10, 4), features=queries))
     fresh.load_fit_state(state)
     out = ModelOutputs(torch.zeros(10, 4), features=queries)
     np.testing.assert_allclose(fresh.idness(out).numpy(), ours.idness(out).numpy(), rtol=0, atol=0)
     with pytest.raises(ImoodError, match="k must be >= 1"):
-        registry().detector("knn", k=0)
+        registry().score("knn", k=0)
 
 
 def test_knn_training_bank_never_holds_the_current_batch():
-    ours = registry().detector("knn", k=1)
+    ours = registry().score("knn", k=1)
     g = torch.Generator().manual_seed(5)
     batches = [torch.randn(6, 4, generator=g) for _ in range(3)]
     for step, f in enumerate(batches):

@@ -10,8 +10,8 @@ from pytorch_ood.detector import ODIN as PoodODIN
 from pytorch_ood.detector import odin_preprocessing
 from torch import nn
 
-from imood_cli.detectors.odin import ODIN, parse_std
 from imood_cli.errors import ImoodError
+from imood_cli.methods.odin import ODIN, parse_std
 from imood_cli.plugin_api import OptionError, log_prior
 
 LP = log_prior([6, 5, 4, 3, 2, 1])

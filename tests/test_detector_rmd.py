@@ -39,7 +39,7 @@ def np_rmd(train, y, test, ridge):
 def test_rmd_matches_pytorch_ood():
     train, y, test, _, _ = gaussian_problem()
     n = len(train)
-    ours = registry().detector("rmd", ridge=1e-6 / n)
+    ours = registry().score("rmd", ridge=1e-6 / n)
     ours.fit(ModelView(logits=torch.zeros(n, 5), features=train, labels=y))
     pood = PoodRMD(None).fit_features(train, y)
     got = ours.ood_score(ModelView(logits=torch.zeros(len(test), 5), features=test), LOG_PRIOR).double().numpy()
@@ -51,7 +51,7 @@ def test_rmd_matches_pytorch_ood():
 def test_rmd_on_the_model_matches_float64_numpy():
     model = tiny_model()
     train_x, train_y = images(400, 1), labels(400, 2)
-    ours = fitted(registry().detector("rmd"), model, train_x, train_y)
+    ours = fitted(registry().score("rmd"), model, train_x, train_y)
     assert ours.ridge == 1e-4
     test = view(model, images(64, 3), ours.needs)
     train = view(model, train_x, set()).features.numpy()
@@ -61,18 +61,18 @@ def test_rmd_on_the_model_matches_float64_numpy():
     # ada_ c: a tenth of g's spread on the ID training set (all 400 rows: fewer than the 8192 sampled)
     g_train = np_rmd(train, train_y.numpy(), train, 1e-4)
     assert ours.ada_scale == pytest.approx(0.1 * np.std(g_train, ddof=1), rel=1e-4)
-    fresh = registry().detector("ada_rmd")
+    fresh = registry().score("ada_rmd")
     fresh.load_fit_state(ours.fit_state())
     assert fresh.scale == pytest.approx(ours.ada_scale)
     np.testing.assert_allclose(fresh.idness(test).numpy(), ours.idness(test).numpy(), rtol=0, atol=0)
 
 
 def test_rmd_samples_the_std_evenly_on_large_sets(monkeypatch):
-    import imood_cli.detectors.rmd as rmd_module
+    import imood_cli.methods.rmd as rmd_module
 
     train, y, _, _, _ = gaussian_problem(n=500)
     monkeypatch.setattr(rmd_module, "ADA_ROWS", 50)
-    ours = registry().detector("rmd")
+    ours = registry().score("rmd")
     ours.fit(ModelView(logits=torch.zeros(500, 5), features=train, labels=y))
     rows = np.round(np.linspace(0, 499, 50)).astype(int)
     g = np_rmd(train.numpy(), y.numpy(), train.numpy()[rows], 1e-4)
@@ -82,13 +82,13 @@ def test_rmd_samples_the_std_evenly_on_large_sets(monkeypatch):
 def test_rmd_refuses_what_it_cannot_fit():
     feats = torch.randn(10, 4)
     with pytest.raises(ImoodError, match="no ID training features for classes \\[2\\]"):
-        registry().detector("rmd").fit(ModelView(logits=torch.zeros(10, 3), features=feats,
+        registry().score("rmd").fit(ModelView(logits=torch.zeros(10, 3), features=feats,
                                                  labels=torch.tensor([0, 1] * 5)))
     with pytest.raises(ImoodError, match="not fitted"):
-        registry().detector("rmd").idness(ModelView(logits=torch.zeros(10, 3), features=feats))
+        registry().score("rmd").idness(ModelView(logits=torch.zeros(10, 3), features=feats))
     with pytest.raises(ImoodError, match="ridge must be >= 0"):
-        registry().detector("rmd", ridge=-1)
+        registry().score("rmd", ridge=-1)
     with pytest.raises(ImoodError, match="singular"):  # a dead feature and no ridge
         dead = torch.cat([torch.randn(30, 3), torch.zeros(30, 1)], dim=1)
-        registry().detector("rmd", ridge=0).fit(ModelView(logits=torch.zeros(30, 2), features=dead,
+        registry().score("rmd", ridge=0).fit(ModelView(logits=torch.zeros(30, 2), features=dead,
                                                           labels=torch.arange(30) % 2))

@@ -14,8 +14,8 @@ from feature_views import fitted, gaussian_problem, images, labels, np_vim, tiny
 from pytorch_ood.detector import ViM as PoodViM
 
 from imood_cli.core.prior import log_prior
-from imood_cli.detectors.vim import principal_dim
 from imood_cli.errors import ImoodError
+from imood_cli.methods.vim import principal_dim
 from imood_cli.plugin_api import ModelView
 from imood_cli.registry import registry
 
@@ -41,7 +41,7 @@ def test_principal_dim_follows_the_paper():
 @pytest.mark.parametrize("dim", [16, 8])
 def test_vim_matches_pytorch_ood(dim):
     train, y, test, weight, bias = gaussian_problem()
-    ours = registry().detector("vim", dim=dim)
+    ours = registry().score("vim", dim=dim)
     ours.fit(linear_view(train, weight, bias, y))
     pood = PoodViM(None, dim, weight, bias).fit_features(train, y)
     assert float(ours.alpha) == pytest.approx(pood.alpha, rel=1e-5)
@@ -52,7 +52,7 @@ def test_vim_matches_pytorch_ood(dim):
 def test_vim_on_the_model_matches_float64_numpy():
     model = tiny_model()
     train_x, train_y = images(400, 1), labels(400, 2)
-    ours = fitted(registry().detector("vim"), model, train_x, train_y)
+    ours = fitted(registry().score("vim"), model, train_x, train_y)
     test = view(model, images(64, 3), ours.needs)
     train = view(model, train_x, {"classifier"})
     w, b = model.class_weights()
@@ -63,7 +63,7 @@ def test_vim_on_the_model_matches_float64_numpy():
     np.testing.assert_allclose(ours.idness(test).double().numpy(), g_test, rtol=1e-4, atol=1e-4)
     # ada_ c: a tenth of g's spread on the ID training set, measured at fit time
     assert ours.ada_scale == pytest.approx(0.1 * np.std(g_train, ddof=1), rel=1e-6)
-    fresh = registry().detector("ada_vim")
+    fresh = registry().score("ada_vim")
     fresh.load_fit_state(ours.fit_state())
     assert fresh.scale == pytest.approx(ours.ada_scale)
     np.testing.assert_allclose(fresh.idness(test).numpy(), ours.idness(test).numpy(), rtol=0, atol=0)
@@ -72,8 +72,8 @@ def test_vim_on_the_model_matches_float64_numpy():
 def test_vim_refuses_what_it_cannot_fit():
     train, y, test, weight, bias = gaussian_problem(d=8, n=50)
     with pytest.raises(ImoodError, match="smaller than the features"):
-        registry().detector("vim", dim=8).fit(linear_view(train, weight, bias, y))
+        registry().score("vim", dim=8).fit(linear_view(train, weight, bias, y))
     with pytest.raises(ImoodError, match="not fitted"):
-        registry().detector("vim").idness(linear_view(test, weight, bias))
+        registry().score("vim").idness(linear_view(test, weight, bias))
     with pytest.raises(ImoodError, match="must be >= 0"):
-        registry().detector("vim", dim=-1)
+        registry().score("vim", dim=-1)

@@ -1,4 +1,4 @@
-"""The ada_ forms of entropy, maxlogit, gen, klm, odin and fdbd on a toy long-tailed problem (SPEC §2): the
+"""The ada_ forms of entropy, maxlogit, gen, klm, odin and fdbd on a toy long-tailed problem (docs/concepts.md): the
 prior correction moves tail-class ID samples toward ID and head-class ones toward OOD."""
 
 import pytest
@@ -22,7 +22,7 @@ def registry():
 
 
 def scored(registry, toy, name, tau=1.0):
-    ada = registry.detector(f"ada_{name}")
+    ada = registry.score(f"ada_{name}")
     if ada.needs_fit:
         ada.fit(toy.train_view())
     view, lp = toy.test_view(), toy.log_prior(tau)

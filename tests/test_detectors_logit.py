@@ -12,10 +12,10 @@ from pytorch_ood.detector import Entropy as PoodEntropy
 from pytorch_ood.detector import KLMatching as PoodKLM
 from pytorch_ood.detector import MaxLogit as PoodMaxLogit
 
-from imood_cli.detectors.entropy import Entropy
-from imood_cli.detectors.gen import GEN
-from imood_cli.detectors.klm import KLMatching
-from imood_cli.detectors.maxlogit import MaxLogit
+from imood_cli.methods.entropy import Entropy
+from imood_cli.methods.gen import GEN
+from imood_cli.methods.klm import KLMatching
+from imood_cli.methods.maxlogit import MaxLogit
 from imood_cli.plugin_api import LossContext, ModelOutputs, ModelView, OptionError, log_prior
 
 
@@ -178,6 +178,6 @@ def test_klm_training_templates_track_id_rows():
 
 def test_maxlogit_and_entropy_scales_follow_spec():
     assert MaxLogit.ada_scale == 1.0 and Entropy.ada_scale == 0.1 and GEN.ada_scale == 0.1
-    # klm deviates from SPEC's list (c = 1): its g is a KL divergence with a probability's spread (README)
+    # klm: not c = 1 as a logit-scale g; its g is a KL divergence with a probability's spread (docs/methods)
     assert KLMatching.ada_scale == 0.1
     assert math.isclose(float(Entropy().idness(logits_view(np.zeros((1, 5))))), -math.log(5), rel_tol=1e-6)

@@ -8,7 +8,7 @@
 - The CLI reference's generated blocks equal what the code gives now, and every command has one.
 - Every relative link of README.md and docs/ names a file that exists and, with an anchor, a heading of it (GitHub's
   anchors, which the site uses too); README.md stays a landing page of at most 250 lines.
-- Repository paths in code spans exist, and `imood_cli...` names and imports resolve.
+- Repository paths in code spans exist, and `imood_cli...` names, `api.` names and imports resolve.
 """
 
 from __future__ import annotations
@@ -337,6 +337,9 @@ def test_named_files_modules_and_imports_exist():
         for dotted in set(re.findall(r"\b(imood_cli(?:\.[A-Za-z_]\w*)+)", text)):
             if not resolves(dotted):
                 problems.append(f"{where}: {dotted} does not resolve")
+        for name in set(re.findall(r"(?<![\w./])api\.(?!md\b)([A-Za-z_]\w*)", text)):  # `from imood_cli import api`
+            if not resolves(f"imood_cli.api.{name}"):
+                problems.append(f"{where}: api.{name} does not resolve")
         for module, names in re.findall(r"^\s*from (imood_cli[\w.]*) import ([\w, ]+)$", text, re.M):
             for name in (n.strip() for n in names.split(",")):
                 if not resolves(f"{module}.{name}"):

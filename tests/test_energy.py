@@ -1,4 +1,4 @@
-"""Energy detector: the margin loss against a float64 reference, margins as options (`-m energy:m_in=`,
+"""Energy method: the margin loss against a float64 reference, margins as options (`-m energy:m_in=`,
 `--m-in`), the benchmarks' defaults, margins chosen from the first batch's energies, and where the margins
 in use are recorded."""
 
@@ -11,14 +11,14 @@ import torch
 
 from imood_cli.core.contract import LossContext, ModelOutputs
 from imood_cli.data.benchmarks.digits import Digits
-from imood_cli.detectors.energy import ID_GAP, OOD_GAP, Energy, margins_from_energies
 from imood_cli.engine.runs.checkpoint import CheckpointDir, load_tensors
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import default_for, resolve_config
 from imood_cli.engine.training.lifecycle import resume, train
-from imood_cli.engine.training.setup import build_detector
+from imood_cli.engine.training.setup import build_method
 from imood_cli.engine.training.trainer import TrainObserver
 from imood_cli.errors import ImoodError
+from imood_cli.methods.energy import ID_GAP, OOD_GAP, EnergyObjective, EnergyScore, margins_from_energies
 from imood_cli.registry import parse_spec, registry
 
 
@@ -46,7 +46,7 @@ def batch(seed, k, n_id=6, n_ood=4, scale=4.0, shift=0.0):
 @pytest.mark.parametrize("m_in,m_out,k", [(-23.0, -5.0, 10), (-27.0, -5.0, 6), (-6.0, -2.5, 6), (-1.0, 3.0, 4)])
 def test_loss_equals_the_float64_reference(m_in, m_out, k):
     z, out, ctx = batch(k, k, shift=2.0)
-    got = Energy(m_in=m_in, m_out=m_out).loss(out, ctx).item()
+    got = EnergyObjective(m_in=m_in, m_out=m_out).loss(out, ctx, EnergyScore().idness(out)).item()
     assert got == pytest.approx(reference_loss(z, 6, m_in, m_out), rel=1e-5)
 
 
@@ -56,42 +56,45 @@ def test_both_hinges_are_exercised():
     e = energies64(z)
     m_in, m_out = float(np.median(e[:6])), float(np.median(e[6:]))
     assert (e[:6] > m_in).any() and (e[:6] < m_in).any() and (e[6:] < m_out).any() and (e[6:] > m_out).any()
-    det = Energy(m_in=m_in, m_out=m_out, weight=0.5)
-    assert det.loss(out, ctx).item() == pytest.approx(reference_loss(z, 6, m_in, m_out, 0.5), rel=1e-5)
+    det = EnergyObjective(m_in=m_in, m_out=m_out, weight=0.5)
+    got = det.loss(out, ctx, EnergyScore().idness(out)).item()
+    assert got == pytest.approx(reference_loss(z, 6, m_in, m_out, 0.5), rel=1e-5)
 
 
 def test_margins_as_options_and_their_errors():
     name, opts = parse_spec("energy:m_in=-7.5:m_out=-2")
-    det = registry().detector(name, **opts)
+    _, det = registry().training(name, **opts)
     assert (det.m_in, det.m_out) == (-7.5, -2.0)
     assert det.options() == {"m_in": -7.5, "m_out": -2.0, "weight": 0.2}
-    ada = registry().detector("ada_energy", m_in="-4")
+    _, ada = registry().training("ada_energy", m_in="-4")
     assert ada.options()["m_in"] == -4.0 and ada.options()["m_out"] is None
     with pytest.raises(ImoodError, match="m_in"):
-        registry().detector("energy", m_in="low")
+        registry().training("energy", m_in="low")
     with pytest.raises(ImoodError, match="m_out"):
-        registry().detector("energy", m_out=float("nan"))
+        registry().training("energy", m_out=float("nan"))
     with pytest.raises(ImoodError, match="weight"):
-        registry().detector("energy", weight=-1)
+        registry().training("energy", weight=-1)
+    with pytest.raises(ImoodError, match="m_in is a training option"):  # not a scoring one
+        registry().score("energy", m_in=-7)
 
 
-def test_cli_margins_reach_the_detector_and_nothing_else(tmp_path):
+def test_cli_margins_reach_the_method_and_nothing_else(tmp_path):
     cfg = resolve_config({"dataset": "digits", "ood_metric": "energy", "m_in": -8.0, "save_root": str(tmp_path)})
-    det = build_detector(cfg)
+    _, det = build_method(cfg)
     assert det.m_in == -8.0 and det.m_out == default_for("m_out", "digits")
     typed = resolve_config({"dataset": "digits", "ood_metric": "energy:m_in=-9", "m_in": -8.0})
-    assert build_detector(typed).m_in == -9.0  # the metric's own option wins over the flag
-    with pytest.raises(ImoodError, match="--m-in applies to a detector with energy margins"):
-        build_detector(resolve_config({"dataset": "digits", "ood_metric": "oe", "m_in": -8.0}))
-    # the benchmark's default margins do not stop a detector without margins
-    oe = build_detector(resolve_config({"dataset": "digits", "ood_metric": "oe"}))
+    assert build_method(typed)[1].m_in == -9.0  # the method's own option wins over the flag
+    with pytest.raises(ImoodError, match="--m-in applies to a method with energy margins"):
+        build_method(resolve_config({"dataset": "digits", "ood_metric": "oe", "m_in": -8.0}))
+    # the benchmark's default margins do not stop a method without margins
+    _, oe = build_method(resolve_config({"dataset": "digits", "ood_metric": "oe"}))
     assert "m_in" not in oe.options()
 
 
 @pytest.mark.parametrize("dataset,m_in,m_out", [("cifar10", -23.0, -5.0), ("cifar100", -27.0, -5.0),
                                                 ("imagenet", -27.0, -5.0)])
 def test_the_papers_margins_stay_the_cifar_and_imagenet_defaults(dataset, m_in, m_out):
-    det = build_detector(resolve_config({"dataset": dataset, "ood_metric": "energy"}))
+    _, det = build_method(resolve_config({"dataset": dataset, "ood_metric": "energy"}))
     assert (det.m_in, det.m_out) == (m_in, m_out)
 
 
@@ -114,18 +117,19 @@ def test_margins_from_energies_by_hand():
 
 def test_margins_not_given_are_chosen_on_the_first_batch_and_then_kept():
     z, out, ctx = batch(1, 6, scale=0.1)
-    det = Energy(m_out=-1.0)
-    first = det.loss(out, ctx).item()
+    det = EnergyObjective(m_out=-1.0)
+    first = det.loss(out, ctx, EnergyScore().idness(out)).item()
     e = energies64(z)
     e0 = np.sort(e)[(len(e) - 1) // 2]
     assert det.m_in == pytest.approx(e0 - ID_GAP * math.log(6), rel=1e-5) and det.m_out == -1.0
     assert first == pytest.approx(reference_loss(z, 6, det.m_in, -1.0), rel=1e-5)
     chosen = det.m_in
     z2, out2, ctx2 = batch(2, 6, scale=5.0, shift=3.0)
-    assert det.loss(out2, ctx2).item() == pytest.approx(reference_loss(z2, 6, chosen, -1.0), rel=1e-5)
+    assert det.loss(out2, ctx2, EnergyScore().idness(out2)).item() == pytest.approx(
+        reference_loss(z2, 6, chosen, -1.0), rel=1e-5)
     assert det.m_in == chosen
-    restored = Energy()
-    restored.load_fit_state(det.fit_state())
+    restored = EnergyObjective()
+    restored.load_state(det.state())
     assert (restored.m_in, restored.m_out) == (chosen, -1.0)
 
 

@@ -1,4 +1,4 @@
-"""OOD metrics against scikit-learn, on random and on heavily tied scores (SPEC §5)."""
+"""OOD metrics against scikit-learn, on random and on heavily tied scores (docs/concepts.md)."""
 
 import numpy as np
 import pytest

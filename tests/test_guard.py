@@ -12,7 +12,7 @@ from imood_cli.engine.runtime import setup
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.engine.training.guard import TrainingGuard
 from imood_cli.engine.training.lifecycle import train
-from imood_cli.engine.training.setup import build_detector
+from imood_cli.engine.training.setup import build_method
 from imood_cli.engine.training.trainer import TrainObserver
 from imood_cli.registry import registry
 
@@ -22,7 +22,7 @@ DIGITS_COUNTS = [118, 74, 46, 29, 18, 11]
 def guard_for(metric="energy", aux="none", Lambda=0.5, Lambda2=0.05, log_every=20, total=120, counts=DIGITS_COUNTS):
     cfg = SimpleNamespace(ood_metric=metric, aux_ood_loss=aux, Lambda=Lambda, Lambda2=Lambda2, log_every=log_every)
     name = metric.split(":")[0]
-    return TrainingGuard.for_run(cfg, registry().detector(name), counts, total)
+    return TrainingGuard.for_run(cfg, registry().training(name)[1], counts, total)
 
 
 def log(step, l_in, l_ood=0.0, l_aux=0.0, acc=0.9):
@@ -150,7 +150,7 @@ def test_engine_warns_once_through_the_observer_and_the_result(tmp_path, digits)
     result, obs = run(tmp_path, digits, "cifar-margins", ood_metric="energy", m_in=-27.0, m_out=-5.0, epochs=10)
     assert len(result.warnings) == 1 and obs.seen == [f"warning: {result.warnings[0]}"]
     assert "--m-in/--m-out/--Lambda" in result.warnings[0]
-    assert build_detector(resolve_config({"dataset": "digits", "ood_metric": "energy", "m_in": -27.0})).m_in == -27.0
+    assert build_method(resolve_config({"dataset": "digits", "ood_metric": "energy", "m_in": -27.0}))[1].m_in == -27.0
 
 
 def test_engine_is_silent_on_a_healthy_digits_run(tmp_path, digits):

@@ -240,6 +240,9 @@ def score_file(path: Path, meta: dict | None = None, **arrays) -> Path:
     ({}, {"dataset": ["x"]}, "metadata 'dataset' must be str"),
     ({}, {"ada_scale": "big"}, "metadata 'ada_scale' must be int or float"),
     ({}, {"class_counts": [1e308, 3]}, "class counts must be a list of 1 to 1,000,000 whole numbers in [0, "),
+    ({}, {"class_names": "cat,dog"}, "metadata 'class_names' must be list"),
+    ({}, {"class_names": ["cat"]}, "'class_names' must be a list of printable names, one per class (2)"),
+    ({}, {"class_names": ["cat", "d\x1b[2Jog"]}, "'class_names' must be a list of printable names"),
 ])
 def test_9_malformed_score_files_are_refused(tmp_path, capsys, arrays, meta, why):
     path = score_file(tmp_path / "s.safetensors", meta, **arrays)

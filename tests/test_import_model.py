@@ -69,12 +69,12 @@ def one_error(code, err, *needles):
 
 
 def every_detector() -> set[str]:
-    """What `-m all` scores for a model without extra outputs."""
+    """What `-m all` scores for a model without extra outputs: each distinct score once (oe scores as msp)."""
     reg, out = registry(), set()
-    for name in reg.names("detector"):
-        cls = reg.get("detector", name).cls
-        if not name.startswith("ada_") and not cls.extra_outputs:
-            out |= {name} | ({f"ada_{name}"} if cls.ada_scale is not None else set())
+    for name in reg.names("method"):
+        score = reg.score(name)
+        if not name.startswith("ada_") and reg.alias_of(name) is None and not score.extra_outputs:
+            out |= {name} | ({f"ada_{name}"} if score.ada_scale is not None else set())
     return out
 
 

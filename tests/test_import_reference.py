@@ -255,7 +255,7 @@ def test_mismatches_are_one_clear_error(tmp_path, capsys, reference_bin_disc):
     _expect_error(tmp_path, capsys, [1, 2, 3], "not a state dict")
     _expect_error(tmp_path, capsys, {"epoch": 3, "acc": 0.5}, "holds no state dict")
     _expect_error(tmp_path, capsys, sd, "extra classifier output", extra=("--ood_metric", "energy"))
-    _expect_error(tmp_path, capsys, sd, "unknown detector", extra=("--ood_metric", "bogus"))
+    _expect_error(tmp_path, capsys, sd, "unknown method", extra=("--ood_metric", "bogus"))
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, capsys, reference_file):

@@ -53,3 +53,30 @@ def test_nested_machines_restore_each_other():
             send()
             assert inner.stopping
         assert signal.getsignal(signal.SIGINT) == outer
+
+
+def test_a_signal_inside_an_import_waits_for_the_import_to_end(tmp_path, monkeypatch):
+    """An extension module's initialisation runs Python code; a KeyboardInterrupt raised there can abort the
+    process (pybind11: `terminate called ...`). The signal is raised as soon as the import is over."""
+    import sys
+    import time
+
+    (tmp_path / "slow_ext.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"  # the Ctrl-C lands in the middle of the import
+        "for _ in range(20):\n"
+        "    time.sleep(0.005)\n"  # the deferred retries fire here, still inside the import
+        "finished = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    alarm_before = signal.getsignal(signal.SIGALRM)
+    with Interrupts(graceful=False) as it:
+        with pytest.raises(KeyboardInterrupt):
+            import slow_ext  # noqa: F401
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the interrupt comes here, after the import
+                time.sleep(0.001)
+        assert it.came
+    assert sys.modules["slow_ext"].finished  # the module initialised in full
+    assert signal.getsignal(signal.SIGALRM) is alarm_before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    del sys.modules["slow_ext"]

@@ -14,13 +14,14 @@ from conftest import run_cli
 
 from imood_cli.core.contract import LossContext, ModelView
 from imood_cli.core.prior import log_beta, log_prior
-from imood_cli.detectors.balenergy import BalEnergy
-from imood_cli.detectors.cocl import COCL
-from imood_cli.detectors.eat import EAT, cutmix_box, tail_pastes
-from imood_cli.detectors.oecc import OECC
-from imood_cli.detectors.opensampling import OpenSampling, rebalance_rate, sample_open_labels
 from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.errors import ImoodError
+from imood_cli.methods.balenergy import BalEnergyObjective as BalEnergy
+from imood_cli.methods.cocl import COCLObjective, COCLScore
+from imood_cli.methods.eat import EATObjective, EATScore, cutmix_box, tail_pastes
+from imood_cli.methods.oecc import OECCObjective as OECC
+from imood_cli.methods.opensampling import OpenSamplingObjective as OpenSampling
+from imood_cli.methods.opensampling import rebalance_rate, sample_open_labels
 from imood_cli.plugin_api import OptionError
 from imood_cli.registry import registry
 
@@ -110,7 +111,7 @@ def cocl_batch(seed, n=8, m=6, d=12, pool=range(K)):
     z = torch.randn(rows, K, generator=g) * 2
     z_out = torch.randn(rows, 1, generator=g) * 2
     f = torch.randn(rows, d, generator=g).abs() + 0.1  # post-ReLU-like features
-    w = torch.randn(COCL().num_prototypes(K), d, generator=g)
+    w = torch.randn(COCLObjective().num_prototypes(K), d, generator=g)
     return y2, z, z_out, f, w
 
 
@@ -118,7 +119,7 @@ def cocl_batch(seed, n=8, m=6, d=12, pool=range(K)):
 def test_cocl_loss_equals_the_official_formula(pool):
     y2, z, z_out, f, w = cocl_batch(1, pool=pool)
     n2, m = y2.shape[0], z.shape[0] - y2.shape[0]
-    det = COCL()
+    det = COCLObjective()
     ctx = ctx_for(y2, m, generator=torch.Generator().manual_seed(7), parameters={"prototypes": w})
     view = ModelView(logits=z, extra=z_out, features=f)
     u = torch.rand(m, generator=torch.Generator().manual_seed(7))  # the draws `loss` takes from ctx.generator
@@ -142,14 +143,14 @@ def test_cocl_gradients_reach_every_input_and_are_finite():
     z, z_out, f, w = (t.clone().requires_grad_() for t in (z, z_out, f, w))
     ctx = ctx_for(y2, z.shape[0] - y2.shape[0], generator=torch.Generator().manual_seed(0),
                   parameters={"prototypes": w})
-    COCL().loss(ModelView(logits=z, extra=z_out, features=f), ctx).backward()
+    COCLObjective().loss(ModelView(logits=z, extra=z_out, features=f), ctx).backward()
     for t in (z, z_out, f, w):
         assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 
 
 def test_cocl_head_negatives_are_uniform_over_head_rows():
     # 3 head rows among 8 ID rows: each must be picked about a third of the time, never a non-head row
-    from imood_cli.detectors.cocl import head_negatives
+    from imood_cli.methods.cocl import head_negatives
 
     labels = torch.tensor([7, 0, 9, 4, 8, 2, 6, 6])
     rows, has_head = head_negatives(labels, 4, torch.rand(30000, generator=torch.Generator().manual_seed(3)))
@@ -167,11 +168,11 @@ def test_cocl_score_is_the_calibrated_outlier_probability():
     pi = np.array(CIFAR10_LT, np.float64) / sum(CIFAR10_LT)
     calibrated = np.concatenate([f64(z), f64(z_out)], axis=1) - np.log(np.append(pi, 1.0))  # OLC, τ = 1
     ref = softmax(calibrated)[:, -1]
-    assert f64(COCL().ood_score(view, lp)) == pytest.approx(ref, rel=1e-5)
+    assert f64(COCLScore().ood_score(view, lp)) == pytest.approx(ref, rel=1e-5)
     raw = softmax(np.concatenate([f64(z), f64(z_out)], axis=1))[:, -1]
-    assert f64(COCL(olc=False).ood_score(view, lp)) == pytest.approx(raw, rel=1e-5)
+    assert f64(COCLScore(olc=False).ood_score(view, lp)) == pytest.approx(raw, rel=1e-5)
     # ada_cocl at c = 1 is the OLC logit up to the constant log K: the same ranking
-    ada = registry().detector("ada_cocl")
+    ada = registry().score("ada_cocl")
     assert ada.scale == 1.0
     ada_score = f64(ada.ood_score(view, lp))
     assert ada_score == pytest.approx(np.log(ref / (1 - ref)) + np.log(K), rel=1e-4, abs=1e-4)
@@ -180,14 +181,14 @@ def test_cocl_score_is_the_calibrated_outlier_probability():
 
 
 def test_cocl_options_and_missing_outputs():
-    assert registry().detector("cocl", lambda1="0.02").lambda1 == 0.02
-    assert COCL().num_prototypes(10) == 4 and COCL().num_prototypes(100) == 40 and COCL().num_prototypes(1000) == 400
+    assert registry().training("cocl", lambda1="0.02")[1].lambda1 == 0.02
+    assert [COCLObjective().num_prototypes(k) for k in (10, 100, 1000)] == [4, 40, 400]
     with pytest.raises(OptionError):
-        COCL(temperature=0)
+        COCLObjective(temperature=0)
     with pytest.raises(ImoodError, match="outlier-class output"):
-        COCL().idness(ModelView(logits=torch.zeros(2, K)))
-    ada = registry().detector("ada_cocl")
-    assert ada.extra_outputs == 1 and ada.idness_is_logit and "aux_linear" not in ada.heads
+        COCLScore().idness(ModelView(logits=torch.zeros(2, K)))
+    score, ada = registry().training("ada_cocl")
+    assert ada.extra_outputs == 1 and score.idness_is_logit and "aux_linear" not in ada.heads
 
 
 # ---------------------------------------------------------------- BalEnergy
@@ -261,7 +262,7 @@ def test_balenergy_prior_estimate_is_a_running_average_of_assignments_and_surviv
     assert got == pytest.approx(0.2 * ref, rel=1e-5)
     other = BalEnergy()
     assert f64(other.prior(K, "cpu")) == pytest.approx(np.full(K, 0.1))  # uniform before any batch
-    other.load_fit_state(det.fit_state())
+    other.load_state(det.state())
     assert other.loss(ModelView(logits=z2), ctx).item() == got
 
 
@@ -375,9 +376,9 @@ def test_eat_stage1_loss_equals_the_official_formula():
     z, abst = torch.randn(rows, K, generator=g) * 2, torch.randn(rows, odc, generator=g) * 2
     weight = torch.randn(3 * 64, K + odc, generator=g) * 0.1  # a model that returns every output
     view = ModelView(logits=z, extra=abst, images=x, _forward=linear_forward(weight))
-    det = EAT(odc=odc)
+    det = EATObjective(odc=odc)
     boxes = det.draw_boxes(x, torch.Generator().manual_seed(11))  # the draws `loss` makes from ctx.generator
-    assert boxes == EAT().draw_boxes(x, torch.Generator().manual_seed(11))
+    assert boxes == EATObjective().draw_boxes(x, torch.Generator().manual_seed(11))
     completion, paste_ce, ood_ce = det.loss_parts(view, ctx_for(y2, m), boxes)
     # official layout: abstention classes first, labels shifted by odc
     official = np.concatenate([f64(abst), f64(z)], axis=1)
@@ -403,8 +404,8 @@ def test_eat_stage2_loss_is_the_official_logit_adjusted_ce():
     y2 = labels_for(10, 6)
     g = torch.Generator().manual_seed(6)
     z, abst = torch.randn(24, K, generator=g) * 2, torch.randn(24, odc, generator=g) * 2
-    det = EAT(stage=2)
-    assert det.train_needs == frozenset()
+    det = EATObjective(stage=2)
+    assert det.needs == frozenset()
     got = det.loss(ModelView(logits=z, extra=abst), ctx_for(y2, 4, tau=1.0)).item()
     counts = np.array([pseudo] * odc + CIFAR10_LT, np.float64)
     prior = counts / counts.sum()
@@ -418,16 +419,16 @@ def test_eat_stage2_loss_is_the_official_logit_adjusted_ce():
 def test_eat_score_options_and_declarations():
     g = torch.Generator().manual_seed(8)
     z, abst = torch.randn(10, K, generator=g), torch.randn(10, 30, generator=g)
-    score = EAT().ood_score(ModelView(logits=z, extra=abst), log_prior(CIFAR10_LT).float())
+    score = EATScore().ood_score(ModelView(logits=z, extra=abst), log_prior(CIFAR10_LT).float())
     ref = softmax(np.concatenate([f64(z), f64(abst)], axis=1))[:, K:].sum(1)
     assert f64(score) == pytest.approx(ref, rel=1e-5)
-    det = registry().detector("eat", odc="30")
-    assert det.extra_outputs == 30 and det.train_needs == frozenset({"input_grad"}) and det.needs == frozenset()
-    assert registry().detector("ada_eat", odc="30").extra_outputs == 30
+    eat_score, det = registry().training("eat", odc="30")
+    assert det.extra_outputs == 30 and det.needs == frozenset({"input_grad"}) and eat_score.needs == frozenset()
+    assert registry().training("ada_eat", odc="30")[1].extra_outputs == 30
     with pytest.raises(OptionError):
-        EAT(stage=3)
+        EATObjective(stage=3)
     with pytest.raises(ImoodError, match="abstention"):
-        EAT().idness(ModelView(logits=z))
+        EATScore().idness(ModelView(logits=z))
 
 
 # ---------------------------------------------------------------- Open-Sampling

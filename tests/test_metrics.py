@@ -1,4 +1,4 @@
-"""Each detector against an independent float64 computation (SPEC §2)."""
+"""Each detector against an independent float64 computation (docs/concepts.md)."""
 
 import numpy as np
 import pytest
@@ -46,7 +46,7 @@ def outputs(z, extra=None, f=None):
 
 
 def score(name, z, extra=None, f=None, tau=1.0, scale=None):
-    m = registry().detector(name, ada_scale=scale)
+    m = registry().score(name, ada_scale=scale)
     return m.ood_score(outputs(z, extra, f), log_prior(COUNTS, tau).float()).double().numpy()
 
 
@@ -103,11 +103,11 @@ def test_maha_matches_numpy(data):
     prec = np.linalg.inv(cov)
     dist = np.stack([np.einsum("nd,de,ne->n", test_f - means[k], prec, test_f - means[k]) for k in range(K)], 1)
     z = rng.normal(size=(20, K))
-    m = registry().detector("maha")
+    m = registry().score("maha")
     m.fit(fit_view(train_f, train_y, K))
     got = m.ood_score(outputs(z, None, test_f), log_prior(COUNTS).float()).double().numpy()
     assert np.allclose(got, dist.min(1), rtol=1e-4)  # larger distance = more OOD
-    ada = registry().detector("ada_maha")
+    ada = registry().score("ada_maha")
     ada.fit(fit_view(train_f, train_y, K))
     got = ada.ood_score(outputs(z, None, test_f), log_prior(COUNTS).float()).double().numpy()
     assert np.allclose(got, dist.min(1) - 0.01 * log_beta_ref(z, COUNTS), rtol=1e-4)
@@ -139,7 +139,7 @@ def test_unknown_metric_suggests_nearest():
     from imood_cli.errors import ImoodError
 
     with pytest.raises(ImoodError, match="did you mean 'ada_energy'"):
-        registry().detector("ada_enrgy")
+        registry().score("ada_enrgy")
 
 
 def test_api_fit_that_reads_logits_needs_them():

@@ -38,10 +38,18 @@ def test_every_public_name_and_field_is_documented():
                 assert f"`{f.name}`" in section or f".{f.name}`" in section, f"{cls.__name__}.{f.name}"
     for need in plugin_api.NEEDS:
         assert f"`{need}`" in section, need
-    for attr in ("needs", "train_needs", "ada_scale", "extra_outputs", "idness_is_logit", "ada_keeps_loss",
-                 "hyperparameters"):
-        assert f"`{attr}`" in section, attr
-        assert hasattr(plugin_api.Detector, attr), attr
+    for cls, attrs in ((plugin_api.Score, ("needs", "ada_scale", "extra_outputs", "idness_is_logit",
+                                           "hyperparameters")),
+                       (plugin_api.Objective, ("needs", "extra_outputs", "heads", "hyperparameters")),
+                       (plugin_api.Method, ("score", "objective", "paper", "ada_keeps_objective")),
+                       (plugin_api.Detector, ("needs", "train_needs", "ada_scale", "extra_outputs",
+                                              "idness_is_logit", "ada_keeps_loss", "heads", "hyperparameters"))):
+        for attr in attrs:
+            assert f"`{attr}`" in section or f"`Method.{attr}`" in section, (cls.__name__, attr)
+            assert hasattr(cls, attr) or attr in getattr(cls, "__annotations__", {}), (cls.__name__, attr)
+    for method in ("idness", "ood_score", "fit", "fit_state", "load_fit_state", "train_update", "check", "loss",
+                   "training_parameters", "state", "load_state"):
+        assert f"{method}(" in section, method
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +91,20 @@ def test_the_guides_plugin_loads_scores_and_trains(installed, tmp_path):
     listed = imood(site, "plugins", "list", "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     rows = {(r["kind"], r["name"]): r for r in json.loads(listed.stdout) if r["distribution"] == "acme-ood"}
-    for key in [("detector", n) for n in ("residual", "ada_residual", "clipped", "ada_clipped")] + [
+    for key in [("method", n) for n in ("residual", "ada_residual", "clipped", "ada_clipped")] + [
             ("aux_loss", "centring")]:
         assert rows[key]["loaded"], rows.get(key)
+    assert rows[("method", "clipped")]["paper"].startswith("Acme et al., \"Clipped energy (example)\"")
+    own = imood(site, "train", "--ds", "digits", "-e", "1", "-b", "32", "--name", "own", "--ood_metric",
+                "clipped:gap=2", "--device", "cpu", cwd=tmp_path)
+    assert own.returncode == 0, own.stderr
+    config = json.loads((tmp_path / "runs" / "own" / "config.json").read_text())
+    assert config["ood_metric"] == "clipped:gap=2"
     trained = imood(site, "train", "--ds", "digits", "-e", "1", "-b", "32", "--name", "acme", "--ood_metric",
                     "ada_clipped", "--aux_ood_loss", "centring", "--device", "cpu", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
+    wrong_phase = imood(site, "score", "runs/acme", "-m", "clipped:gap=2", "--device", "cpu", cwd=tmp_path)
+    assert wrong_phase.returncode == 2 and "gap is a training option" in wrong_phase.stderr, wrong_phase.stderr
     scored = imood(site, "score", "runs/acme", "-m", "residual,ada_residual,clipped:clip=0.5,ada_clipped",
                    "--device", "cpu", cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr

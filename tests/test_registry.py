@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import run_cli
 
-from imood_cli.core.ada import Ada
+from imood_cli.core.ada import AdaObjective, AdaScore
 from imood_cli.core.prior import log_prior
 from imood_cli.errors import ImoodError
-from imood_cli.plugin_api import AuxLoss, Detector, ModelView
+from imood_cli.plugin_api import AuxLoss, Detector, ModelView, Score
 from imood_cli.registry import PluginWarning, Registry, entry_points, registry, reset_registry
 
 BUILTIN_DETECTORS = {"msp", "oe", "energy", "bin_disc", "maha", "gradnorm"}
@@ -81,17 +81,17 @@ def view_of(z):
 
 def test_builtins_are_entry_points_recognised_by_module(reg):
     plugins = [p for p in reg.plugins() if p.derived_from is None]
-    assert {p.name for p in plugins if p.kind == "detector" and p.builtin} >= BUILTIN_DETECTORS
+    assert {p.name for p in plugins if p.kind == "method" and p.builtin} >= BUILTIN_DETECTORS
     assert {p.name for p in plugins if p.kind == "aux_loss" and p.builtin} >= BUILTIN_LOSSES
     for p in plugins:
         assert p.builtin and p.loaded, (p.name, p.error)
         assert p.target.startswith("imood_cli.") and ":" in p.target
-    detectors = {p.name: p for p in reg.plugins() if p.kind == "detector"}
+    detectors = {p.name: p for p in reg.plugins() if p.kind == "method"}
     for name in BUILTIN_DETECTORS:  # an ada_ form for exactly those that declare a c
         assert (f"ada_{name}" in detectors) == (detectors[name].cls.ada_scale is not None)
-    m = reg.detector("ada_energy")
-    assert isinstance(m, Ada) and m.scale == 1.0
-    assert reg.detector("msp") is not reg.detector("msp")  # a fresh instance each time
+    m = reg.score("ada_energy")
+    assert isinstance(m, AdaScore) and m.scale == 1.0
+    assert reg.score("msp") is not reg.score("msp")  # a fresh instance each time
     assert registry() is reg
 
 
@@ -104,53 +104,55 @@ def test_discovery_is_lazy_and_runs_once(reg, plugin_module):
             def idness(self, view):
                 return view.logits.sum(1)
     """)
-    reg.add("detector", "counted", f"{mod}:Counted", distribution="acme")
+    reg.add("method", "counted", f"{mod}:Counted", distribution="acme")
     assert mod not in sys.modules  # nothing imported before first use
-    reg.detector("counted")
-    reg.detector("counted")
+    reg.score("counted")
+    reg.score("counted")
     assert sys.modules[mod].CALLS == [1]
 
 
 def test_third_party_detector_gets_ada_form_for_scoring_and_training(reg):
-    reg.add("detector", "doubled", Doubled, distribution="acme-ood", version="1.2")
+    reg.add("method", "doubled", Doubled, distribution="acme-ood", version="1.2")
     z = np.random.default_rng(0).normal(size=(16, 4))
     counts = [40, 20, 10, 5]
     lp = log_prior(counts).float()
-    m = reg.detector("ada_doubled")
-    assert isinstance(m, Ada) and m.scale == 0.5 and m.heads == {"lambda_head", "aux_linear"} and m.has_loss
+    m = reg.score("ada_doubled")
+    assert isinstance(m, AdaScore) and m.scale == 0.5
+    score, objective = reg.training("ada_doubled")  # a 0.2 Detector: its ImOOD form trains too
+    assert isinstance(objective, AdaObjective) and objective.heads == {"lambda_head", "aux_linear"}
     log_beta = torch.logsumexp(torch.log_softmax(torch.tensor(z), 1) - log_prior(counts), 1) - np.log(4)
     want = -(2 * z.max(1) + 0.5 * log_beta.numpy())
     np.testing.assert_allclose(m.ood_score(view_of(z), lp).numpy(), want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(reg.detector("doubled").ood_score(view_of(z), lp).numpy(), -2 * z.max(1), rtol=1e-6)
-    assert reg.detector("ada_doubled", ada_scale=2.0).scale == 2.0
-    with pytest.raises(ImoodError, match="applies to ada_ detectors only"):
-        reg.detector("doubled", ada_scale=2.0)
-    assert not reg.detector("doubled").has_loss  # post hoc only
+    np.testing.assert_allclose(reg.score("doubled").ood_score(view_of(z), lp).numpy(), -2 * z.max(1), rtol=1e-6)
+    assert reg.score("ada_doubled", ada_scale=2.0).scale == 2.0
+    with pytest.raises(ImoodError, match="applies to ada_ methods only"):
+        reg.score("doubled", ada_scale=2.0)
+    assert reg.training("doubled")[1] is None  # post hoc only: no objective of its own
 
 
 def test_detector_without_ada_scale_has_no_ada_form(reg):
-    reg.add("detector", "plain", Plain, distribution="acme")
-    assert "plain" in reg.names("detector") and "ada_plain" not in reg.names("detector")
+    reg.add("method", "plain", Plain, distribution="acme")
+    assert "plain" in reg.names("method") and "ada_plain" not in reg.names("method")
     with pytest.raises(ImoodError, match="declares no ada_scale"):
-        reg.detector("ada_plain")
+        reg.score("ada_plain")
 
 
 def test_unknown_detector_suggests_nearest(reg):
     with pytest.raises(ImoodError) as err:
-        reg.detector("enrgy")
-    assert str(err.value).startswith("unknown detector 'enrgy'; did you mean 'energy'")
+        reg.score("enrgy")
+    assert str(err.value).startswith("unknown method 'enrgy'; did you mean 'energy'")
 
 
 def test_hyperparameters_are_typed_and_checked(reg):
-    reg.add("detector", "tunable", Tunable, distribution="acme")
-    m = reg.detector("tunable", p="95", flag="true", mode="b")
+    reg.add("method", "tunable", Tunable, distribution="acme")
+    m = reg.score("tunable", p="95", flag="true", mode="b")
     assert (m.p, m.flag, m.mode) == (95.0, True, "b") and m.options() == {"p": 95.0, "flag": True, "mode": "b"}
-    assert reg.detector("ada_tunable", p=3).base.p == 3.0
+    assert reg.score("ada_tunable", p=3).base.p == 3.0
     assert Tunable.p == 90.0  # the class default is untouched
     for bad, msg in (({"q": 1}, "has no option 'q'"), ({"p": "x"}, "option p must be float"),
                      ({"flag": "maybe"}, "option flag must be bool"), ({"p": True}, "option p must be float")):
         with pytest.raises(ImoodError, match=msg):
-            reg.detector("tunable", **bad)
+            reg.score("tunable", **bad)
 
 
 # ---------------------------------------------------------------- isolation
@@ -158,20 +160,20 @@ def test_hyperparameters_are_typed_and_checked(reg):
 
 def test_broken_import_is_reported_and_skipped(reg, plugin_module):
     mod = plugin_module("raise RuntimeError('boom at import')\n")
-    reg.add("detector", "shiny", f"{mod}:Shiny", distribution="acme-broken")
+    reg.add("method", "shiny", f"{mod}:Shiny", distribution="acme-broken")
     p = next(p for p in reg.plugins() if p.name == "shiny")
     assert p.status == "error" and p.error == "RuntimeError: boom at import"
     with pytest.warns(PluginWarning, match=r"'shiny' from acme-broken skipped: RuntimeError: boom at import"):
-        assert isinstance(reg.detector("msp"), Detector)  # everything else works
+        assert isinstance(reg.score("msp"), Score)  # everything else works
     with pytest.raises(ImoodError, match="'shiny' from acme-broken cannot be used: RuntimeError: boom"):
-        reg.detector("shiny")
+        reg.score("shiny")
 
 
 def test_plugin_that_exits_on_import_does_not_stop_imood(reg, plugin_module):
     mod = plugin_module("import sys\nsys.exit(3)\n")
-    reg.add("detector", "quitter", f"{mod}:Quitter", distribution="acme")
+    reg.add("method", "quitter", f"{mod}:Quitter", distribution="acme")
     with pytest.warns(PluginWarning, match="SystemExit"):
-        assert "msp" in reg.names("detector")
+        assert "msp" in reg.names("method")
 
 
 class NoIdness(Detector):
@@ -202,10 +204,10 @@ def loss_function(batch):
 
 
 @pytest.mark.parametrize("kind,obj,message", [
-    ("detector", NoIdness, "must define idness"),
-    ("detector", TextScale, "ada_scale must be a finite number"),
-    ("detector", OddNeeds, "unknown needs"),
-    ("detector", NotADetector, "must subclass imood_cli.plugin_api.Detector"),
+    ("method", NoIdness, "must define idness"),
+    ("method", TextScale, "ada_scale must be a finite number"),
+    ("method", OddNeeds, "unknown needs"),
+    ("method", NotADetector, "must subclass imood_cli.plugin_api.Method, Score or Detector"),
     ("aux_loss", Doubled, "must subclass imood_cli.plugin_api.AuxLoss"),
     ("aux_loss", loss_function, "must name a class"),
 ])
@@ -218,7 +220,7 @@ def test_contract_breaking_plugin(reg, kind, obj, message):
 
 
 def test_ada_prefixed_names_are_reserved(reg):
-    reg.add("detector", "ada_mine", Doubled, distribution="acme")
+    reg.add("method", "ada_mine", Doubled, distribution="acme")
     p = next(p for p in reg.plugins() if p.name == "ada_mine" and p.derived_from is None)
     assert p.status == "refused" and "ImOOD forms" in p.error
 
@@ -229,24 +231,24 @@ class Fine(Detector):
 
 
 @pytest.mark.parametrize("kind,name,why", [
-    ("detector", "all", "reserved by the command line"),  # collided with -m all
+    ("method", "all", "reserved by the command line"),  # collided with -m all
     ("dataset", "folder", "reserved by the command line"),  # imood data prepare folder
-    ("detector", "MSP", "not lower-case"),  # beside msp: two files that collide on a case-insensitive filesystem
-    ("detector", "a,b", "not lower-case"),  # made `score -m all` fail for everyone
-    ("detector", 'quo"te', "not lower-case"),
-    ("detector", "x:y", "not lower-case"),
-    ("detector", "9lives", "starting with a letter"),
+    ("method", "MSP", "not lower-case"),  # beside msp: two files that collide on a case-insensitive filesystem
+    ("method", "a,b", "not lower-case"),  # made `score -m all` fail for everyone
+    ("method", 'quo"te', "not lower-case"),
+    ("method", "x:y", "not lower-case"),
+    ("method", "9lives", "starting with a letter"),
 ])
 def test_plugin_names_follow_the_command_line_spelling(reg, capsys, kind, name, why):
-    reg.add(kind, name, Fine if kind == "detector" else object, distribution="acme-names")
+    reg.add(kind, name, Fine if kind == "method" else object, distribution="acme-names")
     p = next(p for p in reg.plugins() if p.name == name and p.derived_from is None)
     assert p.status == "refused" and why in p.error and p.cls is None
     with pytest.warns(PluginWarning, match=why):
         names = reg.names(kind)
-    assert name not in names and "msp" in reg.names("detector")
-    if kind == "detector":
-        with pytest.raises(ImoodError, match=why):  # used anyway: the refusal's reason, not "unknown detector"
-            reg.detector(name)
+    assert name not in names and "msp" in reg.names("method")
+    if kind == "method":
+        with pytest.raises(ImoodError, match=why):  # used anyway: the refusal's reason, not "unknown method"
+            reg.score(name)
 
 
 def test_aux_loss_plugin_gets_the_options_it_declares(reg):
@@ -268,29 +270,29 @@ def test_aux_loss_plugin_gets_the_options_it_declares(reg):
 
 @pytest.mark.filterwarnings("ignore::imood_cli.registry.PluginWarning")
 def test_two_plugins_with_one_name_are_both_refused(reg):
-    reg.add("detector", "twin", Doubled, distribution="acme-a")
-    reg.add("detector", "twin", Plain, distribution="acme-b")
+    reg.add("method", "twin", Doubled, distribution="acme-a")
+    reg.add("method", "twin", Plain, distribution="acme-b")
     with pytest.raises(ImoodError, match="name clash: 'twin' is provided by both acme-a and acme-b"):
-        reg.detector("twin")
-    assert reg.detector("msp") is not None
+        reg.score("twin")
+    assert reg.score("msp") is not None
 
 
 def test_a_plugin_never_disables_a_builtin(reg):
-    reg.add("detector", "msp", Doubled, distribution="acme-shadow")
+    reg.add("method", "msp", Doubled, distribution="acme-shadow")
     with pytest.warns(PluginWarning, match="'msp' from acme-shadow skipped: 'msp' is a built-in name"):
-        m = reg.detector("msp")
-    assert type(m).__module__ == "imood_cli.detectors.msp"
-    assert isinstance(reg.detector("ada_msp").base, type(m))
+        m = reg.score("msp")
+    assert type(m).__module__ == "imood_cli.methods.msp"
+    assert isinstance(reg.score("ada_msp").base, type(m))
 
 
 def test_a_distribution_that_claims_to_be_imood_is_still_a_plugin(monkeypatch, reg):
     """Built-ins are recognised by module: a dist-info named 'imood' cannot bypass IMOOD_PLUGINS."""
-    reg.add("detector", "sneaky", Doubled, distribution="imood")
+    reg.add("method", "sneaky", Doubled, distribution="imood")
     monkeypatch.setenv("IMOOD_PLUGINS", "")
-    reg.add("detector", "noop", Plain, distribution="acme")  # any add rediscovers
+    reg.add("method", "noop", Plain, distribution="acme")  # any add rediscovers
     p = next(p for p in reg.plugins() if p.name == "sneaky")
     assert not p.builtin and p.status == "disabled"
-    assert "sneaky" not in reg.names("detector") and "msp" in reg.names("detector")
+    assert "sneaky" not in reg.names("method") and "msp" in reg.names("method")
 
 
 @pytest.mark.filterwarnings("ignore::imood_cli.registry.PluginWarning")
@@ -307,19 +309,19 @@ def test_imood_plugins_allow_list(plugin_module, monkeypatch, value, expect):
         monkeypatch.setenv("IMOOD_PLUGINS", value)
     mod = plugin_module("raise RuntimeError('must not be imported when left out')\n")
     r = Registry([e for e in entry_points() if e[2].startswith("imood_cli.")])
-    r.add("detector", "one", Doubled, distribution="acme-one")
-    r.add("detector", "two", Plain, distribution="acme_two")
-    r.add("detector", "three", f"{mod}:Three", distribution="acme-three")
+    r.add("method", "one", Doubled, distribution="acme-one")
+    r.add("method", "two", Plain, distribution="acme_two")
+    r.add("method", "three", f"{mod}:Three", distribution="acme-three")
     third = {p.name: p for p in r.plugins() if p.distribution.startswith("acme") and p.derived_from is None}
     assert {n for n, p in third.items() if p.status != "disabled"} == expect
     for p in third.values():
         if p.status == "disabled":
             assert "IMOOD_PLUGINS" in p.error and "must not be imported" not in p.error
-    assert BUILTIN_DETECTORS <= set(r.names("detector"))  # the built-ins always load
+    assert BUILTIN_DETECTORS <= set(r.names("method"))  # the built-ins always load
     if "one" not in expect:
         with pytest.raises(ImoodError) as err:
-            r.detector("ada_one")
-        assert str(err.value).startswith("unknown detector 'ada_one'; did you mean")
+            r.score("ada_one")
+        assert str(err.value).startswith("unknown method 'ada_one'; did you mean")
         assert "acme-one provides 'one' but IMOOD_PLUGINS leaves it out" in str(err.value)
 
 
@@ -328,14 +330,14 @@ def test_imood_plugins_allow_list(plugin_module, monkeypatch, value, expect):
 
 def test_plugins_list_json_and_table(reg, plugin_module, capsys):
     mod = plugin_module("raise RuntimeError('boom at import')\n")
-    reg.add("detector", "shiny", f"{mod}:Shiny", distribution="acme-broken")
-    reg.add("detector", "doubled", Doubled, distribution="acme-ood", version="1.2")
+    reg.add("method", "shiny", f"{mod}:Shiny", distribution="acme-broken")
+    reg.add("method", "doubled", Doubled, distribution="acme-ood", version="1.2")
     code, out, err = run_cli(["plugins", "list", "--json"], capsys)
     assert code == 0, err
     keyed = {(r["kind"], r["name"], r["distribution"]): r for r in json.loads(out)}
-    bad = keyed[("detector", "shiny", "acme-broken")]
+    bad = keyed[("method", "shiny", "acme-broken")]
     assert bad["loaded"] is False and bad["status"] == "error" and bad["error"] == "RuntimeError: boom at import"
-    good = keyed[("detector", "ada_doubled", "acme-ood")]
+    good = keyed[("method", "ada_doubled", "acme-ood")]
     assert good["loaded"] and good["derived_from"] == "doubled" and good["version"] == "1.2"
     code, out, err = run_cli(["plugins", "list"], capsys)
     assert code == 0 and "shiny" in out and "acme-broken" in out and "ada_energy" in out

@@ -25,7 +25,7 @@ from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.report.results import distinguishing_suffixes
 
 COUNTS = [500, 300, 200, 120, 80, 50, 30, 20, 10, 5]
-GROUPS = {"many": [0, 1, 2], "medium": [3, 4, 5, 6], "few": [7, 8, 9]}  # SPEC §5 for CIFAR10-LT-like counts
+GROUPS = {"many": [0, 1, 2], "medium": [3, 4, 5, 6], "few": [7, 8, 9]}  # shot groups for CIFAR10-LT-like counts
 TITLES = {
     "summary": "OOD detection, mean over OOD sets (%)",
     "gains": "Gain of the ada_ form over its base (points)",
@@ -117,7 +117,9 @@ def expected_tables(rows: list[tuple[str, Path]], models: list[tuple[str, Path]]
 
 
 def number(text: str):
-    """A cell as the renderers write it: '12.34', '+1.20', '12.34 / 56.78' or '–'."""
+    """A cell as the renderers write it: '12.34', '+1.20', '12.34 / 56.78' or '–'; a column's best value is
+    bold (Markdown **12.34**, LaTeX \\textbf{12.34})."""
+    text = re.sub(r"\\textbf\{([^}]*)\}", r"\1", text).replace("**", "")
     if text == "–":
         return None
     if " / " in text:
@@ -284,8 +286,8 @@ def test_every_format_carries_every_table_with_the_reference_values(two_runs, tm
     assert code == 0, err
     tables, page = parse_html((tmp_path / "r.html").read_text())
     assert_tables(tables, expected)
-    assert {"plots-roc", "plots-pr", "plots-class", "plots-scores"} <= set(page.sections)
-    assert sum(src.startswith("data:image/png;base64,") for src in page.images) == 3 + 6  # 3 figures + 6 rows
+    assert {"plots-ranking", "plots-roc", "plots-pr", "plots-class", "plots-scores"} <= set(page.sections)
+    assert sum(src.startswith("data:image/png;base64,") for src in page.images) == 4 + 6  # 4 figures + 6 rows
 
     # CSV: one row per run, detector and set (and the mean), with every table's numbers as columns
     recs = list(csv.DictReader(io.StringIO(outputs["csv"])))
@@ -500,7 +502,7 @@ def test_odd_set_names_huge_scores_and_a_thousand_classes(tmp_path, capsys):
     code, out, err = run_cli(["report", folder, "--html", tmp_path / "r.html", "--format", "md"], capsys)
     assert code == 0, err
     page = (tmp_path / "r.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 4  # one row: nothing to rank
     assert r"te\$\\x\$t" in out and r"a\$b\$c" in out  # Markdown: a $ and a \ stay text
 
 
@@ -587,7 +589,7 @@ def test_report_html_in_headless_chromium(two_runs, tmp_path, capsys):
     assert dom.returncode == 0, dom.stderr[-2000:]
     tables, parsed = parse_html(dom.stdout)
     assert_tables(tables, expected)
-    assert {"plots-roc", "plots-pr", "plots-class", "plots-scores"} <= set(parsed.sections)
+    assert {"plots-ranking", "plots-roc", "plots-pr", "plots-class", "plots-scores"} <= set(parsed.sections)
     shot = tmp_path / "shot.png"
     r = subprocess.run([browser(), *flags, "--window-size=1280,4000", f"--screenshot={shot}", page.as_uri()],
                        capture_output=True, text=True, timeout=120)
@@ -601,7 +603,8 @@ def test_report_html_in_headless_chromium(two_runs, tmp_path, capsys):
     assert rows_with_ink > 0.3  # the page is filled from top to bottom
 
 
-def test_figures_show_the_headline_detectors_and_the_tables_every_row(tmp_path, capsys):
+def test_figures_show_a_few_detectors_and_the_tables_every_row(tmp_path, capsys):
+    """--plots N draws N distinct detectors (which ones: tests/test_report_figures.py); the tables hold every row."""
     rng = np.random.default_rng(5)
     folder = tmp_path / "many"
     folder.mkdir()
@@ -612,12 +615,13 @@ def test_figures_show_the_headline_detectors_and_the_tables_every_row(tmp_path, 
     code, out, err = run_cli(["report", folder, "--html", tmp_path / "r.html", "--plots", "2"], capsys)
     assert code == 0, err
     page = (tmp_path / "r.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 + 2  # ROC, PR, and a histogram each for msp, ada_msp
-    assert 'alt="scores of msp"' in page and 'alt="scores of ada_msp"' in page and "scores of entropy" not in page
-    assert "The figures show 2 of the 6 rows" in page
+    assert page.count("data:image/png;base64,") == 3 + 2  # ranking, ROC, PR, and a histogram for each of 2 rows
+    drawn = re.findall(r'alt="scores of ([^"]+)"', page)
+    assert len(drawn) == 2 and drawn[0].removeprefix("ada_") == drawn[1].removeprefix("ada_")  # one pair
+    assert "The figures draw 2 of the 6 distinct rows" in page
     assert all(f">{n}<" in page for n in names)  # every row is in the tables
     code, out, err = run_cli(["report", folder, "--html", tmp_path / "all.html", "--plots", "0"], capsys)
-    assert code == 0 and (tmp_path / "all.html").read_text().count("data:image/png;base64,") == 2 + 6
+    assert code == 0 and (tmp_path / "all.html").read_text().count("data:image/png;base64,") == 3 + 6
     code, out, err = run_cli(["report", folder, "--plots", "-1"], capsys)
     assert code == 2 and "--plots must be >= 0" in err
 

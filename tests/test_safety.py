@@ -292,7 +292,7 @@ def plugin(tmp_path, monkeypatch):
 
     reg = Registry([e for e in entry_points() if e[2].startswith("imood_cli.")])
     for name, cls in (("nanny", NaNScores), ("shorty", ShortScores), ("listy", ListScores), ("vecloss", VectorLoss)):
-        reg.add("detector", name, cls, distribution="acme-broken")
+        reg.add("method", name, cls, distribution="acme-broken")
     old = reset_registry(reg)
     yield
     reset_registry(old)

@@ -27,10 +27,12 @@ def root_command():
     """The click command tree of `imood`, as `imood --help` shows it."""
     import typer
 
-    from imood_cli.cli.app import _plain_argument_help, app
+    from imood_cli.cli import app as app_module
 
-    command = typer.main.get_command(app)
-    _plain_argument_help(command)
+    command = typer.main.get_command(app_module.app)
+    plain = getattr(app_module, "_plain_argument_help", None)  # what `imood` does to its help before printing
+    if plain is not None:
+        plain(command)
     return command
 
 
@@ -179,7 +181,46 @@ def render(spec: str) -> str:
     return "\n".join(out)
 
 
+METHODS = re.compile(r"(<!-- methods -->\n)(?P<body>.*?)(<!-- /methods -->)", re.S)
+
+
+def option_list(cls) -> str:
+    if cls is None or not cls.hyperparameters:
+        return "–"
+    out = []
+    for key in cls.hyperparameters:
+        value = getattr(cls, key)
+        shown = cls.default_notes.get(key) or (str(value) if value != "" else "empty")
+        out.append(f"`{key}` {shown}")
+    return "; ".join(out)
+
+
+def render_methods() -> str:
+    """The built-in methods: what each contributes (score, training objective), its options by phase and its
+    paper, from the classes' declarations."""
+    from imood_cli.registry import registry
+
+    reg = registry()
+    rows = []
+    for p in sorted(reg.plugins(), key=lambda p: p.name):
+        if p.kind != "method" or not p.builtin or p.derived_from is not None:
+            continue
+        method, alias = p.method, reg.alias_of(p.name)
+        score = f"as `{alias}`" if alias else "its own"
+        paper = method.paper
+        cite = f"[{paper.authors}, {paper.venue} {paper.year}]({paper.url})" if paper.url else paper.cite()
+        rows.append([cell(code(p.name)), cell(score), "yes" if method.trainable() else "–",
+                     cell(option_list(None if alias else method.score)), cell(option_list(method.objective)),
+                     cite])
+    out = ["<!-- generated from the code by docs/_hooks/cli_reference.py: edit the code, then run "
+           "`python docs/_hooks/cli_reference.py` -->", ""]
+    out += table(["method", "score", "training objective", "scoring options (`-m name:key=value`)",
+                  "training options (`--ood-metric name:key=value`)", "paper"], rows)
+    return "\n".join(out) + "\n"
+
+
 def regenerate(text: str) -> str:
+    text = METHODS.sub(lambda m: m.group(1) + render_methods() + m.group(3), text)
     return BLOCK.sub(lambda m: m.group(1) + render(m.group("command")) + "\n" + m.group(4), text)
 
 

@@ -86,7 +86,7 @@ def report(
     for w in rep.warnings:
         print_warning(w)
     curve_names = list(dict.fromkeys(split_list(curves))) or None
-    if curve_names and (target is not None or figures_dir is not None):
+    if curve_names:
         from imood_cli.report.selection import check_curves
 
         check_curves(rep, curve_names)
@@ -107,6 +107,10 @@ def report(
     from imood_cli.report import plots as figures
 
     made = figures.build(rep, plots, curve_names, log_fpr, sort)
+    if figures_dir is not None:  # a file of another author there stops the command before anything is written
+        from imood_cli.report.figures import plan
+
+        plan(figures_dir, [p.key for p in made[1]])
     if target is not None:
         from imood_cli.report.html import render as render_html
 

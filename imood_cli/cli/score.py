@@ -32,16 +32,17 @@ def default_detectors(extra_outputs: int, trained_with: str | None) -> list[str]
     base = parse_spec(trained_with or "")[0].removeprefix("ada_")
     if extra_outputs and base:
         try:
-            cls = registry().get("detector", base).cls
+            score = registry().score(base)
         except ImoodError:
             return specs
-        if cls.extra_outputs:
-            specs += [base] + ([f"ada_{base}"] if cls.ada_scale is not None else [])
+        if score.extra_outputs:
+            specs += [base] + ([f"ada_{base}"] if score.ada_scale is not None else [])
     return specs
 
 
 def expand_all(requested: list[str], extra_outputs: int, trained_with: str | None) -> list[str]:
-    """`all`: every registered detector the model can run, each followed by its ada_ form."""
+    """`all`: every distinct score the model can run, each followed by its ada_ form (a method that scores
+    with another's score, outlier exposure with msp's, is that score: it is listed once, under its owner)."""
     from imood_cli.registry import registry
 
     out = []
@@ -50,14 +51,16 @@ def expand_all(requested: list[str], extra_outputs: int, trained_with: str | Non
             out.append(spec)
             continue
         reg = registry()
-        for name in reg.names("detector"):
-            cls = reg.get("detector", name).cls
-            if name.startswith("ada_") or cls.extra_outputs > extra_outputs:
+        for name in reg.names("method"):
+            if name.startswith("ada_") or reg.alias_of(name):
                 continue
-            if cls.extra_outputs and not reads_extra_outputs(name, trained_with):
+            score = reg.score(name)
+            if score.extra_outputs > extra_outputs:
+                continue
+            if score.extra_outputs and not reads_extra_outputs(name, trained_with):
                 continue
             out.append(name)
-            if cls.ada_scale is not None:
+            if score.ada_scale is not None:
                 out.append(f"ada_{name}")
     return list(dict.fromkeys(out))
 
@@ -160,7 +163,7 @@ def score(
     requested = list(dict.fromkeys(split_list(ood_metric)))  # a name given twice is scored once
     for spec in requested:  # a typo fails before the model and the data are loaded
         if spec != "all":
-            registry().get("detector", parse_spec(spec)[0])
+            registry().get("method", parse_spec(spec)[0])
     rt = runtime.setup(device)
     loaded = load_model(target, rt.device)
     cfg = model_config(loaded)

@@ -1,5 +1,5 @@
-"""The ImOOD form `ada_<name>` of any detector that declares `ada_scale` (SPEC §2-3): the one place
-where it is derived.
+"""The ImOOD form `ada_<name>` of any method whose score declares `ada_scale` (Liu et al., "Rethinking
+Out-of-Distribution Detection on Imbalanced Data Distribution", NeurIPS 2024): the one place where it is derived.
 
 Post hoc:  ood(x) = -(g(x) + c · log β̂(x)),  β̂(x) = (1/K) Σ_k p_k(x) / π̃_k.
 Training:  the λ-head estimate β(x) = (1/K) Σ_k λ_k(x) q_k(x) / π̃_k, a constraint that trains λ,
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imood_cli.core.contract import Detector, LossContext, ModelView
+from imood_cli.core.contract import LossContext, ModelView
 from imood_cli.core.lazy import F, torch
+from imood_cli.core.method import Objective, Score
 from imood_cli.core.prior import log_beta
 from imood_cli.errors import ImoodError
 
@@ -62,28 +63,37 @@ def imood_training_loss(g: Tensor, view: ModelView, ctx: LossContext, correction
     return constraint, bce
 
 
-class Ada(Detector):
-    """`ada_<base>`: the base detector with ImOOD's prior-aware correction (SPEC §2) and training (§3)."""
+class AdaScore(Score):
+    """`ada_<base>` for scoring: the base score with ImOOD's prior-aware correction (Liu et al., NeurIPS 2024):
+    ood(x) = -(g(x) + c·log β̂(x)), or one of its controls (CORRECTIONS)."""
 
     ada_scale = None  # no ada_ada_
 
-    def __init__(self, base: Detector, scale: float | None = None, correction: str = "full") -> None:
-        if type(base).ada_scale is None and scale is None:
+    def __init__(self, base: Score, scale: float | None = None, correction: str = "full") -> None:
+        if base.ada_scale is None and scale is None:
             raise ImoodError(f"{type(base).__name__} declares no ada_scale, so it has no ada_ form")
         if correction not in CORRECTIONS:
             raise ImoodError(f"the ImOOD correction is one of {', '.join(CORRECTIONS)}, not {correction!r}")
         self.base = base
         self.override = None if scale is None else float(scale)
         self.correction = correction
-        self.needs = base.needs
-        self.train_needs = base.train_needs
-        self.extra_outputs = base.extra_outputs
-        self.idness_is_logit = base.idness_is_logit
-        self.heads = frozenset({"lambda_head"} | (set() if base.idness_is_logit else {"aux_linear"}))
+
+    # what the engine reads of a score is the base's
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(self.base.needs)
+
+    @property
+    def extra_outputs(self) -> int:  # type: ignore[override]
+        return self.base.extra_outputs
+
+    @property
+    def idness_is_logit(self) -> bool:  # type: ignore[override]
+        return self.base.idness_is_logit
 
     @property
     def scale(self) -> float:
-        """c: --ada-scale if given, else the detector's (which a fit may have set from the ID data)."""
+        """c: --ada-scale if given, else the base score's (which a fit may have set from the ID data)."""
         return self.override if self.override is not None else float(self.base.ada_scale)
 
     def options(self) -> dict:
@@ -98,21 +108,6 @@ class Ada(Detector):
         g = self.base.idness(view).float()
         return -(g + self.scale * log_beta(view.logits, log_prior))
 
-    def train_logit(self, view: ModelView, ctx: LossContext) -> Tensor:
-        g = self.base.idness(view)
-        if self.base.idness_is_logit:
-            return g
-        if ctx.aux_linear is None:
-            raise ImoodError("ImOOD training needs the aux_linear head")
-        return ctx.aux_linear(g.float()[:, None])[:, 0]
-
-    def loss(self, view: ModelView, ctx: LossContext) -> Tensor:
-        constraint, bce = imood_training_loss(self.train_logit(view, ctx), view, ctx, self.correction)
-        total = constraint + bce
-        if self.base.ada_keeps_loss:
-            total = total + self.base.loss(view, ctx)
-        return total
-
     def fit(self, view: ModelView) -> None:
         self.base.fit(view)
 
@@ -125,9 +120,71 @@ class Ada(Detector):
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
         self.base.train_update(view, ctx)
 
+    def __repr__(self) -> str:
+        extra = f", correction={self.correction!r}" if self.correction != "full" else ""
+        return f"AdaScore({self.base!r}, scale={self.scale}{extra})"
+
+
+class AdaObjective(Objective):
+    """`ada_<base>` for training: ImOOD's regularizer on the base score's g (a learned β(x) from the λ head, its
+    constraint, and the δ-corrected BCE on the ID-vs-OOD logit g maps to), plus the base method's own
+    objective where the method keeps it (outlier exposure, COCL, ...). The statistics the score tracks while
+    training (Mahalanobis' class means) are part of its checkpoint state."""
+
+    def __init__(self, score: Score, base: Objective | None = None, keep_base: bool = False,
+                 correction: str = "full") -> None:
+        if correction not in CORRECTIONS:
+            raise ImoodError(f"the ImOOD correction is one of {', '.join(CORRECTIONS)}, not {correction!r}")
+        self.score, self.base, self.keep_base, self.correction = score, base, keep_base and base is not None, correction
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(self.base.needs) if self.keep_base else frozenset()
+
+    @property
+    def extra_outputs(self) -> int:  # type: ignore[override]
+        return max(self.score.extra_outputs, self.base.extra_outputs if self.base is not None else 0)
+
+    @property
+    def heads(self) -> frozenset[str]:  # type: ignore[override]
+        own = {"lambda_head"} | (set() if self.score.idness_is_logit else {"aux_linear"})
+        return frozenset(own | (set(self.base.heads) if self.keep_base else set()))
+
+    def options(self) -> dict:
+        return {**self.score.options(), **(self.base.options() if self.base is not None else {})}
+
+    def train_logit(self, g: Tensor, ctx: LossContext) -> Tensor:
+        """The ID-vs-OOD logit of g: g itself when it is a logit, else aux_linear(g)."""
+        if self.score.idness_is_logit:
+            return g
+        if ctx.aux_linear is None:
+            raise ImoodError("ImOOD training needs the aux_linear head")
+        return ctx.aux_linear(g.float()[:, None])[:, 0]
+
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
+        if g is None:
+            g = self.score.idness(view)
+        constraint, bce = imood_training_loss(self.train_logit(g, ctx), view, ctx, self.correction)
+        total = constraint + bce
+        if self.keep_base:
+            total = total + self.base.loss(view, ctx, g)
+        return total
+
+    def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        if self.base is not None:
+            self.base.train_update(view, ctx)
+
     def training_parameters(self, feature_dim: int, num_classes: int) -> dict:
-        return self.base.training_parameters(feature_dim, num_classes)
+        return self.base.training_parameters(feature_dim, num_classes) if self.keep_base else {}
+
+    def state(self) -> dict:
+        return {**self.score.fit_state(), **(self.base.state() if self.base is not None else {})}
+
+    def load_state(self, state: dict) -> None:
+        self.score.load_fit_state(state)
+        if self.base is not None:
+            self.base.load_state(state)
 
     def __repr__(self) -> str:
         extra = f", correction={self.correction!r}" if self.correction != "full" else ""
-        return f"Ada({self.base!r}, scale={self.scale}{extra})"
+        return f"AdaObjective({self.score!r}, base={self.base!r}, keep_base={self.keep_base}{extra})"

@@ -160,13 +160,16 @@ class LossContext:
     Rows are [ID views (num_id rows) ; auxiliary OOD]; `labels` covers the ID rows only.
     is_id:        [N] bool, True for ID rows.
     labels:       [num_id] long, class of each ID row.
-    log_prior:    [K] float, log π̃ (τ-adjusted, SPEC §1).
+    log_prior:    [K] float, log π̃ (τ-adjusted, docs/concepts.md).
     class_counts: [K] long, training images per class (the raw prior π = counts / counts.sum()).
     aux_linear:   the model's Linear(1, 1) head mapping a scalar statistic to an ID-vs-OOD logit.
     generator:    a torch.Generator for random draws inside a loss: seeded per epoch and restored on
                   resume, so a resumed run draws the same numbers.
     num_id:       ID rows come first: rows [:num_id] are ID (slicing by it needs no host sync).
-    parameters:   the detector's own trainable tensors (Detector.training_parameters), by name.
+    parameters:   the objective's own trainable tensors (Objective.training_parameters), by name.
+    average:      averages a tensor over the training processes (torchrun DDP; the identity in one process):
+                  a statistic every process must agree on (energy's margins) goes through it, never through
+                  torch.distributed directly.
     """
 
     is_id: Tensor
@@ -177,6 +180,7 @@ class LossContext:
     class_counts: Tensor | None = None
     generator: Any = None
     parameters: dict[str, Tensor] | None = None
+    average: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.num_id is None:
@@ -248,9 +252,12 @@ class Configurable:
 
     A subclass lists them in `hyperparameters`; their type is that of the default. Values arrive as
     keyword arguments (strings from `-m name:key=value` are converted), then `check()` validates them.
+    `default_notes` says in words what a default is where the class value only gives the option its type
+    (energy's margins are the benchmark's): the docs' method table and `imood plugins` show it.
     """
 
     hyperparameters: ClassVar[tuple[str, ...]] = ()
+    default_notes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **options: Any) -> None:
         owner = type(self).__name__
@@ -276,7 +283,7 @@ class Detector(Configurable):
     needs:           subset of NEEDS: what the engine must supply besides the logits.
     train_needs:     what the training loss needs, when it differs from `needs` (None: the same).
     extra_outputs:   extra classifier outputs the model must have (bin_disc: 1), read as view.extra.
-    ada_scale:       c of the ImOOD correction ood = -(g + c·log β̂) (SPEC §2), or None for no `ada_` form.
+    ada_scale:       c of the ImOOD correction ood = -(g + c·log β̂) (docs/concepts.md), or None for no `ada_` form.
                      A detector that declares it gets `ada_<name>` for scoring and ImOOD training. A detector
                      whose g is a distance may set `self.ada_scale` in `fit` from the ID data (e.g.
                      0.1·std of g on the training set) and must restore it in `load_fit_state`.
@@ -375,7 +382,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 # Words the command line gives a meaning of its own: `-m all`, `imood data prepare folder`.
-RESERVED_NAMES = {"detector": ("all",), "aux_loss": ("all",), "dataset": ("all", "folder")}
+RESERVED_NAMES = {"method": ("all",), "aux_loss": ("all",), "dataset": ("all", "folder")}
 
 
 def plugin_name_problem(kind: str, name: str) -> str | None:
@@ -392,21 +399,13 @@ def plugin_name_problem(kind: str, name: str) -> str | None:
 
 def check_class(kind: str, cls: Any) -> None:
     """The contract a class must meet to be registered (checked on the class: nothing is instantiated)."""
+    if kind == "method":
+        from imood_cli.core.method import check_method_class
+
+        return check_method_class(cls)
     if not isinstance(cls, type):
         raise TypeError(f"the entry point must name a class, not {type(cls).__name__}")
-    base = {"detector": Detector, "aux_loss": AuxLoss}.get(kind)
-    if base is not None and not issubclass(cls, base):
-        raise TypeError(f"{cls.__name__} must subclass imood_cli.plugin_api.{base.__name__}")
-    if kind == "detector":
-        if cls.idness is Detector.idness:
-            raise TypeError(f"{cls.__name__} must define idness(view) -> Tensor[N]")
-        c = cls.ada_scale
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < float("inf")):
-            raise TypeError(f"ada_scale must be a finite number >= 0 or None, got {c!r}")
-        if not isinstance(cls.extra_outputs, int) or isinstance(cls.extra_outputs, bool) or cls.extra_outputs < 0:
-            raise TypeError(f"extra_outputs must be a whole number >= 0, got {cls.extra_outputs!r}")
-        unknown = (set(cls.needs) | set(cls.train_needs or ())) - set(NEEDS)
-        if unknown:
-            raise TypeError(f"unknown needs {sorted(unknown)} (known: {', '.join(NEEDS)})")
+    if kind == "aux_loss" and not issubclass(cls, AuxLoss):
+        raise TypeError(f"{cls.__name__} must subclass imood_cli.plugin_api.AuxLoss")
     if kind == "dataset" and not all(callable(getattr(cls, m, None)) for m in ("load", "status", "prepare")):
         raise TypeError(f"{cls.__name__} must define load, status and prepare")

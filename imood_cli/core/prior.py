@@ -1,4 +1,4 @@
-"""Class prior π, the adjusted prior π̃ = softmax(τ·log π), and log β̂ (SPEC §1-2)."""
+"""Class prior π, the adjusted prior π̃ = softmax(τ·log π), and log β̂ (docs/concepts.md)."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
                      force: bool = False) -> ImportResult:
     """Turn a reference `.pth` into `<out>/model.safetensors` + `<out>/config.json` (a run folder)."""
     from imood_cli.engine.training.setup import model_metadata
-    from imood_cli.registry import registry
+    from imood_cli.registry import parse_spec, registry
 
     file = Path(file)
     out = check_out(out, force)
@@ -135,9 +135,11 @@ def import_reference(file: Path, out: Path, dataset: str, data_root: str | Path 
     if ood_metric is None:
         # The reference adds the extra output only for bin_disc; otherwise its default loss is oe.
         cfg.ood_metric = "bin_disc" if ref.arch.extra_outputs else "oe"
-    metric = registry().detector(cfg.ood_metric)
-    if metric.extra_outputs != ref.arch.extra_outputs:
-        raise ImoodError(f"--ood_metric {cfg.ood_metric} trains {metric.extra_outputs} extra classifier output(s), but "
+    name, options = parse_spec(cfg.ood_metric)
+    score, objective = registry().training(name, **options)
+    extra = max(score.extra_outputs, objective.extra_outputs if objective is not None else 0)
+    if extra != ref.arch.extra_outputs:
+        raise ImoodError(f"--ood_metric {cfg.ood_metric} trains {extra} extra classifier output(s), but "
                          f"{file}'s linear layer has {ref.arch.extra_outputs} beyond the {len(class_counts)} classes")
     cfg.model, cfg.cifar_stem = ref.arch.backbone, ref.arch.cifar_stem
     model = ImOODModel(ref.arch)

@@ -95,17 +95,23 @@ def check_targets(paths: list[Path]) -> None:
                              "move it")
 
 
+def plan(folder: Path, keys: list[str]) -> list[Path]:
+    """The files of the figures with these keys, <stem>.svg and <stem>.pdf each, in order; refused (before
+    anything is drawn into them) when one exists and is not a figure imood wrote."""
+    check_folder(folder)
+    targets = [folder / f"{stem}.{fmt}" for stem in stems(keys) for fmt in FORMATS]
+    check_targets(targets)
+    return targets
+
+
 def write(folder: Path, figures: list[tuple[str, object]], encode) -> list[Path]:
     """Write each (key, figure) as <stem>.svg and <stem>.pdf into `folder`, encoded by encode(figure, fmt);
     every target is checked before the first is written. Returns the paths written."""
-    check_folder(folder)
-    names = stems([key for key, _ in figures])
-    targets = [(folder / f"{stem}.{fmt}", fig, fmt) for stem, (_, fig) in zip(names, figures) for fmt in FORMATS]
-    check_targets([p for p, _, _ in targets])
+    targets = plan(folder, [key for key, _ in figures])
     written = []
-    for path, fig, fmt in targets:
+    for path, (_, fig) in zip(targets, [f for f in figures for _ in FORMATS]):
         try:
-            atomic_write_bytes(path, encode(fig, fmt))
+            atomic_write_bytes(path, encode(fig, path.suffix[1:]))
         except OSError as exc:
             raise ImoodError(f"cannot write {path}: {exc.strerror or exc}") from None
         written.append(path)

@@ -1,4 +1,4 @@
-"""`cifar10`, `cifar100`: the CIFAR-LT benchmarks (SPEC §4).
+"""`cifar10`, `cifar100`: the CIFAR-LT benchmarks (docs/data.md).
 
 ID: the CIFAR python batches under `$DATA/cifar-10-batches-py/` or `$DATA/cifar-100-python/`,
 long-tailed with n_k = int(n_max · ρ^(k/(K−1))) (n_max 5000 / 500), keeping the first n_k images of

@@ -1,4 +1,4 @@
-"""`imagenet`: the ImageNet-LT benchmark (SPEC §4), read from image files on demand.
+"""`imagenet`: the ImageNet-LT benchmark (docs/data.md), read from image files on demand.
 
 ID: the OLTR split files `ImageNet_LT_train.txt` / `ImageNet_LT_test.txt` (lines `<path> <label>`,
 paths relative to `$DATA/imagenet/`, e.g. `train/n01440764/n01440764_190.JPEG 0`), looked for in

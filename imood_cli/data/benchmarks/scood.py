@@ -1,4 +1,4 @@
-"""The OOD test sets of the CIFAR benchmarks: SCOOD (Yang et al., ICCV 2021), SPEC §4.
+"""The OOD test sets of the CIFAR benchmarks: SCOOD (Yang et al., ICCV 2021), docs/data.md.
 
 Layout: `$DATA/SCOOD/data/imglist/benchmark_{cifar10|cifar100}/test_{name}.txt` for the six sets
 texture, svhn, cifar (the other CIFAR), tin, lsun, places365, and the images under

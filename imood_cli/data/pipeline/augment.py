@@ -1,4 +1,4 @@
-"""Training augmentation as batched tensor ops on the training device (SPEC §3 recipes).
+"""Training augmentation as batched tensor ops on the training device (the recipes in docs/cli/train.md).
 
 Random crop with zero padding, horizontal flip, color jitter (brightness, contrast, saturation,
 hue in a random order per image, applied with probability p) and random grayscale, with

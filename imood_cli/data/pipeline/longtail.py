@@ -1,4 +1,4 @@
-"""Long-tailed subsampling with the CIFAR-LT rule (Cao et al., 2019), SPEC §4."""
+"""Long-tailed subsampling with the CIFAR-LT rule (Cao et al., 2019), docs/data.md."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def class_indices(values, what: str) -> np.ndarray:
 
 
 def shot_groups(class_counts) -> dict[str, np.ndarray]:
-    """Many / medium / few-shot classes (SPEC §5)."""
+    """Many / medium / few-shot classes (docs/concepts.md, "Shot groups")."""
     counts = np.asarray(check_class_counts(class_counts))
     k = counts.size
     if k > 100:

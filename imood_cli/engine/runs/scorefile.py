@@ -255,6 +255,11 @@ class ScoreSet:
                 raise ImoodError(f"{where}: {exc}") from None
         check_meta_types(meta, where)
         k = len(meta["class_counts"]) if meta.get("class_counts") is not None else None
+        names = meta.get("class_names")
+        if names is not None and (not all(isinstance(n, str) and n.isprintable() for n in names)
+                                  or (k is not None and len(names) != k)):
+            raise ImoodError(f"{where}: metadata 'class_names' must be a list of printable names, one per class"
+                             + (f" ({k})" if k is not None else ""))
         for key, values in (("id.label", labels.get("id.label")), ("id.pred", labels.get("id.pred")),
                             *((f"ood.{n}.pred", p) for n, p in ood_pred.items())):
             if values is not None and values.size and (values.min() < 0 or (k is not None and values.max() >= k)):
@@ -272,6 +277,7 @@ META_TYPES: dict[str, tuple[type, ...]] = {
     "metric": (str,), "dataset": (str,), "id_set": (str,), "trained_with": (str,), "checkpoint": (str,),
     "checkpoint_sha256": (str,), "ada_scale_rule": (str,), "ada_scale": (int, float), "logit_adjust": (int, float),
     "num_classes": (int,), "moved_to_id": (dict,), "detector_options": (dict,), "missing_ood_sets": (list,),
+    "class_names": (list,),
 }
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from imood_cli.core.ada import Ada
+from imood_cli.core.ada import AdaScore
 from imood_cli.core.contract import ModelOutputs, ModelView
+from imood_cli.core.method import implementation_name
 from imood_cli.core.prior import log_beta
 from imood_cli.data.base import Benchmark
 from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
@@ -37,7 +38,7 @@ def fit_on(detectors: dict[str, Any], view: ModelView, where: str) -> None:
             raise
         except Exception as exc:  # e.g. linalg on odd features
             first = str(exc).splitlines()[0] if str(exc) else ""
-            raise ImoodError(f"detector {label} ({type(d).__name__}) failed to fit on {where}: "
+            raise ImoodError(f"detector {label} ({implementation_name(d)}) failed to fit on {where}: "
                              f"{type(exc).__name__}: {first}") from exc
 
 
@@ -83,7 +84,7 @@ AUTO_RULE = ("auto: the c that makes the per-class mean ID score uncorrelated wi
              "set, c = -cov_k(mean g, log π̃) / cov_k(mean log β̂, log π̃), at least 0 (imood's heuristic)")
 
 
-def fit_auto_scales(detectors: dict[str, Ada], loaded: LoadedModel, bench: Benchmark, rt: Runtime,
+def fit_auto_scales(detectors: dict[str, AdaScore], loaded: LoadedModel, bench: Benchmark, rt: Runtime,
                     req: ScoreRequest, lp: torch.Tensor, observer: ScoreObserver | None) -> None:
     """--ada-scale auto: for each ada_ detector, the c that removes the correlation between a class's mean ID
     score and its log prior on the training set: the bias the correction exists to remove."""
@@ -98,7 +99,7 @@ def fit_auto_scales(detectors: dict[str, Ada], loaded: LoadedModel, bench: Bench
         observer.end_set("auto")
 
 
-def auto_scales(detectors: dict[str, Ada], model: StagedClassifier, batches: Iterable[tuple[int, torch.Tensor]],
+def auto_scales(detectors: dict[str, AdaScore], model: StagedClassifier, batches: Iterable[tuple[int, torch.Tensor]],
                 labels: torch.Tensor | list[torch.Tensor], k: int, rt: Runtime, lp: torch.Tensor,
                 observer: ScoreObserver | None = None) -> None:
     """Set `override` (the c) of each ada_ detector from the ID training batches and their labels (a tensor, or

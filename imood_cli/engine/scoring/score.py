@@ -1,4 +1,4 @@
-"""Run a model over the ID and OOD test sets and turn its outputs into ScoreSets (SPEC §2).
+"""Run a model over the ID and OOD test sets and turn its outputs into ScoreSets (docs/concepts.md).
 
 Each detector declares what it needs (`Detector.needs`); one forward pass per batch serves every
 detector, keeping the feature map only when one needs it; head re-runs (ReAct, ASH, DICE, ...) use that
@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from imood_cli.core.ada import Ada
+from imood_cli.core.ada import AdaScore
 from imood_cli.core.contract import ModelOutputs, ModelView
+from imood_cli.core.method import implementation_name
 from imood_cli.core.prior import log_prior
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.engine import runtime
@@ -38,12 +39,12 @@ from imood_cli.registry import parse_spec, registry
 
 
 def build_detectors(specs: list[str], ada_scale: float | None, arch: Architecture) -> dict[str, Any]:
-    """{label: detector instance} for the requested specs."""
+    """{label: score instance} for the requested specs (`-m name:options`: scoring options only)."""
     reg = registry()
     detectors = {}
     for spec in specs:
         name, options = parse_spec(spec)
-        d = reg.detector(name, ada_scale=ada_scale if name.startswith("ada_") else None, **options)
+        d = reg.score(name, ada_scale=ada_scale if name.startswith("ada_") else None, **options)
         if d.extra_outputs > arch.extra_outputs:
             raise ImoodError(f"{name} needs {d.extra_outputs} extra classifier output(s), but this checkpoint has "
                              f"{arch.extra_outputs}: train it with an --ood_metric that has one (e.g. bin_disc)")
@@ -57,15 +58,15 @@ def unavailable_detectors(caps: Capabilities) -> list[str]:
         return []
     reg = registry()
     out = []
-    for name in reg.names("detector"):
-        if name.startswith("ada_"):
+    for name in reg.names("method"):
+        if name.startswith("ada_") or reg.alias_of(name):
             continue
         variants = [{}]
-        if "layer" in getattr(reg.get("detector", name).cls, "hyperparameters", ()):
+        if "layer" in reg.get("method", name).method.options_of():
             variants.append({"layer": "map"})  # ash and scale shape the feature map with layer=map
         for options in variants:
             try:
-                d = reg.detector(name, **options)
+                d = reg.score(name, **options)
             except ImoodError:
                 continue
             if caps.lacks(d.needs):
@@ -107,7 +108,7 @@ def _run_detector(label: str, d: Any, view: ModelView, lp: torch.Tensor, n: int)
         raise
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ImoodError(f"detector {label} ({type(d).__name__}) failed: {type(exc).__name__}: {first}") from exc
+        raise ImoodError(f"detector {label} ({implementation_name(d)}) failed: {type(exc).__name__}: {first}") from exc
     return _check_scores(label, d, scores, n)
 
 
@@ -156,12 +157,14 @@ class BatchScorer:
 def _check_scores(label: str, d: Any, scores: Any, n: int) -> torch.Tensor:
     """A detector's output for a batch of n rows, or one clear error naming the detector."""
     if not isinstance(scores, torch.Tensor):
-        raise ImoodError(f"detector {label} ({type(d).__name__}) returned {type(scores).__name__}, not a tensor")
+        raise ImoodError(f"detector {label} ({implementation_name(d)}) returned {type(scores).__name__}, "
+                         "not a tensor")
     if scores.shape != (n,):
-        raise ImoodError(f"detector {label} ({type(d).__name__}) returned shape {tuple(scores.shape)} for a batch "
-                         f"of {n} images; it must return one score per image, shape ({n},)")
+        raise ImoodError(f"detector {label} ({implementation_name(d)}) returned shape {tuple(scores.shape)} for a "
+                         f"batch of {n} images; it must return one score per image, shape ({n},)")
     if scores.is_complex() or not (scores.is_floating_point() or scores.dtype in (torch.int32, torch.int64)):
-        raise ImoodError(f"detector {label} ({type(d).__name__}) returned {scores.dtype} scores, not real numbers")
+        raise ImoodError(f"detector {label} ({implementation_name(d)}) returned {scores.dtype} scores, "
+                         "not real numbers")
     return scores.float()
 
 
@@ -201,7 +204,7 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
     counts = loaded.class_counts
     lp = log_prior(counts, req.logit_adjust).float().to(rt.device)
     if auto:
-        fit_auto_scales({k: d for k, d in detectors.items() if isinstance(d, Ada)}, loaded, bench, rt, req, lp,
+        fit_auto_scales({k: d for k, d in detectors.items() if isinstance(d, AdaScore)}, loaded, bench, rt, req, lp,
                         observer)
     access = ModelAccess(model, rt)
     spec, prep = bench.augment, loaded.preprocess
@@ -255,10 +258,13 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         "moved_to_id": moved, "num_classes": bench.num_classes, "trained_with": loaded.meta.get("metric"),
         "missing_ood_sets": sorted(getattr(bench, "missing", {}) or {}),
     }
+    names = bench.class_names
+    if names and len(names) == len(counts) and all(isinstance(n, str) and n.isprintable() for n in names):
+        meta["class_names"] = list(names)  # per-class axes of `imood report` show names, not ids
     out = {}
     for label, d in detectors.items():
         extra = {}
-        if isinstance(d, Ada):
+        if isinstance(d, AdaScore):
             extra = {"ada_scale": d.scale, **({"ada_scale_rule": AUTO_RULE} if auto else {})}
         out[label] = ScoreSet(label, id_scores[label], id_label, id_pred, ood_scores[label], dict(ood_preds),
                               {**meta, **extra, "detector_options": d.options()})

@@ -265,11 +265,12 @@ def check_names(plan: Plan) -> None:
     for r in plan.runs:
         where = f"run {r.name!r} in {plan.path}"
         values = {**plan.defaults, **r.train}
-        specs = [(s, "score") for s in r.score] + ([(values["ood_metric"], "ood_metric")] if "ood_metric" in values
-                                                   else [])
-        for spec, what in specs:
+        for spec in r.score:  # their options are checked too, each in its phase
             name, opts = parse_spec(spec)
-            _named(f"{what} of {where}", reg.detector, name, **opts)  # its options are checked too
+            _named(f"score of {where}", reg.score, name, **opts)
+        if "ood_metric" in values:
+            name, opts = parse_spec(values["ood_metric"])
+            _named(f"ood_metric of {where}", reg.training, name, **opts)
         if "aux_ood_loss" in values:
             _named(f"aux_ood_loss of {where}", reg.get, "aux_loss", values["aux_ood_loss"])
 

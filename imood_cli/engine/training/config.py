@@ -269,7 +269,7 @@ def default_for(name: str, dataset: str) -> Any:
 
 
 def recipe_for(dataset: str) -> dict[str, Any]:
-    """The defaults that differ for this benchmark (SPEC §3 recipes)."""
+    """The defaults that differ for this benchmark (the recipes in docs/cli/train.md)."""
     return {name: meta.per_benchmark[dataset] for name, (meta, _, _) in options().items()
             if dataset in meta.per_benchmark}
 

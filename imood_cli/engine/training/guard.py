@@ -55,10 +55,10 @@ class TrainingGuard:
     _share: dict[str, float] = field(default_factory=dict)  # term -> largest term / l_in while near chance
 
     @classmethod
-    def for_run(cls, cfg: Any, detector: Any, class_counts: list[int], total_steps: int) -> TrainingGuard:
-        """The guard of a run: its loss weights, the options of its detector and aux loss, its step count."""
+    def for_run(cls, cfg: Any, objective: Any, class_counts: list[int], total_steps: int) -> TrainingGuard:
+        """The guard of a run: its loss weights, the options of its objective and aux loss, its step count."""
         name = cfg.ood_metric.split(":")[0]
-        margins = [k for k in ("m_in", "m_out") if k in margin_options(detector)]
+        margins = [k for k in ("m_in", "m_out") if k in margin_options(objective)]
         ood_opts = "/".join([f"--{k.replace('_', '-')}" for k in margins] + ["--Lambda"])
         sustain = max(2 * cfg.log_every, min(round(SUSTAIN_FRACTION * total_steps), SUSTAIN_MAX_STEPS))
         return cls(num_classes=len(class_counts), chance=max(class_counts) / sum(class_counts),
@@ -132,10 +132,11 @@ class TrainingGuard:
         return "" if acc is None else f" (training-batch ID accuracy {100 * acc:.0f}%)"
 
 
-def margin_options(detector: Any) -> tuple[str, ...]:
-    """The hyperparameters of the loss this detector trains with (an ada_ form uses its base's loss only when
-    the base declares ada_keeps_loss)."""
-    base = getattr(detector, "base", None)
-    if base is not None:
-        return tuple(base.hyperparameters) if base.ada_keeps_loss else ()
-    return tuple(detector.hyperparameters)
+def margin_options(objective: Any) -> tuple[str, ...]:
+    """The options of the loss a run trains with (an ada_ objective has its base's only when it keeps it)."""
+    if objective is None:
+        return ()
+    base = getattr(objective, "base", None)
+    if hasattr(objective, "keep_base"):
+        return tuple(base.options()) if objective.keep_base else ()
+    return tuple(objective.options())

@@ -1,4 +1,4 @@
-"""What a training run is made of, before its first step: the detector and aux loss of its options, the
+"""What a training run is made of, before its first step: the method and aux loss of its options, the
 training data, the architecture and its starting weights, the heads that train, the optimizer and schedule."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from imood_cli import __version__
-from imood_cli.core.contract import Detector
+from imood_cli.core.ada import AdaObjective
+from imood_cli.core.method import Objective, Score
 from imood_cli.data.base import Benchmark
 from imood_cli.data.pipeline.augment import AugmentSpec
 from imood_cli.engine.benchmarks import load_benchmark
@@ -70,13 +71,14 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
         return cls(params, **kw)
 
 
-def used_heads(detector, aux, cfg: TrainConfig) -> dict[str, bool]:
+def used_heads(objective: Objective | None, aux, cfg: TrainConfig) -> dict[str, bool]:
     """Heads that receive gradients; the rest are frozen so DDP needs no unused-parameter search."""
-    ood = cfg.Lambda > 0 and detector.has_loss
+    ood = cfg.Lambda > 0 and objective is not None
+    heads = objective.heads if objective is not None else frozenset()
     return {
         "projection": aux.needs_projections and cfg.Lambda2 > 0,
-        "lambda_head": ood and "lambda_head" in detector.heads,
-        "aux_linear": ood and "aux_linear" in detector.heads,
+        "lambda_head": ood and "lambda_head" in heads,
+        "aux_linear": ood and "aux_linear" in heads,
     }
 
 
@@ -94,30 +96,29 @@ def freeze_for(model: ImOODModel, train_only: str) -> None:
                     p.requires_grad_(True)
 
 
-def build_detector(cfg: TrainConfig):
-    """The training detector of `--ood_metric name[:key=value...]`; --m-in / --m-out reach a detector that
-    declares them (energy)."""
+def build_method(cfg: TrainConfig) -> tuple[Score, Objective | None]:
+    """The score whose g the run trains and its objective, of `--ood-metric name[:key=value...]` (None: a method
+    without an objective trains the classifier alone); --m-in / --m-out reach a method that declares them."""
     name, options = parse_spec(cfg.ood_metric)
     reg = registry()
-    cls = reg.get("detector", name).cls
+    declared = reg.get("method", name).method.options_of()
     for key in ("m_in", "m_out"):
         value = getattr(cfg, key)
         if value is not None:
-            if key not in cls.hyperparameters:
+            if key not in declared:
                 if value == default_for(key, cfg.dataset):
-                    continue  # the benchmark's default margin, meant for the detectors that have margins
-                raise ImoodError(f"--{key.replace('_', '-')} applies to a detector with energy margins "
+                    continue  # the benchmark's default margin, meant for the methods that have margins
+                raise ImoodError(f"--{key.replace('_', '-')} applies to a method with energy margins "
                                  f"(energy, balenergy), not {name}")
             options.setdefault(key, value)
     if cfg.ada_correction != "full" and not name.startswith("ada_"):
         raise ImoodError(f"--ada-correction {cfg.ada_correction} is a control of an ada_ training loss; "
                          f"{name} has no ImOOD correction to change")
-    detector = reg.detector(name, ada_correction=cfg.ada_correction, **options)
-    base = getattr(detector, "base", None)
-    if base is not None and base.needs_fit and type(base).train_update is Detector.train_update:
+    score, objective = reg.training(name, ada_correction=cfg.ada_correction, **options)
+    if isinstance(objective, AdaObjective) and score.needs_fit and not score.tracks_in_training:
         raise ImoodError(f"{name} cannot be trained: {name.removeprefix('ada_')} needs statistics fitted on a trained "
                          f"model and does not track them during training; score a trained model with {name} instead")
-    return detector
+    return score, objective
 
 
 def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
@@ -175,10 +176,10 @@ def conv_output_bytes(model: torch.nn.Module, in_chans: int, size: int, itemsize
 def orient_aux_linear(head: torch.nn.Linear) -> None:
     """aux_linear starts as the identity: the ImOOD logit is the statistic itself, higher = more ID.
 
-    A model trained with an ada_ loss is scored with the vanilla statistic (SPEC §3), which is right only if
-    aux_linear is increasing. torch's default init draws its single weight from U(-1, 1): on a negative draw
-    the BCE trains the statistic upside down (on digits: ID energies fall, auxiliary ones rise, and the
-    vanilla energy score ranks OOD as ID, AUROC near 0)."""
+    A model trained with an ada_ loss is scored with the vanilla statistic (docs/concepts.md, "ImOOD
+    training"), which is right only if aux_linear is increasing. torch's default init draws its single weight
+    from U(-1, 1): on a negative draw the BCE trains the statistic upside down (on digits: ID energies fall,
+    auxiliary ones rise, and the vanilla energy score ranks OOD as ID, AUROC near 0)."""
     with torch.no_grad():
         head.weight.fill_(1.0)
         head.bias.zero_()

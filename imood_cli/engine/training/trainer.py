@@ -1,4 +1,4 @@
-"""The ImOOD training loop (SPEC §3): one forward pass over [2N ID views ; M auxiliary OOD],
+"""The ImOOD training loop (docs/concepts.md, "ImOOD training"): one forward pass over [2N ID views ; M auxiliary OOD],
 L = L_in + Lambda · L_ood + Lambda2 · L_aux, checkpoints every epoch, exact resume, torchrun DDP.
 """
 
@@ -30,7 +30,7 @@ from imood_cli.engine.training.guard import TrainingGuard
 from imood_cli.engine.training.setup import (
     architecture,
     augment_spec,
-    build_detector,
+    build_method,
     conv_output_bytes,
     freeze_for,
     init_weights,
@@ -92,9 +92,9 @@ class Trainer:
                  bench: Benchmark | None = None) -> None:
         self.cfg, self.rt = cfg, rt
         self.obs = observer or TrainObserver()
-        self.detector = build_detector(cfg)
+        self.score, self.objective = build_method(cfg)
         self.aux = registry().aux_loss(cfg.aux_ood_loss, k=cfg.pascl_k, T=cfg.temperature)
-        needs_aux = cfg.Lambda > 0 and self.detector.has_loss
+        needs_aux = cfg.Lambda > 0 and self.objective is not None
         self.bench = bench or load_training_data(cfg, needs_aux)
         b = self.bench
         if needs_aux and (b.aux_ood is None or len(b.aux_ood) == 0):
@@ -105,7 +105,8 @@ class Trainer:
                              "give it a size, or --Lambda 0")
         self.spec = augment_spec(cfg, b)
         cfg.model = canonical_model_name(cfg.model)
-        self.arch = architecture(cfg, b, self.detector.extra_outputs)
+        extra = max(self.score.extra_outputs, self.objective.extra_outputs if self.objective is not None else 0)
+        self.arch = architecture(cfg, b, extra)
         self.class_counts = list(b.class_counts)
         self.log_prior = log_prior(self.class_counts, cfg.logit_adjust).float().to(rt.device)
         self.counts_t = torch.tensor(self.class_counts, device=rt.device)
@@ -116,7 +117,7 @@ class Trainer:
             init_weights(self.core, Path(cfg.init_from), cfg.ood_metric)
         if not cfg.init_from or float(self.core.aux_linear.weight.detach()) <= 0:
             orient_aux_linear(self.core.aux_linear)
-        own = self.detector.training_parameters(self.core.feature_dim, b.num_classes)
+        own = self.objective.training_parameters(self.core.feature_dim, b.num_classes) if self.objective else {}
         if own:  # a submodule, so DDP reduces their gradients and checkpoints hold them (the model file does not)
             self.core.ood_params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.float()) for k, v in own.items()})
         if rt.device.type == "cpu":  # fwd + bwd ≈ 3 forwards, over 2 views per ID image and the OOD rows
@@ -126,7 +127,7 @@ class Trainer:
         self.core = self.core.to(rt.device)
         if rt.channels_last:
             self.core = self.core.to(memory_format=torch.channels_last)
-        self.heads = used_heads(self.detector, self.aux, cfg)
+        self.heads = used_heads(self.objective, self.aux, cfg)
         for head, used in self.heads.items():
             getattr(self.core, head).requires_grad_(used)
         freeze_for(self.core, cfg.train_only)
@@ -201,7 +202,7 @@ class Trainer:
         n = labels.shape[0]
         if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        needs = self.detector.needs if self.detector.train_needs is None else self.detector.train_needs
+        needs = self.score.needs | (self.objective.needs if self.objective is not None else frozenset())
         with self.rt.autocast():
             out = self.model(x, projections=self.heads["projection"], lambdas=self.heads["lambda_head"],
                              feature_map="feature_map" in needs)
@@ -213,11 +214,15 @@ class Trainer:
         l_ood = l_aux = zero
         ctx = LossContext(is_id=is_id, labels=labels2, log_prior=self.log_prior, aux_linear=self.core.aux_linear,
                           num_id=2 * n, class_counts=self.counts_t, generator=getattr(self, "_gen", None),
-                          parameters=dict(self.core.ood_params) if hasattr(self.core, "ood_params") else None)
+                          parameters=dict(self.core.ood_params) if hasattr(self.core, "ood_params") else None,
+                          average=self._average if self.rt.distributed else None)
         view = self._view(out, x, needs)
-        self.detector.train_update(view, ctx)
-        if cfg.Lambda > 0 and self.detector.has_loss:
-            l_ood = _scalar(self.detector.loss(view, ctx), f"the training loss of {cfg.ood_metric}")
+        self.score.train_update(view, ctx)
+        if self.objective is not None:
+            self.objective.train_update(view, ctx)
+            if cfg.Lambda > 0:  # the objective trains the g its method's score reads
+                g = self.score.idness(view)
+                l_ood = _scalar(self.objective.loss(view, ctx, g), f"the training loss of {cfg.ood_metric}")
         if self.heads["projection"]:
             rows = torch.arange(2 * n + m, device=x.device)
             pair = torch.where(rows < n, rows + n, torch.where(rows < 2 * n, rows - n, -1))
@@ -229,8 +234,14 @@ class Trainer:
             acc = (out.logits[: 2 * n].argmax(dim=1) == labels2).float().mean()
         return torch.stack([loss, l_in, l_ood, l_aux, acc])
 
+    def _average(self, t: torch.Tensor) -> torch.Tensor:
+        """LossContext.average: the mean of a tensor over the training processes."""
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.rt.world_size
+
     def _view(self, out, x: torch.Tensor, needs) -> ModelView:
-        """The training view: outputs, and the model parts the detector declared (gradients flow)."""
+        """The training view: outputs, and the model parts the score and objective declared (gradients flow)."""
         more: dict[str, Any] = {}
         if "classifier" in needs:
             w, b = self.core.class_weights()
@@ -271,7 +282,7 @@ class Trainer:
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "generator": self._gen.get_state() if self.step_in_epoch else None,
             "running": self.running if self.step_in_epoch else None,
-            "rng": rng, "metric": self.detector.fit_state(),
+            "rng": rng, "metric": self.objective.state() if self.objective is not None else {},
         }
 
     def load_state(self, state: dict[str, Any], path: Path | None = None) -> None:
@@ -298,8 +309,8 @@ class Trainer:
         torch.set_rng_state(rng)
         if "cuda" in state["rng"] and self.rt.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
-        if state.get("metric"):
-            self.detector.load_fit_state({k: v.to(self.rt.device) for k, v in state["metric"].items()})
+        if state.get("metric") and self.objective is not None:
+            self.objective.load_state({k: v.to(self.rt.device) for k, v in state["metric"].items()})
 
     def _kept(self) -> str:
         """Where the run stands after a failure, for its message: the checkpoint a resume would continue from."""
@@ -374,7 +385,7 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg, rt = self.cfg, self.rt
         self.obs.start(cfg, self.bench, self.epoch, self.steps_per_epoch)
-        guard = TrainingGuard.for_run(cfg, self.detector, self.class_counts, cfg.epochs * self.steps_per_epoch)
+        guard = TrainingGuard.for_run(cfg, self.objective, self.class_counts, cfg.epochs * self.steps_per_epoch)
         last: dict[str, Any] = {}
         self.core.train()
         with Interrupts(graceful=True) as stop:

@@ -36,7 +36,7 @@ def test_plugins_listed():
     r = imood("plugins", "list", "--json")
     assert r.returncode == 0, r.stderr
     rows = {(row["kind"], row["name"]): row for row in json.loads(r.stdout)}
-    for key in [("detector", "margin"), ("detector", "ada_margin"), ("aux_loss", "supcon")]:
+    for key in [("method", "margin"), ("method", "ada_margin"), ("aux_loss", "supcon")]:
         assert rows[key]["loaded"] and rows[key]["distribution"] == "imood-extras", rows[key]
 
 
@@ -69,5 +69,5 @@ def test_left_out_by_imood_plugins(run):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "unknown detector 'ada_margin'" in lines[0]
+    assert "unknown method 'ada_margin'" in lines[0]
     assert "imood-extras" in lines[0]  # says which left-out distribution has it

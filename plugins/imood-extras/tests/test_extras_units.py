@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from imood_cli import api
-from imood_cli.plugin_api import Ada, AuxBatch, ModelOutputs
+from imood_cli.plugin_api import AdaScore, AuxBatch, ModelOutputs
 from imood_cli.registry import Registry, reset_registry
 from imood_extras.margin import LogitMargin
 from imood_extras.supcon import SupCon
@@ -52,13 +52,13 @@ def test_registered_through_entry_points(reg):
     assert eps == {("imood.ood_metrics", "margin"): "imood_extras.margin:LogitMargin",
                    ("imood.aux_losses", "supcon"): "imood_extras.supcon:SupCon"}
     by_name = {(p.kind, p.name): p for p in reg.plugins()}
-    for kind, name in [("detector", "margin"), ("detector", "ada_margin"), ("aux_loss", "supcon")]:
+    for kind, name in [("method", "margin"), ("method", "ada_margin"), ("aux_loss", "supcon")]:
         p = by_name[(kind, name)]
         assert p.loaded, p.error
         assert p.distribution == "imood-extras"
-    assert by_name[("detector", "ada_margin")].derived_from == "margin"
-    m = reg.detector("ada_margin")
-    assert isinstance(m, Ada) and m.scale == 1.0
+    assert by_name[("method", "ada_margin")].derived_from == "margin"
+    m = reg.score("ada_margin")
+    assert isinstance(m, AdaScore) and m.scale == 1.0
     # nothing of this distribution is shadowed by (or shadows) a built-in
     assert not [p for p in reg.plugins() if p.distribution == "imood-extras" and p.status != "loaded"]
 

@@ -15,7 +15,8 @@ differentiable for ImOOD training.
 
 ada_ c = 0.1 · std(g on the ID training set), set at fit time and kept with the fit. Distances between
 unit vectors lie in [0, 2] and their ID spread depends on the model, so c is measured in the units of
-g (SPEC §2, distance-scale detectors): c · log β̂ moves g by a tenth of its ID spread per unit of
+g (docs/concepts.md, "The scale c of ada_": distance-scale detectors): c · log β̂ moves g by a tenth of its ID spread
+per unit of
 log β̂. The std is taken over at most 4096 training rows spread evenly through the set, each scored
 leave-one-out (its own feature is not its neighbour), like a test sample.
 
@@ -26,7 +27,7 @@ never finds itself among its neighbours.
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, F, ImoodError, LossContext, ModelView, OptionError, torch
+from imood_cli.plugin_api import F, ImoodError, LossContext, ModelView, OptionError, Paper, Score, torch
 
 QUERY_BLOCK = 1024
 BANK_BLOCK = 16384
@@ -68,7 +69,9 @@ def evenly_spaced(n: int, at_most: int):
     return torch.linspace(0, n - 1, at_most).round().long()
 
 
-class KNN(Detector):
+class KNN(Score):
+    paper = Paper("Out-of-Distribution Detection with Deep Nearest Neighbors", "Sun et al.", "ICML", 2022,
+                  "https://arxiv.org/abs/2204.06507")
     needs = frozenset({"features", "fit"})
     ada_scale = ADA_FRACTION  # replaced by ADA_FRACTION · std(g) on the ID training set at fit time
     hyperparameters = ("k",)

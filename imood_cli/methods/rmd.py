@@ -13,14 +13,15 @@ ridge = 1e-6 / N here.
 
 ada_ c = 0.1 · std(g on the ID training set), set at fit time and kept with the fit: g is a difference
 of squared distances whose spread grows with the feature dimension, so c is measured in the units of g
-(SPEC §2, distance-scale detectors) and c · log β̂ moves g by a tenth of its ID spread per unit of log β̂.
+(docs/concepts.md, "The scale c of ada_": distance-scale detectors) and c · log β̂ moves g by a tenth of its ID
+spread per unit of log β̂.
 The std is taken over at most 8192 training rows spread evenly through the set.
 """
 
 from __future__ import annotations
 
-from imood_cli.detectors.knn import evenly_spaced
-from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, torch
+from imood_cli.methods.knn import evenly_spaced
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
 ADA_FRACTION = 0.1  # c = ADA_FRACTION · std(g on the ID training set)
 ADA_ROWS = 8192  # training rows the std is measured on (all when fewer)
@@ -32,7 +33,9 @@ def whitening(cov):
     return torch.linalg.cholesky((precision + precision.T) / 2)
 
 
-class RMD(Detector):
+class RMD(Score):
+    paper = Paper("A Simple Fix to Mahalanobis Distance for Improving Near-OOD Detection", "Ren et al.", "arXiv", 2021,
+                  "https://arxiv.org/abs/2106.09022")
     needs = frozenset({"features", "fit"})
     ada_scale = ADA_FRACTION  # replaced by ADA_FRACTION · std(g) on the ID training set at fit time
     hyperparameters = ("ridge",)

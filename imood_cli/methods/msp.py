@@ -2,15 +2,17 @@
 Out-of-Distribution Examples in Neural Networks", ICLR 2017).
 
 g(x) = max_k p_k(x) − 1/K; vanilla OOD score −max_k p_k(x). c = 0.1: g lives in [0, 1 − 1/K], a
-probability scale (SPEC §2).
+probability scale (docs/concepts.md).
 """
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ModelView, class_probs
+from imood_cli.plugin_api import ModelView, Paper, Score, class_probs
 
 
-class MSP(Detector):
+class MSP(Score):
+    paper = Paper("A Baseline for Detecting Misclassified and Out-of-Distribution Examples in Neural Networks",
+                  "Hendrycks & Gimpel", "ICLR", 2017, "https://arxiv.org/abs/1610.02136")
     ada_scale = 0.1
 
     def idness(self, view: ModelView):

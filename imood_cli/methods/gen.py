@@ -12,12 +12,13 @@ p^γ = exp(γ log p) from log_softmax, and the top class's 1 − p_1 = Σ_{k≠1
 other logits. So a confident sample, whose p_1 rounds to 1 and whose tail probabilities underflow in
 float32, keeps the (1 − p_1)^γ and p_j^γ terms that carry the signal instead of 0 or the clamp's 0.2.
 
-c = 0.1 (SPEC §2: GEN is probability-scale): g lies in [−1, 0] like msp's g in [0, 1 − 1/K].
+c = 0.1 (docs/concepts.md, "The scale c of ada_": GEN is probability-scale): g lies in [−1, 0] like msp's g in [0, 1
+− 1/K].
 """
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ModelView, OptionError, torch
+from imood_cli.plugin_api import ModelView, OptionError, Paper, Score, torch
 
 
 def log_one_minus_top(logits, top_index):
@@ -26,7 +27,9 @@ def log_one_minus_top(logits, top_index):
     return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)
 
 
-class GEN(Detector):
+class GEN(Score):
+    paper = Paper("GEN: Pushing the Limits of Softmax-Based Out-of-Distribution Detection", "Liu et al.", "CVPR", 2023,
+                  "https://openaccess.thecvf.com/content/CVPR2023/html/Liu_GEN_Pushing_the_Limits_of_Softmax-Based_Out-of-Distribution_Detection_CVPR_2023_paper.html")
     ada_scale = 0.1
     hyperparameters = ("gamma", "M")
     gamma = 0.1

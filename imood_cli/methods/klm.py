@@ -11,7 +11,8 @@ work in float32, the templates here are float64 and log p comes from log_softmax
 
 c = 0.1. KL is in nats, the units of log β̂, but its spread over ID data is that of a probability, a few
 tenths on a confident model (most ID posteriors sit close to their class template), while log β̂ spans
-±log(max π / min π). SPEC §2 lists klm with the logit-scale detectors (c = 1); measured on the digits demo's
+±log(max π / min π). docs/concepts.md ("The scale c of ada_") lists klm with the logit-scale detectors (c = 1);
+measured on the digits demo's
 baseline, c = 1 let the correction swamp g (AUROC 94.1 → 54.5, every many-shot test digit flagged at the
 FPR95 threshold), c = 0.1 gives 92.7 and `--ada-scale auto` fits c ≈ 0.04 (93.5): a probability-scale c.
 
@@ -21,12 +22,14 @@ as an exponential moving average.
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ImoodError, LossContext, ModelView, torch
+from imood_cli.plugin_api import ImoodError, LossContext, ModelView, Paper, Score, torch
 
 CHUNK = 65536  # training rows per pass of the fit, bounding the [rows, K] temporaries
 
 
-class KLMatching(Detector):
+class KLMatching(Score):
+    paper = Paper("Scaling Out-of-Distribution Detection for Real-World Settings", "Hendrycks et al.", "ICML", 2022,
+                  "https://arxiv.org/abs/1911.11132")
     needs = frozenset({"fit"})
     ada_scale = 0.1
     momentum = 0.9  # ImOOD training only: weight of the previous templates per step

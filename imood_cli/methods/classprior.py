@@ -13,7 +13,8 @@ Vanilla OOD score −g. The official code (XueJiang16/class_prior, funcs.py) div
 constant 2048 where this divides by the feature size d: a constant factor, same ranking. No pytorch-ood
 counterpart; the tests check the formulas in float64.
 
-The prior is the engine's log π̃ (SPEC §1, π̃ ∝ π^τ with τ = `--logit_adjust`): the paper's π, the class
+The prior is the engine's log π̃ (docs/concepts.md, "Class prior and τ": π̃ ∝ π^τ with τ = `--logit_adjust`): the
+paper's π, the class
 frequencies of the training labels, is τ = 1, the default of `imood score`. τ = 0 gives the uniform prior u:
 rp_msp becomes msp's max p − 1/K and rp_gradnorm GradNorm / (d · K), while the RW variants keep the weight
 1 − cos(p, u), which still grows with the confidence of p. `idness`, which receives no prior, is this τ = 0
@@ -27,13 +28,15 @@ from __future__ import annotations
 
 import math
 
-from imood_cli.detectors.odin import parse_std, tempered_logits
-from imood_cli.plugin_api import Detector, ModelView, OptionError, torch
+from imood_cli.methods.odin import parse_std, tempered_logits
+from imood_cli.plugin_api import ModelView, OptionError, Paper, Score, torch
 
 VARIANTS = ("rw_energy", "rp_msp", "rw_odin", "rp_gradnorm")
 
 
-class ClassPrior(Detector):
+class ClassPrior(Score):
+    paper = Paper("Detecting Out-of-distribution Data through In-distribution Class Prior", "Jiang et al.", "ICML",
+                  2023, "https://proceedings.mlr.press/v202/jiang23e.html")
     hyperparameters = ("variant", "T", "odin_T", "odin_eps", "std")
     variant = "rw_energy"
     T = 1.0  # rw_energy's temperature
@@ -50,9 +53,12 @@ class ClassPrior(Detector):
         if not self.odin_eps >= 0:
             raise OptionError(f"odin_eps must be >= 0, got {self.odin_eps}")
         self._std = parse_std(self.std)
-        # What the engine must supply depends on the variant (read from the instance).
-        self.needs = frozenset({"rp_gradnorm": {"features"},
-                                "rw_odin": {"input_grad"} if self.odin_eps > 0 else set()}.get(self.variant, set()))
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        """What the engine supplies depends on the variant."""
+        return frozenset({"rp_gradnorm": {"features"},
+                          "rw_odin": {"input_grad"} if self.odin_eps > 0 else set()}.get(self.variant, set()))
 
     def prior_idness(self, view: ModelView, log_prior):
         """g(x) [N] for the prior π̃ = exp(log_prior) [K]."""

@@ -31,7 +31,8 @@ images are the benchmark's first 30,000 in imood's shuffled order (the official 
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, F, ImoodError, LossContext, ModelView, OptionError, torch
+from imood_cli.methods.energy import EnergyScore
+from imood_cli.plugin_api import F, ImoodError, LossContext, Method, ModelView, Objective, OptionError, Paper, torch
 
 RECIPES = {10: (-23.0, 10.0)}  # K -> (m_in, λ) of the official run script
 OTHER_RECIPE = (-27.0, 100.0)  # the CIFAR-100 values, for every other K
@@ -80,9 +81,9 @@ def balanced_energy_loss(logits_id, logits_ood, p_aux, m_in: float, m_out: float
     return l_in + (F.relu(m_out - e_out) ** 2 * w2).sum() / w2.sum()
 
 
-class BalEnergy(Detector):
-    ada_scale = 1.0
-    ada_keeps_loss = True
+class BalEnergyObjective(Objective):
+    """The balanced energy loss, with its running estimate of the auxiliary data's class prior."""
+
     m_in = -23.0
     m_out = -5.0
     lamb = 10.0
@@ -92,6 +93,9 @@ class BalEnergy(Detector):
     momentum = 0.99
     p_aux = ""
     hyperparameters = ("m_in", "m_out", "lamb", "gamma1", "gamma2", "weight", "momentum", "p_aux")
+    default_notes = {"m_in": "the benchmark's --m-in (without one: -23 for K = 10, else -27)",
+                     "m_out": "the benchmark's --m-out (without one: -5)", "lamb": "10 (K = 10), else 100",
+                     "p_aux": "empty (estimated)"}
 
     def check(self) -> None:
         if not 0 <= self.momentum <= 1:
@@ -113,9 +117,6 @@ class BalEnergy(Detector):
         # Called once before training: the first place that knows K, so a wrong p_aux fails before any work.
         self.prior(num_classes, "cpu")
         return {}
-
-    def idness(self, view: ModelView):
-        return torch.logsumexp(view.logits.float(), dim=1)
 
     def prior(self, num_classes: int, device):
         """P_aux [K]: the fixed vector, else the running estimate (uniform before the first batch)."""
@@ -140,17 +141,26 @@ class BalEnergy(Detector):
             else:
                 self._estimate = self.momentum * self._estimate + (1 - self.momentum) * batch
 
-    def fit_state(self):
+    def state(self):
         return {} if self._estimate is None else {"p_aux": self._estimate}
 
-    def load_fit_state(self, state) -> None:
+    def load_state(self, state) -> None:
         if "p_aux" in state:
             self._estimate = state["p_aux"].float()
 
-    def loss(self, view: ModelView, ctx: LossContext):
+    def loss(self, view: ModelView, ctx: LossContext, g=None):
         z = view.logits.float()
         k = view.num_classes
         m_in, lamb = self.recipe(k)
         p_aux = self.prior(k, z.device)
         return self.weight * balanced_energy_loss(z[: ctx.num_id], z[ctx.num_id:], p_aux, m_in, self.m_out, lamb,
                                                   self.gamma1, self.gamma2)
+
+
+class BalEnergy(Method):
+    """Balanced energy regularization: trained with BalEnergyObjective, scored with energy."""
+
+    score = EnergyScore
+    objective = BalEnergyObjective
+    paper = Paper("Balanced Energy Regularization Loss for Out-of-distribution Detection", "Choi et al.", "CVPR", 2023,
+                  "https://arxiv.org/abs/2306.10485")

@@ -7,7 +7,7 @@ ImageNet), and the energy of the sparsified classifier is the statistic:
 
     g(x) = logsumexp_k [(M ⊙ W) f(x) + b]_k,   M = [V > percentile_p(V)]      vanilla OOD score −g
 
-ada_ c = 1: g is an energy, on the logit scale like energy's own g (SPEC §2).
+ada_ c = 1: g is an energy, on the logit scale like energy's own g (docs/concepts.md).
 
 Only the mask M is fitted; W and b are read from the model at scoring time. pytorch-ood's DICE takes p
 as a fraction: its 0.9 is p = 90 here.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, torch
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
 
 def percentile(values, p: float):
@@ -32,7 +32,9 @@ def percentile(values, p: float):
     return low + (flat.kthvalue(below + 2).values.double() - low) * frac
 
 
-class DICE(Detector):
+class DICE(Score):
+    paper = Paper("DICE: Leveraging Sparsification for Out-of-Distribution Detection", "Sun & Li", "ECCV", 2022,
+                  "https://arxiv.org/abs/2111.09805")
     needs = frozenset({"features", "classifier", "fit"})
     ada_scale = 1.0
     hyperparameters = ("p",)

@@ -10,7 +10,8 @@ distance from f to μ, the mean ID training feature (fitted):
 pytorch-ood's `fDBD.fit_features` / `predict_features` give −g exactly (same clamp of ‖f − μ‖ at 1e-8).
 
 g is a ratio of distances whose size depends on the model, so c is measured: at fit time
-c = 0.1 · std(g over the ID training set) (SPEC §2, distance-scale g), kept in the fit cache. The class value
+c = 0.1 · std(g over the ID training set) (docs/concepts.md, "The scale c of ada_": distance-scale g), kept in the
+fit cache. The class value
 below only stands until a fit replaces it.
 
 During ImOOD training (`ada_fdbd`), where no fit exists yet, μ tracks the mean ID feature of each batch as
@@ -19,7 +20,7 @@ an exponential moving average, and the boundary norms follow the live classifier
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ImoodError, LossContext, ModelView, torch
+from imood_cli.plugin_api import ImoodError, LossContext, ModelView, Paper, Score, torch
 
 CHUNK = 16384  # training rows per pass when measuring c, bounding the [rows, K] temporaries
 FEATURE_EPS = 1e-8
@@ -32,7 +33,9 @@ def boundary_norms(weight):
     return torch.cdist(w, w)
 
 
-class FDBD(Detector):
+class FDBD(Score):
+    paper = Paper("Fast Decision Boundary based Out-of-Distribution Detector", "Liu & Qin", "ICML", 2024,
+                  "https://arxiv.org/abs/2312.11536")
     needs = frozenset({"features", "classifier", "fit"})
     ada_scale = 0.01
     momentum = 0.9  # ImOOD training only: weight of the previous μ per step

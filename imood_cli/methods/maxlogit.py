@@ -9,10 +9,12 @@ statistic that already is a logit.
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ModelView
+from imood_cli.plugin_api import ModelView, Paper, Score
 
 
-class MaxLogit(Detector):
+class MaxLogit(Score):
+    paper = Paper("Scaling Out-of-Distribution Detection for Real-World Settings", "Hendrycks et al.", "ICML", 2022,
+                  "https://arxiv.org/abs/1911.11132")
     ada_scale = 1.0
 
     def idness(self, view: ModelView):

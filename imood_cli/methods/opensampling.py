@@ -19,8 +19,8 @@ the benchmark's recipe and auxiliary set unless told otherwise.
 
 from __future__ import annotations
 
-from imood_cli.detectors.msp import MSP
-from imood_cli.plugin_api import F, ImoodError, LossContext, ModelView, torch
+from imood_cli.methods.msp import MSP
+from imood_cli.plugin_api import F, ImoodError, LossContext, Method, ModelView, Objective, Paper, torch
 
 
 def rebalance_rate(class_counts, alpha: float):
@@ -45,8 +45,9 @@ def open_sampling_loss(logits_ood, targets, rate):
     return F.cross_entropy(logits_ood.float(), targets, weight=weight.float())
 
 
-class OpenSampling(MSP):
-    ada_keeps_loss = True
+class OpenSamplingObjective(Objective):
+    """Class-weighted CE of the auxiliary rows towards open-set noisy labels drawn from the complementary prior."""
+
     alpha = -1.0
     hyperparameters = ("alpha",)
 
@@ -59,10 +60,19 @@ class OpenSampling(MSP):
                              f"{float(ctx.class_counts.max() / ctx.class_counts.sum()):.4f}, or be <= 0")
         return r
 
-    def loss(self, view: ModelView, ctx: LossContext, targets=None):
+    def loss(self, view: ModelView, ctx: LossContext, g=None, targets=None):
         """`targets` [M] overrides the drawn labels (for checks against the official formula)."""
         ood = view.logits[ctx.num_id:]
         r = self.rate(ctx)
         if targets is None:
             targets = sample_open_labels(r, ood.shape[0], ctx.generator)
         return open_sampling_loss(ood, targets, r)
+
+
+class OpenSampling(Method):
+    """Open-Sampling: trained with OpenSamplingObjective, scored with MSP."""
+
+    score = MSP
+    objective = OpenSamplingObjective
+    paper = Paper("Open-Sampling: Exploring Out-of-Distribution data for Re-balancing Long-tailed datasets",
+                  "Wei et al.", "ICML", 2022, "https://arxiv.org/abs/2206.08802")

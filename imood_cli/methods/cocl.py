@@ -38,7 +38,18 @@ from __future__ import annotations
 
 import math
 
-from imood_cli.plugin_api import Detector, F, ImoodError, LossContext, ModelView, OptionError, torch
+from imood_cli.plugin_api import (
+    F,
+    ImoodError,
+    LossContext,
+    Method,
+    ModelView,
+    Objective,
+    OptionError,
+    Paper,
+    Score,
+    torch,
+)
 
 PROTOTYPES = "prototypes"
 TRIPLET_EPS = 1e-6  # torch.nn.TripletMarginLoss's default, which COCL uses
@@ -126,11 +137,29 @@ def head_triplet_loss(f_id, labels, f_ood, last_head: int, draws, margin: float)
     return torch.where(has_head, loss, loss * 0.0)
 
 
-class COCL(Detector):
+class COCLScore(Score):
+    """The outlier-class probability after outlier-class-aware logit calibration (OLC); g = lse(z) - z_out."""
+
     extra_outputs = 1
     ada_scale = 1.0
     idness_is_logit = True
-    ada_keeps_loss = True
+    olc = True
+    hyperparameters = ("olc",)
+
+    def idness(self, view: ModelView):
+        return torch.logsumexp(view.logits.float(), dim=1) - outlier_logits(view)
+
+    def ood_score(self, view: ModelView, log_prior):
+        z = view.logits.float()
+        if self.olc:
+            z = z - log_prior.to(z.device, torch.float32)
+        return torch.sigmoid(outlier_logits(view) - torch.logsumexp(z, dim=1))
+
+
+class COCLObjective(Objective):
+    """The outlier class's CE, OOD-aware tail prototype learning and debiased head class learning."""
+
+    extra_outputs = 1
     # The official CIFAR defaults (train.py); ImageNet-LT: lambda1=0.02, lambda2=0.01, lambda3=0.01.
     lambda1 = 0.05
     lambda2 = 0.05
@@ -139,8 +168,7 @@ class COCL(Detector):
     margin = 1.0
     head_rate = 0.4
     tail_rate = 0.4
-    olc = True
-    hyperparameters = ("lambda1", "lambda2", "lambda3", "temperature", "margin", "head_rate", "tail_rate", "olc")
+    hyperparameters = ("lambda1", "lambda2", "lambda3", "temperature", "margin", "head_rate", "tail_rate")
 
     def check(self) -> None:
         for key in ("lambda1", "lambda2", "lambda3", "margin"):
@@ -151,15 +179,6 @@ class COCL(Detector):
         for key in ("head_rate", "tail_rate"):
             if not 0 < getattr(self, key) < 1:
                 raise OptionError(f"{key} must be in (0, 1), got {getattr(self, key)}")
-
-    def idness(self, view: ModelView):
-        return torch.logsumexp(view.logits.float(), dim=1) - outlier_logits(view)
-
-    def ood_score(self, view: ModelView, log_prior):
-        z = view.logits.float()
-        if self.olc:
-            z = z - log_prior.to(z.device, torch.float32)
-        return torch.sigmoid(outlier_logits(view) - torch.logsumexp(z, dim=1))
 
     def num_prototypes(self, num_classes: int) -> int:
         count = num_classes - tail_min(num_classes, self.tail_rate)
@@ -188,7 +207,7 @@ class COCL(Detector):
         if self.lambda2 > 0:
             protos = (ctx.parameters or {}).get(PROTOTYPES)
             if protos is None:
-                raise ImoodError("cocl's tail prototype loss needs its prototypes (Detector.training_parameters)")
+                raise ImoodError("cocl's tail prototype loss needs its prototypes (Objective.training_parameters)")
             if protos.shape[0] != self.num_prototypes(k):
                 raise ImoodError(f"cocl has {protos.shape[0]} prototypes but {self.num_prototypes(k)} tail classes")
             parts.append(tail_prototype_loss(f_id, labels, f_ood, protos.float(), tail_min(k, self.tail_rate),
@@ -203,6 +222,13 @@ class COCL(Detector):
             parts.append(zero)
         return tuple(parts)
 
-    def loss(self, view: ModelView, ctx: LossContext):
+    def loss(self, view: ModelView, ctx: LossContext, g=None):
         completion, ocl, tail, head = self.loss_parts(view, ctx)
         return completion + self.lambda1 * ocl + self.lambda2 * tail + self.lambda3 * head
+
+
+class COCL(Method):
+    score = COCLScore
+    objective = COCLObjective
+    paper = Paper("Out-of-Distribution Detection in Long-Tailed Recognition with Calibrated Outlier Class Learning",
+                  "Miao et al.", "AAAI", 2024, "https://arxiv.org/abs/2312.10686")

@@ -16,10 +16,10 @@ pretrained model for 15 epochs at lr 1e-3 (`--ckpt-path`). Score: MSP, g and c a
 
 from __future__ import annotations
 
-from imood_cli.detectors.msp import MSP
-from imood_cli.plugin_api import LossContext, ModelView, OptionError, torch
+from imood_cli.methods.msp import MSP
+from imood_cli.plugin_api import LossContext, Method, ModelView, Objective, OptionError, Paper, torch
 
-VIEWS_PER_IMAGE = 2  # the engine's ID rows: two augmented views of each image (SPEC §3)
+VIEWS_PER_IMAGE = 2  # the engine's ID rows: two augmented views of each image (docs/concepts.md, "ImOOD training")
 
 
 def confidence_gap_sum(logits_id, a_tr: float):
@@ -33,8 +33,9 @@ def uniform_gap_sum(logits_ood):
     return (torch.softmax(logits_ood, dim=1) - 1.0 / k).abs().sum()
 
 
-class OECC(MSP):
-    ada_keeps_loss = True
+class OECCObjective(Objective):
+    """OECC's two confidence-control terms (the CE is the engine's)."""
+
     lambda1 = 0.07
     lambda2 = 0.05
     a_tr = 0.9486
@@ -47,8 +48,17 @@ class OECC(MSP):
             if getattr(self, key) < 0:
                 raise OptionError(f"{key} must be >= 0, got {getattr(self, key)}")
 
-    def loss(self, view: ModelView, ctx: LossContext):
+    def loss(self, view: ModelView, ctx: LossContext, g=None):
         z = view.logits.float()
         n = ctx.num_id
         return (self.lambda1 * confidence_gap_sum(z[:n], self.a_tr) / VIEWS_PER_IMAGE
                 + self.lambda2 * uniform_gap_sum(z[n:]))
+
+
+class OECC(Method):
+    """Outlier exposure with confidence control: trained with OECCObjective, scored with MSP."""
+
+    score = MSP
+    objective = OECCObjective
+    paper = Paper("Outlier Exposure with Confidence Control for Out-of-Distribution Detection", "Papadopoulos et al.",
+                  "Neurocomputing", 2021, "https://arxiv.org/abs/1906.03509")

@@ -12,7 +12,7 @@ i.e. after global average pooling (`layer=features`). `layer=map` shapes the las
 pooling instead (pytorch-ood's examples; the paper's appendix studies earlier layers), then pools and
 classifies. Like the paper, ASH assumes non-negative (post-ReLU) activations.
 
-ada_ c = 1: g is an energy, on the logit scale like energy's own g (SPEC §2).
+ada_ c = 1: g is an energy, on the logit scale like energy's own g (docs/concepts.md).
 
 pytorch-ood's ASH takes `percentile` as a fraction and defaults to 0.65; its `ash-s` at 0.9 on a
 [N, d, 1, 1] view of the features is `ash` here.
@@ -20,7 +20,7 @@ pytorch-ood's ASH takes `percentile` as a fraction and defaults to 0.65; its `as
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, torch
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
 VARIANTS = ("s", "b", "p")
 LAYERS = ("features", "map")
@@ -51,18 +51,19 @@ def shape_activations(x, p: float, variant: str):
     return shaped.reshape(x.shape)
 
 
-class ASH(Detector):
-    needs = frozenset({"features", "classifier"})
+class ASH(Score):
+    paper = Paper("Extremely Simple Activation Shaping for Out-of-Distribution Detection", "Djurisic et al.", "ICLR",
+                  2023, "https://arxiv.org/abs/2209.09858")
     ada_scale = 1.0
     hyperparameters = ("variant", "p", "layer")
     variant = "s"
     p = 90.0  # percentage of each sample's activations pruned
     layer = "features"
 
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        # Which part of the model the engine hands over follows the layer chosen (instance over class).
-        self.needs = frozenset({"feature_map"}) if self.layer == "map" else type(self).needs
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        """What the engine hands over follows the layer chosen."""
+        return frozenset({"feature_map"}) if self.layer == "map" else frozenset({"features", "classifier"})
 
     def check(self) -> None:
         if self.variant not in VARIANTS:

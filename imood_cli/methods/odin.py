@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from imood_cli.plugin_api import Detector, F, ImoodError, ModelView, OptionError, torch
+from imood_cli.plugin_api import F, ImoodError, ModelView, OptionError, Paper, Score, torch
 
 STD_PRESETS = {"imagenet": (0.229, 0.224, 0.225)}
 
@@ -77,7 +77,9 @@ def tempered_logits(view: ModelView, temperature: float, eps: float, std: tuple[
     return z.double() / temperature
 
 
-class ODIN(Detector):
+class ODIN(Score):
+    paper = Paper("Enhancing The Reliability of Out-of-distribution Image Detection in Neural Networks", "Liang et al.",
+                  "ICLR", 2018, "https://arxiv.org/abs/1706.02690")
     needs = frozenset({"input_grad"})
     ada_scale = 1.0
     hyperparameters = ("T", "eps", "std")

@@ -10,7 +10,7 @@ Defaults are the paper's (and its code's): p = 85 on the penultimate features, i
 average pooling (`layer=features`); `layer=map` scales the last feature map before pooling instead.
 Like the paper, SCALE assumes non-negative (post-ReLU) activations.
 
-ada_ c = 1: g is an energy, on the logit scale like energy's own g (SPEC §2).
+ada_ c = 1: g is an energy, on the logit scale like energy's own g (docs/concepts.md).
 
 pytorch-ood's SCALE takes `percentile` as a fraction and defaults to 0.65; its 0.85 on a [N, d, 1, 1]
 view of the features is `scale` here.
@@ -18,7 +18,7 @@ view of the features is `scale` here.
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, torch
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
 LAYERS = ("features", "map")
 
@@ -37,17 +37,18 @@ def scale_activations(x, p: float):
     return (flat * torch.exp(ratio)).reshape(x.shape)
 
 
-class SCALE(Detector):
-    needs = frozenset({"features", "classifier"})
+class SCALE(Score):
+    paper = Paper("Scaling for Training Time and Post-hoc Out-of-distribution Detection Enhancement", "Xu et al.",
+                  "ICLR", 2024, "https://arxiv.org/abs/2310.00227")
     ada_scale = 1.0
     hyperparameters = ("p", "layer")
     p = 85.0  # percentage of each sample's activations left out of the top sum
     layer = "features"
 
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        # Which part of the model the engine hands over follows the layer chosen (instance over class).
-        self.needs = frozenset({"feature_map"}) if self.layer == "map" else type(self).needs
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        """What the engine hands over follows the layer chosen."""
+        return frozenset({"feature_map"}) if self.layer == "map" else frozenset({"features", "classifier"})
 
     def check(self) -> None:
         if self.layer not in LAYERS:

@@ -45,7 +45,18 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from imood_cli.core.lazy import np
-from imood_cli.plugin_api import Detector, F, ImoodError, LossContext, ModelView, OptionError, torch
+from imood_cli.plugin_api import (
+    F,
+    ImoodError,
+    LossContext,
+    Method,
+    ModelView,
+    Objective,
+    OptionError,
+    Paper,
+    Score,
+    torch,
+)
 
 BETA = 0.9999  # EAT's CutMix Beta(α, α)
 
@@ -149,11 +160,23 @@ def stage2_completion(logits, abstention, log_prior, total_count, pseudo_count: 
     return F.softplus(torch.logsumexp(abstention, dim=1) + shift - ids).mean()
 
 
-class EAT(Detector):
-    extra_outputs = 3
+class EATScore(Score):
+    """The summed abstention probability; g = lse(z_1..K) − lse(z_abst), over every extra output of the model."""
+
+    extra_outputs = 1
     ada_scale = 1.0
     idness_is_logit = True
-    ada_keeps_loss = True
+
+    def idness(self, view: ModelView):
+        return torch.logsumexp(view.logits.float(), dim=1) - torch.logsumexp(abstention_logits(view), dim=1)
+
+    def ood_score(self, view: ModelView, log_prior):
+        return torch.sigmoid(-self.idness(view))
+
+
+class EATObjective(Objective):
+    """Stage 1: the abstention classes' CE, tail pastes and virtual labels; stage 2: classifier re-training."""
+
     odc = 3
     lambda0 = 0.05  # paste CE (README; argparse default 1)
     lambda1 = 0.05  # virtual-label CE (README; argparse default 1)
@@ -176,14 +199,16 @@ class EAT(Detector):
                 raise OptionError(f"{key} must be in (0, 1), got {getattr(self, key)}")
         if self.pseudo_count <= 0:
             raise OptionError(f"pseudo_count must be > 0, got {self.pseudo_count}")
-        self.extra_outputs = self.odc
-        self.train_needs = frozenset({"input_grad"}) if self.stage == 1 and self.lambda0 > 0 else frozenset()
 
-    def idness(self, view: ModelView):
-        return torch.logsumexp(view.logits.float(), dim=1) - torch.logsumexp(abstention_logits(view), dim=1)
+    @property
+    def extra_outputs(self) -> int:  # type: ignore[override]
+        """The abstention classes the model needs."""
+        return self.odc
 
-    def ood_score(self, view: ModelView, log_prior):
-        return torch.sigmoid(-self.idness(view))
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        """Stage 1 forwards its tail pastes through the model."""
+        return frozenset({"input_grad"}) if self.stage == 1 and self.lambda0 > 0 else frozenset()
 
     def draw_boxes(self, images, generator) -> tuple[Box, Box]:
         """Two CutMix boxes (head pastes, OOD pastes) from a numpy generator seeded by the torch one."""
@@ -195,7 +220,7 @@ class EAT(Detector):
     def pastes(self, view: ModelView, ctx: LossContext, boxes: tuple[Box, Box] | None = None):
         """The tail pastes of this batch (images, labels)."""
         if view.images is None:
-            raise ImoodError("eat's stage-1 loss needs the training images (train_needs 'input_grad')")
+            raise ImoodError("eat's stage-1 loss needs the training images (needs 'input_grad')")
         head_end, tail_start = class_split(view.num_classes, self.head_rate, self.tail_rate)
         if boxes is None:
             boxes = self.draw_boxes(view.images, ctx.generator)
@@ -217,9 +242,16 @@ class EAT(Detector):
                 paste_ce = F.cross_entropy(view.logits_from_images(images).float(), labels)
         return id_completion(z[:n], abst[:n]), paste_ce, virtual_label_ce(z[n:], abst[n:])
 
-    def loss(self, view: ModelView, ctx: LossContext):
+    def loss(self, view: ModelView, ctx: LossContext, g=None):
         parts = self.loss_parts(view, ctx)
         if self.stage == 2:
             return parts[0]
         completion, paste_ce, ood_ce = parts
         return completion + self.lambda0 * paste_ce + self.lambda1 * ood_ce
+
+
+class EAT(Method):
+    score = EATScore
+    objective = EATObjective
+    paper = Paper("EAT: Towards Long-Tailed Out-of-Distribution Detection", "Wei et al.", "AAAI", 2024,
+                  "https://arxiv.org/abs/2312.08939")

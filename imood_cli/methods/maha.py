@@ -2,7 +2,8 @@
 Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018), tied covariance.
 
 g(x) = −min_k (f−μ_k)ᵀ Σ⁻¹ (f−μ_k), class means μ_k and tied covariance Σ (+1e-4·I) of the ID training
-features; vanilla OOD score the min distance. c = 0.01: g is a squared distance (SPEC §2 table).
+features; vanilla OOD score the min distance. c = 0.01: g is a squared distance (docs/concepts.md, "The scale c of
+ada_").
 
 Larger distance means more OOD (the reference code had the sign reversed). Fitted on ID training
 features only. During ImOOD training the class means and covariance track the ID features of each
@@ -11,7 +12,7 @@ batch as an exponential moving average, since no fitted statistics exist yet.
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ImoodError, LossContext, ModelView, torch
+from imood_cli.plugin_api import ImoodError, LossContext, ModelView, Paper, Score, torch
 
 RIDGE = 1e-4
 
@@ -32,7 +33,9 @@ def fit_gaussian(features, labels, num_classes: int):
     return means, cov
 
 
-class Mahalanobis(Detector):
+class Mahalanobis(Score):
+    paper = Paper("A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks",
+                  "Lee et al.", "NeurIPS", 2018, "https://arxiv.org/abs/1807.03888")
     needs = frozenset({"features", "fit"})
     ada_scale = 0.01
     momentum = 0.9

@@ -3,15 +3,17 @@ Wild", NeurIPS 2021), in closed form.
 
 The gradient of KL(u || softmax(W f + b)) with respect to W is (p - u) fᵀ, so its L1 norm is
 g(x) = ‖p - u‖₁ · ‖f‖₁: no backward pass, batched, and valid under no_grad for any backbone.
-c = 10: g is a product of a probability-scale and a feature-norm factor (SPEC §2 table).
+c = 10: g is a product of a probability-scale and a feature-norm factor (docs/concepts.md, "The scale c of ada_").
 """
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ModelView, class_probs
+from imood_cli.plugin_api import ModelView, Paper, Score, class_probs
 
 
-class GradNorm(Detector):
+class GradNorm(Score):
+    paper = Paper("On the Importance of Gradients for Detecting Distributional Shifts in the Wild", "Huang et al.",
+                  "NeurIPS", 2021, "https://arxiv.org/abs/2110.00218")
     needs = frozenset({"features"})
     ada_scale = 10.0
 

@@ -5,7 +5,7 @@ features (p = 90, the paper's choice), and the classifier runs on the clipped fe
 
     g(x) = logsumexp_k [W min(f(x), c) + b]_k        vanilla OOD score −g (the energy of the clipped logits)
 
-ada_ c = 1: g is an energy, on the logit scale like energy's own g (SPEC §2).
+ada_ c = 1: g is an energy, on the logit scale like energy's own g (docs/concepts.md).
 
 The percentile interpolates linearly between order statistics (numpy's default, which the paper's
 code and pytorch-ood use). pytorch-ood's ReAct takes `percentile` as a fraction: its 0.9 is p = 90 here.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, torch
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
 
 def percentile(values, p: float):
@@ -38,7 +38,9 @@ def percentile(values, p: float):
     return low + (high - low) * frac
 
 
-class ReAct(Detector):
+class ReAct(Score):
+    paper = Paper("ReAct: Out-of-distribution Detection With Rectified Activations", "Sun et al.", "NeurIPS", 2021,
+                  "https://arxiv.org/abs/2111.12797")
     needs = frozenset({"features", "classifier", "fit"})
     ada_scale = 1.0
     hyperparameters = ("p",)

@@ -12,13 +12,14 @@ D follows the paper's code: 1000 for d ≥ 2048, 512 for d ≥ 768, else d/2 (`d
 
 ada_ c = 0.1 · std(g on the ID training set), set at fit time and kept with the fit: g is an energy
 minus a distance in α-scaled feature units, whose spread depends on the model, so c is measured in the
-units of g (SPEC §2, distance-scale detectors) and c · log β̂ moves g by a tenth of its ID spread per
+units of g (docs/concepts.md, "The scale c of ada_": distance-scale detectors) and c · log β̂ moves g by a tenth of
+its ID spread per
 unit of log β̂.
 """
 
 from __future__ import annotations
 
-from imood_cli.plugin_api import Detector, ImoodError, ModelView, OptionError, torch
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
 ADA_FRACTION = 0.1  # c = ADA_FRACTION · std(g on the ID training set)
 
@@ -39,7 +40,9 @@ def principal_dim(d: int, requested: int) -> int:
     return dim
 
 
-class ViM(Detector):
+class ViM(Score):
+    paper = Paper("ViM: Out-Of-Distribution with Virtual-logit Matching", "Wang et al.", "CVPR", 2022,
+                  "https://arxiv.org/abs/2203.10807")
     needs = frozenset({"features", "classifier", "fit"})
     ada_scale = ADA_FRACTION  # replaced by ADA_FRACTION · std(g) on the ID training set at fit time
     hyperparameters = ("dim",)

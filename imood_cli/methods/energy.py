@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from imood_cli.core.contract import coerce_option
-from imood_cli.plugin_api import Detector, F, LossContext, ModelView, OptionError, torch
+from imood_cli.plugin_api import F, LossContext, Method, ModelView, Objective, OptionError, Paper, Score, torch
 
 MARGINS = ("m_in", "m_out")
 # Data-derived margins, in log K below E0, the median energy of the untrained network. On digits (2 seeds,
@@ -33,7 +33,7 @@ def masked_mean(x):
     return x.mean() if x.numel() else x.sum() * 0.0
 
 
-def margins_from_energies(e_id, e_ood, num_classes: int) -> tuple[float, float]:
+def margins_from_energies(e_id, e_ood, num_classes: int, average=None) -> tuple[float, float]:
     """(m_in, m_out) from the energies E = −logsumexp z of an untrained model on ID and auxiliary rows.
 
     E0 = the median over all rows (at initialisation ID and auxiliary energies coincide); m_out =
@@ -41,22 +41,31 @@ def margins_from_energies(e_id, e_ood, num_classes: int) -> tuple[float, float]:
     moves the energy by O(log K) from the uniform one, whatever the benchmark.
     """
     e0 = torch.cat([e_id.detach().float().flatten(), e_ood.detach().float().flatten()]).median()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(e0)  # every process must train with the same margins
-        e0 = e0 / torch.distributed.get_world_size()
+    if average is not None:
+        e0 = average(e0)  # every process must train with the same margins (LossContext.average)
     scale = math.log(max(num_classes, 2))
     e0 = float(e0)  # one host read, at the first step only
     return e0 - ID_GAP * scale, e0 - OOD_GAP * scale
 
 
-class Energy(Detector):
-    """Energy detector; m_in / m_out are None until given or chosen from the first training batch."""
+class EnergyScore(Score):
+    """g(x) = logsumexp_k z_k; vanilla OOD score -g, the free energy E(x)."""
 
     ada_scale = 1.0
+
+    def idness(self, view: ModelView):
+        return torch.logsumexp(view.logits.float(), dim=1)
+
+
+class EnergyObjective(Objective):
+    """The energy-bounded loss on E = -g; m_in / m_out are None until given or chosen from the first batch."""
+
     weight = 0.2
     m_in = 0.0  # the type of the option; the value in use is `self.m_in` (None: not chosen yet)
     m_out = 0.0
     hyperparameters = ("m_in", "m_out", "weight")
+    default_notes = {"m_in": "the benchmark's (else chosen at the first batch)",
+                     "m_out": "the benchmark's (else chosen at the first batch)"}
 
     def __init__(self, **options) -> None:
         given = {k: options.pop(k) for k in MARGINS if k in options}
@@ -72,33 +81,38 @@ class Energy(Detector):
     def options(self) -> dict:
         return {"m_in": self.m_in, "m_out": self.m_out, "weight": self.weight}
 
-    def idness(self, view: ModelView):
-        return torch.logsumexp(view.logits.float(), dim=1)
-
-    def resolve_margins(self, e_id, e_ood, num_classes: int) -> None:
+    def resolve_margins(self, e_id, e_ood, num_classes: int, average=None) -> None:
         """Fill in the margins not given, from this batch's energies (called on the first training step)."""
         if self.m_in is not None and self.m_out is not None:
             return
-        m_in, m_out = margins_from_energies(e_id, e_ood, num_classes)
+        m_in, m_out = margins_from_energies(e_id, e_ood, num_classes, average)
         if self.m_in is None:
             self.m_in = m_in
         if self.m_out is None:
             self.m_out = m_out
 
-    def loss(self, view: ModelView, ctx: LossContext):
-        e = -self.idness(view)
+    def loss(self, view: ModelView, ctx: LossContext, g=None):
+        e = -g.float()
         e_id, e_ood = e[: ctx.num_id], e[ctx.num_id:]
-        self.resolve_margins(e_id, e_ood, view.num_classes)
+        self.resolve_margins(e_id, e_ood, view.num_classes, ctx.average)
         l_in = masked_mean(F.relu(e_id - self.m_in) ** 2)
         l_out = masked_mean(F.relu(self.m_out - e_ood) ** 2)
         return self.weight * (l_in + l_out)
 
-    def fit_state(self) -> dict:
+    def state(self) -> dict:
         """The margins in use (checkpoints keep them, so a resumed run trains with the same ones)."""
         return {k: torch.tensor(getattr(self, k), dtype=torch.float64) for k in MARGINS
                 if getattr(self, k) is not None}
 
-    def load_fit_state(self, state: dict) -> None:
+    def load_state(self, state: dict) -> None:
         for key in MARGINS:
             if key in state:
                 setattr(self, key, float(state[key]))
+
+
+class Energy(Method):
+    score = EnergyScore
+    objective = EnergyObjective
+    ada_keeps_objective = False  # ImOOD's BCE on g takes the place of the energy hinge
+    paper = Paper("Energy-based Out-of-distribution Detection", "Liu et al.", "NeurIPS", 2020,
+                  "https://arxiv.org/abs/2010.03759")
