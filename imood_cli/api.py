@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,13 +190,18 @@ class ModelScores:
 
     def save(self, folder: str | Path) -> dict[str, Path]:
         """Score files (`<folder>/<detector>.safetensors`) that `imood eval` and `imood report` read."""
-        from imood_cli.engine.runs.scorefile import ScoreSet
+        from imood_cli.engine.runs.scorefile import ScoreSet, as_array
         from imood_cli.engine.scoring.score import write_scores
 
         meta = {"class_counts": self.class_counts, "num_classes": len(self.class_counts), "dataset": "api",
                 "id_set": "id", "checkpoint": "api.score_model", "moved_to_id": {}, "missing_ood_sets": []}
-        sets = {label: ScoreSet(label, self.id_scores[label], self.id_labels, self.id_preds, self.ood_scores[label],
-                                self.ood_preds, {**meta, "detector_options": self.options.get(label, {})})
+        # numpy, as ScoreSet keeps them (the conversion its constructor applies to anything else)
+        id_labels = None if self.id_labels is None else as_array(self.id_labels, "id.label")
+        id_preds = as_array(self.id_preds, "id.pred")
+        ood_preds = {k: as_array(v, f"ood.{k}.pred") for k, v in self.ood_preds.items()}
+        sets = {label: ScoreSet(label, as_array(self.id_scores[label], "id.score"), id_labels, id_preds,
+                                {k: as_array(v, f"ood.{k}.score") for k, v in self.ood_scores[label].items()},
+                                ood_preds, {**meta, "detector_options": self.options.get(label, {})})
                 for label in self.id_scores}
         return write_scores(sets, Path(folder))
 
@@ -232,7 +237,8 @@ def _split_item(item: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise ImoodError(f"a loader must give image tensors or (images, labels, ...) tuples, not {type(item).__name__}")
 
 
-def _batches(items: Iterable, device: torch.device, labels: list[torch.Tensor] | None = None):
+def _batches(items: Iterable, device: torch.device, labels: list[torch.Tensor] | None = None
+             ) -> Iterator[tuple[int, torch.Tensor]]:
     start = 0
     for item in items:
         x, y = _split_item(item)
@@ -307,10 +313,11 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
         if k != len(counts):
             raise ImoodError(f"the model has {k} outputs but class_counts has {len(counts)} classes")
         reg = registry()
-        ds: dict[str, Any] = {}
+        fixed_scale = None if isinstance(ada_scale, str) else ada_scale  # "auto": fitted below
+        ds: dict[str, Score] = {}
         for spec in wanted:
             name, options = parse_spec(spec)
-            d = reg.score(name, ada_scale=None if auto or not name.startswith("ada_") else ada_scale, **options)
+            d = reg.score(name, ada_scale=fixed_scale if name.startswith("ada_") else None, **options)
             if d.extra_outputs:
                 raise ImoodError(f"{name} reads {d.extra_outputs} extra output(s) of a model trained for it; a "
                                  "classifier's logits have none")
@@ -326,8 +333,10 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
             raise ImoodError(f"{which} must be fitted on the ID training set: pass fit_loader (images, labels)")
         lp = log_prior(counts, logit_adjust).float().to(dev)
         if need_fit:
+            assert fit_loader is not None  # refused above
             labels: list[torch.Tensor] = []
             feats = run_batches(s, _batches(fit_loader, dev, labels), rt, True)
+            assert feats is not None  # run_batches returns the outputs when no `each` takes them
             if not labels or sum(len(y) for y in labels) != len(feats.logits):
                 raise ImoodError("fit_loader must give (images, labels) for every batch")
             y = torch.cat(labels).to(dev)
@@ -335,10 +344,12 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
                 raise ImoodError(f"fit_loader's labels must be class indices in 0..{k - 1}")
             fit_on(need_fit, access.view(feats, {"classifier"}, labels=y), "fit_loader")
         if ada:
+            assert fit_loader is not None  # refused above
             labels = []
             auto_scales(ada, s, _batches(fit_loader, dev, labels), labels, k, rt, lp)
 
-        def score_set(items: Iterable, labels: list[torch.Tensor] | None = None):
+        def score_set(items: Iterable, labels: list[torch.Tensor] | None = None
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
             scorer = BatchScorer(ds, access, lp)
             run_batches(s, _batches(items, dev, labels), rt, scorer.keep_features, None, each=scorer,
                         feature_map=scorer.feature_map)
@@ -366,6 +377,6 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
                                   class_counts=counts if id_labels is not None else None,
                                   ood_preds_by_set=ood_preds if id_labels is not None else None)
                   for label in ds}
-    options = {label: d.options() for label, d in ds.items()}
+    used_options = {label: d.options() for label, d in ds.items()}
     return ModelScores(id_scores, ood_scores, id_labels, id_preds, ood_preds, evaluation, counts, caps, skipped,
-                       notes, options)
+                       notes, used_options)

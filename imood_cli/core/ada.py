@@ -8,7 +8,7 @@ Training:  the λ-head estimate β(x) = (1/K) Σ_k λ_k(x) q_k(x) / π̃_k, a co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imood_cli.core.contract import LossContext, ModelView
 from imood_cli.core.lazy import F, torch
@@ -94,9 +94,13 @@ class AdaScore(Score):
     @property
     def scale(self) -> float:
         """c: --ada-scale if given, else the base score's (which a fit may have set from the ID data)."""
-        return self.override if self.override is not None else float(self.base.ada_scale)
+        if self.override is not None:
+            return self.override
+        c = self.base.ada_scale
+        assert c is not None, "AdaScore.__init__ takes no base without ada_scale unless a scale is given"
+        return float(c)
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         return self.base.options()
 
     def idness(self, view: ModelView) -> Tensor:
@@ -111,10 +115,10 @@ class AdaScore(Score):
     def fit(self, view: ModelView) -> None:
         self.base.fit(view)
 
-    def fit_state(self) -> dict:
+    def fit_state(self) -> dict[str, Tensor]:
         return self.base.fit_state()
 
-    def load_fit_state(self, state: dict) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self.base.load_fit_state(state)
 
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
@@ -138,8 +142,14 @@ class AdaObjective(Objective):
         self.score, self.base, self.keep_base, self.correction = score, base, keep_base and base is not None, correction
 
     @property
+    def _kept(self) -> Objective | None:
+        """The base objective when its loss is added to ImOOD's (keep_base), else None."""
+        return self.base if self.keep_base else None
+
+    @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset(self.base.needs) if self.keep_base else frozenset()
+        kept = self._kept
+        return frozenset(kept.needs) if kept is not None else frozenset()
 
     @property
     def extra_outputs(self) -> int:  # type: ignore[override]
@@ -148,9 +158,10 @@ class AdaObjective(Objective):
     @property
     def heads(self) -> frozenset[str]:  # type: ignore[override]
         own = {"lambda_head"} | (set() if self.score.idness_is_logit else {"aux_linear"})
-        return frozenset(own | (set(self.base.heads) if self.keep_base else set()))
+        kept = self._kept
+        return frozenset(own | (set(kept.heads) if kept is not None else set()))
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         return {**self.score.options(), **(self.base.options() if self.base is not None else {})}
 
     def train_logit(self, g: Tensor, ctx: LossContext) -> Tensor:
@@ -166,21 +177,23 @@ class AdaObjective(Objective):
             g = self.score.idness(view)
         constraint, bce = imood_training_loss(self.train_logit(g, ctx), view, ctx, self.correction)
         total = constraint + bce
-        if self.keep_base:
-            total = total + self.base.loss(view, ctx, g)
+        kept = self._kept
+        if kept is not None:
+            total = total + kept.loss(view, ctx, g)
         return total
 
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
         if self.base is not None:
             self.base.train_update(view, ctx)
 
-    def training_parameters(self, feature_dim: int, num_classes: int) -> dict:
-        return self.base.training_parameters(feature_dim, num_classes) if self.keep_base else {}
+    def training_parameters(self, feature_dim: int, num_classes: int) -> dict[str, Tensor]:
+        kept = self._kept
+        return kept.training_parameters(feature_dim, num_classes) if kept is not None else {}
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Tensor]:
         return {**self.score.fit_state(), **(self.base.state() if self.base is not None else {})}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict[str, Tensor]) -> None:
         self.score.load_fit_state(state)
         if self.base is not None:
             self.base.load_state(state)

@@ -150,7 +150,8 @@ class ModelView(ModelOutputs):
             if given[key] is None:
                 given[key] = value
         return cls(**{f.name: getattr(outputs, f.name) for f in fields(ModelOutputs)}, labels=labels, images=images,
-                   weight=weight, bias=bias, **given)
+                   weight=weight, bias=bias, _head_from_map=given["_head_from_map"],
+                   _head_from_features=given["_head_from_features"], _forward=given["_forward"])
 
 
 @dataclass
@@ -300,7 +301,7 @@ class Detector(Configurable):
     needs: ClassVar[frozenset[str]] = frozenset()
     train_needs: ClassVar[frozenset[str] | None] = None
     extra_outputs: ClassVar[int] = 0
-    ada_scale: ClassVar[float | None] = None
+    ada_scale: float | None = None  # not a ClassVar: a fit may set it on the instance
     idness_is_logit: ClassVar[bool] = False
     ada_keeps_loss: ClassVar[bool] = False
     heads: ClassVar[frozenset[str]] = frozenset()

@@ -4,13 +4,16 @@
 attributes is read (`torch.softmax`, `torch.Tensor`, ...). Annotations stay strings under
 `from __future__ import annotations`, so a module that only defines classes and functions costs
 nothing until it computes something.
+
+Type checkers see `torch`, `F` and `np` as the modules themselves (`torch.tensor(...)` is checked against
+torch's own annotations); at run time they are the lazy stand-ins.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class LazyModule(ModuleType):
@@ -28,6 +31,11 @@ class LazyModule(ModuleType):
         return dir(self._load())
 
 
-torch: Any = LazyModule("torch")
-F: Any = LazyModule("torch.nn.functional")
-np: Any = LazyModule("numpy")
+if TYPE_CHECKING:  # checkers see the real modules; at run time each is a LazyModule standing in for it
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+else:
+    torch = LazyModule("torch")
+    F = LazyModule("torch.nn.functional")
+    np = LazyModule("numpy")

@@ -71,7 +71,7 @@ class Score(Configurable):
 
     needs: ClassVar[frozenset[str]] = frozenset()
     extra_outputs: ClassVar[int] = 0
-    ada_scale: ClassVar[float | None] = None
+    ada_scale: float | None = None  # not a ClassVar: a fit may set it on the instance
     idness_is_logit: ClassVar[bool] = False
 
     def idness(self, view: ModelView) -> Tensor:
@@ -410,7 +410,7 @@ def check_method_class(cls: Any) -> None:
         raise TypeError(f"{cls.__name__}.paper must be a Paper")
 
 
-def check_declarations(cls: type, _loss: str | None, train_needs: Any) -> None:
+def check_declarations(cls: type[Score] | type[Detector], _loss: str | None, train_needs: Any) -> None:
     if cls.idness is Score.idness or cls.idness is Detector.idness:
         raise TypeError(f"{cls.__name__} must define idness(view) -> Tensor[N]")
     c = cls.ada_scale

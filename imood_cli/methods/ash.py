@@ -20,7 +20,12 @@ pytorch-ood's ASH takes `percentile` as a fraction and defaults to 0.65; its `as
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 VARIANTS = ("s", "b", "p")
 LAYERS = ("features", "map")
@@ -34,7 +39,7 @@ def kept_count(n: int, p: float) -> int:
     return keep
 
 
-def shape_activations(x, p: float, variant: str):
+def shape_activations(x: Tensor, p: float, variant: str) -> Tensor:
     """ASH-`variant` of each row of x ([N, ...], shaped over all non-batch dimensions), same shape."""
     flat = x.reshape(x.shape[0], -1)
     keep = kept_count(flat.shape[1], p)
@@ -77,9 +82,11 @@ class ASH(Score):
             raise OptionError(f"p is a percentage (pytorch-ood's percentile=0.9 is p=90), got {self.p}: "
                               f"to prune {self.p * 100:g}% write p={self.p * 100:g}")
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         if self.layer == "map":
+            assert view.feature_map is not None  # "feature_map" in needs
             logits = view.logits_from_feature_map(shape_activations(view.feature_map.float(), self.p, self.variant))
         else:
+            assert view.features is not None  # "features" in needs
             logits = view.logits_from_features(shape_activations(view.features.float(), self.p, self.variant))
         return torch.logsumexp(logits.float(), dim=1)

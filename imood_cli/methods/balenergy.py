@@ -31,14 +31,19 @@ images are the benchmark's first 30,000 in imood's shuffled order (the official 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.methods.energy import EnergyScore
 from imood_cli.plugin_api import F, ImoodError, LossContext, Method, ModelView, Objective, OptionError, Paper, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 RECIPES = {10: (-23.0, 10.0)}  # K -> (m_in, λ) of the official run script
 OTHER_RECIPE = (-27.0, 100.0)  # the CIFAR-100 values, for every other K
 
 
-def masked_mean(x):
+def masked_mean(x: Tensor) -> Tensor:
     return x.mean() if x.numel() else x.sum() * 0.0
 
 
@@ -55,20 +60,20 @@ def parse_prior(text: str) -> list[float] | None:
     return values
 
 
-def balanced_prior(p_aux, gamma: float):
+def balanced_prior(p_aux: Tensor, gamma: float) -> Tensor:
     """P_aux^γ normalised to sum 1."""
     p = p_aux.float() ** gamma
     return p / p.sum()
 
 
-def assignment_fractions(logits, num_classes: int):
+def assignment_fractions(logits: Tensor, num_classes: int) -> Tensor:
     """Fraction of rows whose arg-max class is k, [K]."""
     top = logits.argmax(dim=1)
     return (top[:, None] == torch.arange(num_classes, device=logits.device)).float().mean(dim=0)
 
 
-def balanced_energy_loss(logits_id, logits_ood, p_aux, m_in: float, m_out: float, lamb: float,
-                         gamma1: float, gamma2: float):
+def balanced_energy_loss(logits_id: Tensor, logits_ood: Tensor, p_aux: Tensor, m_in: float, m_out: float,
+                         lamb: float, gamma1: float, gamma2: float) -> Tensor:
     """The bracket of the balanced energy loss (without the outer weight)."""
     e_in = -torch.logsumexp(logits_id, dim=1)
     l_in = masked_mean(F.relu(e_in - m_in) ** 2)
@@ -104,8 +109,8 @@ class BalEnergyObjective(Objective):
             if getattr(self, key) < 0:
                 raise OptionError(f"{key} must be >= 0, got {getattr(self, key)}")
         self._fixed = parse_prior(self.p_aux)
-        self._fixed_tensor = None
-        self._estimate = None
+        self._fixed_tensor: Tensor | None = None
+        self._estimate: Tensor | None = None
 
     def recipe(self, num_classes: int) -> tuple[float, float]:
         """(m_in, λ): the options when given, else the official run script's values for K classes."""
@@ -113,12 +118,12 @@ class BalEnergyObjective(Objective):
         given = vars(self)
         return given.get("m_in", m_in), given.get("lamb", lamb)
 
-    def training_parameters(self, feature_dim: int, num_classes: int):
+    def training_parameters(self, feature_dim: int, num_classes: int) -> dict[str, Tensor]:
         # Called once before training: the first place that knows K, so a wrong p_aux fails before any work.
         self.prior(num_classes, "cpu")
         return {}
 
-    def prior(self, num_classes: int, device):
+    def prior(self, num_classes: int, device: torch.device | str) -> Tensor:
         """P_aux [K]: the fixed vector, else the running estimate (uniform before the first batch)."""
         if self._fixed is not None:
             if len(self._fixed) != num_classes:
@@ -141,14 +146,14 @@ class BalEnergyObjective(Objective):
             else:
                 self._estimate = self.momentum * self._estimate + (1 - self.momentum) * batch
 
-    def state(self):
+    def state(self) -> dict[str, Tensor]:
         return {} if self._estimate is None else {"p_aux": self._estimate}
 
-    def load_state(self, state) -> None:
+    def load_state(self, state: dict[str, Tensor]) -> None:
         if "p_aux" in state:
             self._estimate = state["p_aux"].float()
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
         z = view.logits.float()
         k = view.num_classes
         m_in, lamb = self.recipe(k)

@@ -6,7 +6,12 @@ g(x) = the extra logit; vanilla OOD score 1 − σ(g). c = 1: g is a logit.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.plugin_api import F, ImoodError, LossContext, Method, ModelView, Objective, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class BinDiscScore(Score):
@@ -16,12 +21,12 @@ class BinDiscScore(Score):
     ada_scale = 1.0
     idness_is_logit = True
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         if view.extra is None or view.extra.shape[1] < 1:
             raise ImoodError("bin_disc needs a model with an extra ID-vs-OOD output; this checkpoint has none")
         return view.extra[:, 0].float()
 
-    def ood_score(self, view: ModelView, log_prior):
+    def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
         return 1.0 - torch.sigmoid(self.idness(view))
 
 
@@ -30,7 +35,8 @@ class BinDiscObjective(Objective):
 
     extra_outputs = 1
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
+        assert g is not None, "the trainer hands the score's g to the objective"
         return F.binary_cross_entropy_with_logits(g.float(), ctx.is_id.float())
 
 

@@ -27,9 +27,13 @@ correct twice.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from imood_cli.methods.odin import parse_std, tempered_logits
 from imood_cli.plugin_api import ModelView, OptionError, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 VARIANTS = ("rw_energy", "rp_msp", "rw_odin", "rp_gradnorm")
 
@@ -60,7 +64,7 @@ class ClassPrior(Score):
         return frozenset({"rp_gradnorm": {"features"},
                           "rw_odin": {"input_grad"} if self.odin_eps > 0 else set()}.get(self.variant, set()))
 
-    def prior_idness(self, view: ModelView, log_prior):
+    def prior_idness(self, view: ModelView, log_prior: Tensor) -> Tensor:
         """g(x) [N] for the prior π̃ = exp(log_prior) [K]."""
         z = view.logits.float()
         p = torch.softmax(z, dim=1)
@@ -68,6 +72,7 @@ class ClassPrior(Score):
         if self.variant == "rp_msp":
             return (p - prior).amax(dim=1)
         if self.variant == "rp_gradnorm":
+            assert view.features is not None  # "features" in needs for rp_gradnorm
             f = view.features.float()
             return f.abs().sum(dim=1) * (prior - p).abs().sum(dim=1) / (f.shape[1] * z.shape[1])
         # ‖p‖ >= 1/√K and ‖π̃‖ > 0: the cosine needs no epsilon.
@@ -77,10 +82,10 @@ class ClassPrior(Score):
         tempered = tempered_logits(view, self.odin_T, self.odin_eps, self._std)
         return torch.softmax(tempered, dim=1).amax(dim=1).float() * sim
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         k = view.num_classes
         uniform = torch.full((k,), -math.log(k), device=view.logits.device)
         return self.prior_idness(view, uniform)
 
-    def ood_score(self, view: ModelView, log_prior):
+    def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
         return -self.prior_idness(view, log_prior)

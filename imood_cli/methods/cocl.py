@@ -37,6 +37,7 @@ run's seeded generator (restored on resume); L2 normalisation uses a 1e-12 floor
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from imood_cli.plugin_api import (
     F,
@@ -50,6 +51,9 @@ from imood_cli.plugin_api import (
     Score,
     torch,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 PROTOTYPES = "prototypes"
 TRIPLET_EPS = 1e-6  # torch.nn.TripletMarginLoss's default, which COCL uses
@@ -65,27 +69,27 @@ def tail_min(num_classes: int, tail_rate: float) -> int:
     return round((1 - tail_rate) * num_classes)
 
 
-def two_head_normalize(x):
+def two_head_normalize(x: Tensor) -> Tensor:
     """L2-normalise each half of the feature vector separately (COCL's 2-head normalisation)."""
     half = math.ceil(x.shape[1] / 2)
     return torch.cat([F.normalize(part, dim=1) for part in x.split(half, dim=1)], dim=1)
 
 
-def outlier_logits(view: ModelView):
+def outlier_logits(view: ModelView) -> Tensor:
     if view.extra is None or view.extra.shape[1] < 1:
         raise ImoodError("cocl needs a model with an outlier-class output (extra_outputs = 1); this one has none: "
                          "train it with --ood_metric cocl")
     return view.extra[:, 0].float()
 
 
-def id_completion(logits, z_out):
+def id_completion(logits: Tensor, z_out: Tensor) -> Tensor:
     """Mean of log(1 + exp(z_out − lse(z))): what the (K+1)-way CE of ID rows adds to the K-way CE."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     return F.softplus(z_out - torch.logsumexp(logits, dim=1)).mean()
 
 
-def outlier_class_ce(logits, z_out):
+def outlier_class_ce(logits: Tensor, z_out: Tensor) -> Tensor:
     """CE over K+1 outputs with every row labelled as the outlier class: mean of lse([z, z_out]) − z_out."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
@@ -93,7 +97,8 @@ def outlier_class_ce(logits, z_out):
     return (torch.logsumexp(full, dim=1) - z_out).mean()
 
 
-def tail_prototype_loss(f_id, labels, f_ood, prototypes, first_tail: int, temperature: float):
+def tail_prototype_loss(f_id: Tensor, labels: Tensor, f_ood: Tensor, prototypes: Tensor, first_tail: int,
+                        temperature: float) -> Tensor:
     """OOD-aware tail prototype learning: CE over [prototypes ; auxiliary features] of each tail ID row, its
     class's prototype being the target; 0 without tail rows. Rows of other classes are masked, not
     gathered, so the step needs no host synchronisation."""
@@ -106,13 +111,13 @@ def tail_prototype_loss(f_id, labels, f_ood, prototypes, first_tail: int, temper
     return (per_row * is_tail).sum() / is_tail.sum().clamp(min=1)
 
 
-def farthest_rows(x):
+def farthest_rows(x: Tensor) -> Tensor:
     """For each row, the index of the row farthest from it (Euclidean distance; only the argmax is used)."""
     with torch.no_grad():
         return torch.cdist(x.detach(), x.detach()).argmax(dim=1)
 
 
-def head_negatives(labels, last_head: int, draws):
+def head_negatives(labels: Tensor, last_head: int, draws: Tensor) -> tuple[Tensor, Tensor]:
     """Row indices of uniformly random head-class ID rows, one per draw u ∈ [0, 1): the ⌊u·n_head⌋-th head row
     in batch order; also whether the batch has a head row at all."""
     is_head = labels <= last_head
@@ -123,7 +128,8 @@ def head_negatives(labels, last_head: int, draws):
     return order[pick], n_head > 0
 
 
-def head_triplet_loss(f_id, labels, f_ood, last_head: int, draws, margin: float):
+def head_triplet_loss(f_id: Tensor, labels: Tensor, f_ood: Tensor, last_head: int, draws: Tensor,
+                      margin: float) -> Tensor:
     """Debiased head class learning: mean relu(‖a − p + ε‖ − ‖a − n + ε‖ + margin) over auxiliary features a,
     p the farthest auxiliary feature, n a random head ID feature; 0 without head rows or auxiliary rows."""
     if f_ood.shape[0] == 0:
@@ -146,10 +152,10 @@ class COCLScore(Score):
     olc = True
     hyperparameters = ("olc",)
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         return torch.logsumexp(view.logits.float(), dim=1) - outlier_logits(view)
 
-    def ood_score(self, view: ModelView, log_prior):
+    def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
         z = view.logits.float()
         if self.olc:
             z = z - log_prior.to(z.device, torch.float32)
@@ -186,13 +192,14 @@ class COCLObjective(Objective):
             raise ImoodError(f"cocl: tail_rate {self.tail_rate} leaves no tail class among {num_classes}")
         return count
 
-    def training_parameters(self, feature_dim: int, num_classes: int):
+    def training_parameters(self, feature_dim: int, num_classes: int) -> dict[str, Tensor]:
         # COCL's initialisation: uniform in ±1/sqrt(d), from the run's seeded global generator.
         bound = 1.0 / math.sqrt(feature_dim)
         shape = (self.num_prototypes(num_classes), feature_dim)
         return {PROTOTYPES: (torch.rand(shape) * 2 - 1) * bound}
 
-    def loss_parts(self, view: ModelView, ctx: LossContext, draws=None) -> tuple:
+    def loss_parts(self, view: ModelView, ctx: LossContext, draws: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(ID completion, outlier-class CE, tail prototype loss, head triplet loss); `draws` [M] in [0, 1) pick
         the head negatives (default: drawn from ctx.generator)."""
         n = ctx.num_id
@@ -202,7 +209,7 @@ class COCLObjective(Objective):
             raise ImoodError("cocl's training loss needs the penultimate features; the model produced none")
         f = f.float()
         f_id, f_ood, labels = f[:n], f[n:], ctx.labels
-        parts = [id_completion(z[:n], z_out[:n]), outlier_class_ce(z[n:], z_out[n:])]
+        completion, ocl = id_completion(z[:n], z_out[:n]), outlier_class_ce(z[n:], z_out[n:])
         zero = z.sum() * 0.0
         if self.lambda2 > 0:
             protos = (ctx.parameters or {}).get(PROTOTYPES)
@@ -210,19 +217,19 @@ class COCLObjective(Objective):
                 raise ImoodError("cocl's tail prototype loss needs its prototypes (Objective.training_parameters)")
             if protos.shape[0] != self.num_prototypes(k):
                 raise ImoodError(f"cocl has {protos.shape[0]} prototypes but {self.num_prototypes(k)} tail classes")
-            parts.append(tail_prototype_loss(f_id, labels, f_ood, protos.float(), tail_min(k, self.tail_rate),
-                                             self.temperature))
+            tail = tail_prototype_loss(f_id, labels, f_ood, protos.float(), tail_min(k, self.tail_rate),
+                                       self.temperature)
         else:
-            parts.append(zero)
+            tail = zero
         if self.lambda3 > 0:
             if draws is None:
                 draws = torch.rand(f_ood.shape[0], generator=ctx.generator, device=f.device)
-            parts.append(head_triplet_loss(f_id, labels, f_ood, head_max(k, self.head_rate), draws, self.margin))
+            head = head_triplet_loss(f_id, labels, f_ood, head_max(k, self.head_rate), draws, self.margin)
         else:
-            parts.append(zero)
-        return tuple(parts)
+            head = zero
+        return completion, ocl, tail, head
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
         completion, ocl, tail, head = self.loss_parts(view, ctx)
         return completion + self.lambda1 * ocl + self.lambda2 * tail + self.lambda3 * head
 

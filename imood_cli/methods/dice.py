@@ -16,11 +16,15 @@ as a fraction: its 0.9 is p = 90 here.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def percentile(values, p: float):
+
+def percentile(values: Tensor, p: float) -> Tensor:
     """The p-th percentile (0-100) of all entries, linearly interpolated as numpy does, float64 scalar."""
     flat = values.detach().reshape(-1)
     position = (flat.numel() - 1) * p / 100.0
@@ -40,9 +44,9 @@ class DICE(Score):
     hyperparameters = ("p",)
     p = 90.0  # sparsity: the percentage of classifier weights dropped
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.mask = None  # [K, d] bool: the weights kept
+        self.mask: Tensor | None = None  # [K, d] bool: the weights kept
 
     def check(self) -> None:
         if not 0.0 <= self.p < 100.0:
@@ -52,22 +56,24 @@ class DICE(Score):
                               f"to drop {self.p * 100:g}% of the weights write p={self.p * 100:g}")
 
     def fit(self, view: ModelView) -> None:
+        assert view.features is not None and view.weight is not None  # "features", "classifier" in needs
         if view.features.shape[0] == 0:
             raise ImoodError("dice needs ID training features to rank the classifier's weights")
         mean = view.features.double().mean(dim=0)
         contribution = view.weight.double() * mean[None, :]
         self.mask = contribution > percentile(contribution, self.p)
 
-    def fit_state(self):
+    def fit_state(self) -> dict[str, Tensor]:
         return {} if self.mask is None else {"mask": self.mask.cpu()}
 
-    def load_fit_state(self, state) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self.mask = state["mask"].bool()
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         if self.mask is None:
             raise ImoodError("dice is not fitted: it ranks the classifier's weights on a trained model's ID "
                              "training features, so it is post hoc only (ada_dice scores; train with e.g. ada_energy)")
+        assert view.features is not None and view.weight is not None and view.bias is not None  # needs
         weight = view.weight.float() * self.mask.to(view.weight.device)
         logits = view.features.float() @ weight.T + view.bias.float()
         return torch.logsumexp(logits, dim=1)

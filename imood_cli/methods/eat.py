@@ -42,7 +42,7 @@ generator seeded from the run's torch generator, so a resumed run draws the same
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from imood_cli.core.lazy import np
 from imood_cli.plugin_api import (
@@ -57,6 +57,9 @@ from imood_cli.plugin_api import (
     Score,
     torch,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 BETA = 0.9999  # EAT's CutMix Beta(α, α)
 
@@ -82,14 +85,14 @@ def cutmix_box(height: int, width: int, lam: float, row: int, col: int) -> Box:
                clip(row + cut_h // 2, height), clip(col + cut_w // 2, width))
 
 
-def draw_box(rng, height: int, width: int) -> Box:
+def draw_box(rng: np.random.Generator, height: int, width: int) -> Box:
     """λ ~ Beta(0.9999, 0.9999), then a uniform centre, in EAT's order."""
     lam = float(rng.beta(BETA, BETA))
     row, col = int(rng.integers(height)), int(rng.integers(width))
     return cutmix_box(height, width, lam, row, col)
 
 
-def paste(background, foreground, box: Box):
+def paste(background: Tensor, foreground: Tensor, box: Box) -> Tensor:
     out = background.clone()
     out[:, :, box.r1:box.r2, box.c1:box.c2] = foreground[:, :, box.r1:box.r2, box.c1:box.c2]
     return out
@@ -100,7 +103,8 @@ def class_split(num_classes: int, head_rate: float, tail_rate: float) -> tuple[i
     return round(head_rate * num_classes), round((1 - tail_rate) * num_classes)
 
 
-def tail_pastes(images, labels, num_id: int, head_end: int, tail_start: int, head_box: Box, ood_box: Box):
+def tail_pastes(images: Tensor, labels: Tensor, num_id: int, head_end: int, tail_start: int, head_box: Box,
+                ood_box: Box) -> tuple[Tensor, Tensor]:
     """EAT's tail-on-head and tail-on-OOD CutMix pastes of a batch [view 1 ; view 2 ; auxiliary].
 
     labels: [num_id] of both views ([y ; y]). Returns (images [P, C, H, W], labels [P]); P may be 0.
@@ -127,21 +131,21 @@ def tail_pastes(images, labels, num_id: int, head_end: int, tail_start: int, hea
     return torch.cat(out_x), torch.cat(out_y)
 
 
-def abstention_logits(view: ModelView):
+def abstention_logits(view: ModelView) -> Tensor:
     if view.extra is None or view.extra.shape[1] < 1:
         raise ImoodError("eat needs a model with abstention outputs (extra outputs); this one has none: "
                          "train it with --ood_metric eat")
     return view.extra.float()
 
 
-def id_completion(logits, abstention):
+def id_completion(logits: Tensor, abstention: Tensor) -> Tensor:
     """Mean of log(1 + exp(lse(z_abst) − lse(z))): the (K+odc)-way CE of ID rows minus the K-way one."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     return F.softplus(torch.logsumexp(abstention, dim=1) - torch.logsumexp(logits, dim=1)).mean()
 
 
-def virtual_label_ce(logits, abstention):
+def virtual_label_ce(logits: Tensor, abstention: Tensor) -> Tensor:
     """CE over K+odc outputs towards each row's most likely abstention class."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
@@ -150,7 +154,8 @@ def virtual_label_ce(logits, abstention):
     return F.cross_entropy(full, target)
 
 
-def stage2_completion(logits, abstention, log_prior, total_count, pseudo_count: float):
+def stage2_completion(logits: Tensor, abstention: Tensor, log_prior: Tensor, total_count: Tensor,
+                      pseudo_count: float) -> Tensor:
     """Mean of log(1 + exp(lse(z_abst) + log(pseudo_count/Σn) − lse(z + log π))): with the engine's
     CE(z + log π, y), EAT's stage-2 CE over K+odc outputs with pseudo-counts for the abstention classes."""
     if logits.shape[0] == 0:
@@ -167,10 +172,10 @@ class EATScore(Score):
     ada_scale = 1.0
     idness_is_logit = True
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         return torch.logsumexp(view.logits.float(), dim=1) - torch.logsumexp(abstention_logits(view), dim=1)
 
-    def ood_score(self, view: ModelView, log_prior):
+    def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
         return torch.sigmoid(-self.idness(view))
 
 
@@ -210,23 +215,26 @@ class EATObjective(Objective):
         """Stage 1 forwards its tail pastes through the model."""
         return frozenset({"input_grad"}) if self.stage == 1 and self.lambda0 > 0 else frozenset()
 
-    def draw_boxes(self, images, generator) -> tuple[Box, Box]:
+    def draw_boxes(self, images: Tensor, generator: torch.Generator | None) -> tuple[Box, Box]:
         """Two CutMix boxes (head pastes, OOD pastes) from a numpy generator seeded by the torch one."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=images.device))
         rng = np.random.default_rng(seed)
         h, w = images.shape[2], images.shape[3]
         return draw_box(rng, h, w), draw_box(rng, h, w)
 
-    def pastes(self, view: ModelView, ctx: LossContext, boxes: tuple[Box, Box] | None = None):
+    def pastes(self, view: ModelView, ctx: LossContext, boxes: tuple[Box, Box] | None = None
+               ) -> tuple[Tensor, Tensor]:
         """The tail pastes of this batch (images, labels)."""
         if view.images is None:
             raise ImoodError("eat's stage-1 loss needs the training images (needs 'input_grad')")
         head_end, tail_start = class_split(view.num_classes, self.head_rate, self.tail_rate)
         if boxes is None:
             boxes = self.draw_boxes(view.images, ctx.generator)
+        assert ctx.num_id is not None  # LossContext.__post_init__ sets it
         return tail_pastes(view.images, ctx.labels, ctx.num_id, head_end, tail_start, *boxes)
 
-    def loss_parts(self, view: ModelView, ctx: LossContext, boxes: tuple[Box, Box] | None = None) -> tuple:
+    def loss_parts(self, view: ModelView, ctx: LossContext, boxes: tuple[Box, Box] | None = None
+                   ) -> tuple[Tensor, ...]:
         """Stage 1: (ID completion, paste CE, virtual-label CE). Stage 2: (stage-2 completion,)."""
         n = ctx.num_id
         z, abst = view.logits.float(), abstention_logits(view)
@@ -242,7 +250,7 @@ class EATObjective(Objective):
                 paste_ce = F.cross_entropy(view.logits_from_images(images).float(), labels)
         return id_completion(z[:n], abst[:n]), paste_ce, virtual_label_ce(z[n:], abst[n:])
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
         parts = self.loss_parts(view, ctx)
         if self.stage == 2:
             return parts[0]

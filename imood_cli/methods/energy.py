@@ -17,9 +17,15 @@ margin is given, each is chosen from the energies of the first training batch (s
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from imood_cli.core.contract import coerce_option
 from imood_cli.plugin_api import F, LossContext, Method, ModelView, Objective, OptionError, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import Tensor
 
 MARGINS = ("m_in", "m_out")
 # Data-derived margins, in log K below E0, the median energy of the untrained network. On digits (2 seeds,
@@ -29,22 +35,23 @@ MARGINS = ("m_in", "m_out")
 ID_GAP, OOD_GAP = 2.0, 1.0
 
 
-def masked_mean(x):
+def masked_mean(x: Tensor) -> Tensor:
     return x.mean() if x.numel() else x.sum() * 0.0
 
 
-def margins_from_energies(e_id, e_ood, num_classes: int, average=None) -> tuple[float, float]:
+def margins_from_energies(e_id: Tensor, e_ood: Tensor, num_classes: int,
+                          average: Callable[[Tensor], Tensor] | None = None) -> tuple[float, float]:
     """(m_in, m_out) from the energies E = −logsumexp z of an untrained model on ID and auxiliary rows.
 
     E0 = the median over all rows (at initialisation ID and auxiliary energies coincide); m_out =
     E0 − OOD_GAP·log K, m_in = E0 − ID_GAP·log K. In log K units because a confident K-way prediction
     moves the energy by O(log K) from the uniform one, whatever the benchmark.
     """
-    e0 = torch.cat([e_id.detach().float().flatten(), e_ood.detach().float().flatten()]).median()
+    median = torch.cat([e_id.detach().float().flatten(), e_ood.detach().float().flatten()]).median()
     if average is not None:
-        e0 = average(e0)  # every process must train with the same margins (LossContext.average)
+        median = average(median)  # every process must train with the same margins (LossContext.average)
     scale = math.log(max(num_classes, 2))
-    e0 = float(e0)  # one host read, at the first step only
+    e0 = float(median)  # one host read, at the first step only
     return e0 - ID_GAP * scale, e0 - OOD_GAP * scale
 
 
@@ -53,7 +60,7 @@ class EnergyScore(Score):
 
     ada_scale = 1.0
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         return torch.logsumexp(view.logits.float(), dim=1)
 
 
@@ -67,7 +74,7 @@ class EnergyObjective(Objective):
     default_notes = {"m_in": "the benchmark's (else chosen at the first batch)",
                      "m_out": "the benchmark's (else chosen at the first batch)"}
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         given = {k: options.pop(k) for k in MARGINS if k in options}
         super().__init__(**options)
         for key in MARGINS:
@@ -78,10 +85,11 @@ class EnergyObjective(Objective):
         if self.weight < 0:
             raise OptionError(f"Energy: weight must be >= 0, got {self.weight}")
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         return {"m_in": self.m_in, "m_out": self.m_out, "weight": self.weight}
 
-    def resolve_margins(self, e_id, e_ood, num_classes: int, average=None) -> None:
+    def resolve_margins(self, e_id: Tensor, e_ood: Tensor, num_classes: int,
+                        average: Callable[[Tensor], Tensor] | None = None) -> None:
         """Fill in the margins not given, from this batch's energies (called on the first training step)."""
         if self.m_in is not None and self.m_out is not None:
             return
@@ -91,7 +99,8 @@ class EnergyObjective(Objective):
         if self.m_out is None:
             self.m_out = m_out
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
+        assert g is not None, "the trainer hands the score's g to the objective"
         e = -g.float()
         e_id, e_ood = e[: ctx.num_id], e[ctx.num_id:]
         self.resolve_margins(e_id, e_ood, view.num_classes, ctx.average)
@@ -99,12 +108,12 @@ class EnergyObjective(Objective):
         l_out = masked_mean(F.relu(self.m_out - e_ood) ** 2)
         return self.weight * (l_in + l_out)
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Tensor]:
         """The margins in use (checkpoints keep them, so a resumed run trains with the same ones)."""
         return {k: torch.tensor(getattr(self, k), dtype=torch.float64) for k in MARGINS
                 if getattr(self, k) is not None}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict[str, Tensor]) -> None:
         for key in MARGINS:
             if key in state:
                 setattr(self, key, float(state[key]))

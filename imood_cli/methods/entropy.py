@@ -13,7 +13,12 @@ same relative weight as msp's correction.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.plugin_api import ModelView, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Entropy(Score):
@@ -21,6 +26,6 @@ class Entropy(Score):
                   "Segmentation", "Chan et al.", "ICCV", 2021, "https://arxiv.org/abs/2012.06575")
     ada_scale = 0.1
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         log_p = torch.log_softmax(view.logits.float(), dim=1)
         return (log_p.exp() * log_p).sum(dim=1)

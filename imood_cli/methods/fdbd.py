@@ -20,14 +20,19 @@ an exponential moving average, and the boundary norms follow the live classifier
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from imood_cli.plugin_api import ImoodError, LossContext, ModelView, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHUNK = 16384  # training rows per pass when measuring c, bounding the [rows, K] temporaries
 FEATURE_EPS = 1e-8
 NORM_EPS = 1e-12  # two classes with identical weights: boundary norm 0, logit gap 0 -> term 0, not NaN
 
 
-def boundary_norms(weight):
+def boundary_norms(weight: Tensor) -> Tensor:
     """‖w_i − w_j‖₂ [K, K] (float64)."""
     w = weight.detach().double()
     return torch.cdist(w, w)
@@ -40,12 +45,12 @@ class FDBD(Score):
     ada_scale = 0.01
     momentum = 0.9  # ImOOD training only: weight of the previous μ per step
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.mean = None  # [d] float64, μ
-        self.norms = None  # [K, K] float64, from the classifier the fit saw
+        self.mean: Tensor | None = None  # [d] float64, μ
+        self.norms: Tensor | None = None  # [K, K] float64, from the classifier the fit saw
 
-    def _statistic(self, logits, features, norms):
+    def _statistic(self, logits: Tensor, features: Tensor, norms: Tensor) -> Tensor:
         if self.mean is None:
             raise ImoodError("fdbd is not fitted: fit it on the ID training set first")
         z = logits.float()
@@ -62,6 +67,7 @@ class FDBD(Score):
         f = view.features
         if f is None or f.shape[0] == 0:
             raise ImoodError("fdbd needs the ID training features to fit")
+        assert view.weight is not None  # "classifier" in needs
         self.mean = f.detach().double().mean(dim=0)
         self.norms = boundary_norms(view.weight)
         g = torch.cat([self._statistic(view.logits[s:s + CHUNK].detach(), f[s:s + CHUNK].detach(), self.norms)
@@ -70,7 +76,7 @@ class FDBD(Score):
         # A constant g (one image, or a degenerate model) leaves c at the class value rather than 0.
         self.ada_scale = 0.1 * spread if spread > 0 else type(self).ada_scale
 
-    def fit_state(self):
+    def fit_state(self) -> dict[str, Tensor]:
         if self.mean is None:
             return {}
         state = {"mean": self.mean.cpu(), "ada_scale": torch.tensor(float(self.ada_scale), dtype=torch.float64)}
@@ -78,17 +84,22 @@ class FDBD(Score):
             state["norms"] = self.norms.cpu()
         return state
 
-    def load_fit_state(self, state) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self.mean = state["mean"].double()
         self.norms = state["norms"].double() if "norms" in state else None
         if "ada_scale" in state:
             self.ada_scale = float(state["ada_scale"])
 
-    def idness(self, view: ModelView):
-        norms = self.norms if self.norms is not None else boundary_norms(view.weight)
+    def idness(self, view: ModelView) -> Tensor:
+        norms = self.norms
+        if norms is None:
+            assert view.weight is not None  # "classifier" in needs
+            norms = boundary_norms(view.weight)
+        assert view.features is not None  # "features" in needs
         return self._statistic(view.logits, view.features, norms)
 
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        assert view.features is not None  # "features" in needs
         with torch.no_grad():
             batch_mean = view.features[: ctx.num_id].detach().double().mean(dim=0)  # ID rows only
             if self.mean is None:

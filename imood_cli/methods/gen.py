@@ -18,10 +18,15 @@ c = 0.1 (docs/concepts.md, "The scale c of ada_": GEN is probability-scale): g l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.plugin_api import ModelView, OptionError, Paper, Score, torch
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def log_one_minus_top(logits, top_index):
+
+def log_one_minus_top(logits: Tensor, top_index: Tensor) -> Tensor:
     """log(1 − p_top) [N] without cancellation: the log of the other classes' probability mass."""
     others = logits.scatter(1, top_index[:, None], float("-inf"))
     return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)
@@ -41,7 +46,7 @@ class GEN(Score):
         if self.M < 1:
             raise OptionError(f"M must be >= 1, got {self.M}")
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         z = view.logits.float()
         log_p = torch.log_softmax(z, dim=1)
         top_log_p, top_index = log_p.topk(min(self.M, z.shape[1]), dim=1)

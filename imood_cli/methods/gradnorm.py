@@ -8,7 +8,12 @@ c = 10: g is a product of a probability-scale and a feature-norm factor (docs/co
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.plugin_api import ModelView, Paper, Score, class_probs
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class GradNorm(Score):
@@ -17,7 +22,8 @@ class GradNorm(Score):
     needs = frozenset({"features"})
     ada_scale = 10.0
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
+        assert view.features is not None  # "features" in needs
         p = class_probs(view)
         u = 1.0 / view.num_classes
         return (p - u).abs().sum(dim=1) * view.features.float().abs().sum(dim=1)

@@ -22,7 +22,12 @@ as an exponential moving average.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from imood_cli.plugin_api import ImoodError, LossContext, ModelView, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CHUNK = 65536  # training rows per pass of the fit, bounding the [rows, K] temporaries
 
@@ -34,10 +39,10 @@ class KLMatching(Score):
     ada_scale = 0.1
     momentum = 0.9  # ImOOD training only: weight of the previous templates per step
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.templates = None  # [K, K] float64, row k = d_k
-        self.counts = None  # [K] int64, images predicted as k (a template exists where > 0)
+        self.templates: Tensor | None = None  # [K, K] float64, row k = d_k
+        self.counts: Tensor | None = None  # [K] int64, images predicted as k (a template exists where > 0)
 
     def fit(self, view: ModelView) -> None:
         z = view.logits
@@ -53,20 +58,20 @@ class KLMatching(Score):
             counts += torch.bincount(pred, minlength=k)
         self._set(sums / counts.clamp(min=1)[:, None], counts)
 
-    def _set(self, templates, counts) -> None:
+    def _set(self, templates: Tensor, counts: Tensor) -> None:
         self.templates, self.counts = templates, counts
 
-    def fit_state(self):
-        if self.templates is None:
+    def fit_state(self) -> dict[str, Tensor]:
+        if self.templates is None or self.counts is None:
             return {}
         return {"templates": self.templates.cpu(), "counts": self.counts.cpu()}
 
-    def load_fit_state(self, state) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self._set(state["templates"].double(), state["counts"].long())
 
-    def divergences(self, logits):
+    def divergences(self, logits: Tensor) -> Tensor:
         """KL(p(x) ‖ d_k) [N, K'] for the K' classes that have a template."""
-        if self.templates is None:
+        if self.templates is None or self.counts is None:
             raise ImoodError("klm is not fitted: fit it on the ID training set first")
         present = self.counts.to(logits.device) > 0
         d = self.templates.to(logits.device)[present]
@@ -76,7 +81,7 @@ class KLMatching(Score):
         p = log_p.exp()
         return (p * log_p).sum(dim=1, keepdim=True) - p @ log_d.T
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         return -self.divergences(view.logits).amin(dim=1).float()
 
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
@@ -89,7 +94,7 @@ class KLMatching(Score):
             means = torch.zeros(k, k, dtype=torch.float64, device=p.device).index_add_(0, pred, p)
             means = means / counts.clamp(min=1)[:, None]
             seen = counts[:, None] > 0
-            if self.templates is None:
+            if self.templates is None or self.counts is None:
                 self._set(means, counts)
                 return
             old = self.templates.to(p.device)

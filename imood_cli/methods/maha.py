@@ -12,12 +12,17 @@ batch as an exponential moving average, since no fitted statistics exist yet.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from imood_cli.plugin_api import ImoodError, LossContext, ModelView, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 RIDGE = 1e-4
 
 
-def fit_gaussian(features, labels, num_classes: int):
+def fit_gaussian(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """Class means [K, d] and tied covariance [d, d] (+ RIDGE·I), in float64."""
     f = features.double()
     d = f.shape[1]
@@ -40,12 +45,13 @@ class Mahalanobis(Score):
     ada_scale = 0.01
     momentum = 0.9
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.means = None  # [K, d] float64
-        self.whiten = None  # W with Σ⁻¹ = W Wᵀ
+        self.means: Tensor | None = None  # [K, d] float64
+        self.whiten: Tensor | None = None  # W with Σ⁻¹ = W Wᵀ
+        self.cov: Tensor | None = None  # [d, d] float64, + RIDGE·I
 
-    def _set(self, means, cov) -> None:
+    def _set(self, means: Tensor, cov: Tensor) -> None:
         self.means = means
         self.cov = cov
         precision, _ = torch.linalg.inv_ex(cov)  # the _ex forms skip the host-side error check
@@ -53,29 +59,32 @@ class Mahalanobis(Score):
         self.whiten, _ = torch.linalg.cholesky_ex(precision)
 
     def fit(self, view: ModelView) -> None:
+        assert view.features is not None and view.labels is not None  # "features", "fit" in needs
         self._set(*fit_gaussian(view.features, view.labels, view.num_classes))
 
-    def fit_state(self):
-        if self.means is None:
+    def fit_state(self) -> dict[str, Tensor]:
+        if self.means is None or self.cov is None:
             return {}
         return {"means": self.means.cpu(), "cov": self.cov.cpu()}
 
-    def load_fit_state(self, state) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self._set(state["means"].double(), state["cov"].double())
 
-    def distances(self, features):
+    def distances(self, features: Tensor) -> Tensor:
         """Squared Mahalanobis distance of each row to each class mean, [N, K]."""
-        if self.whiten is None:
+        if self.whiten is None or self.means is None:
             raise ImoodError("maha is not fitted: fit it on ID training features first")
         w = self.whiten.to(features.device)
         fw = features.double() @ w
         mw = self.means.to(features.device) @ w
         return torch.cdist(fw, mw).pow(2)
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
+        assert view.features is not None  # "features" in needs
         return -self.distances(view.features).amin(dim=1).to(view.features.dtype)
 
     def train_update(self, view: ModelView, ctx: LossContext) -> None:
+        assert view.features is not None  # "features" in needs
         feats = view.features[: ctx.num_id].detach()  # ID rows only: OOD never enters the class statistics
         k = view.num_classes
         with torch.no_grad():
@@ -92,7 +101,7 @@ class Mahalanobis(Score):
             centred = f - means[ctx.labels]
             cov = centred.T @ centred / max(f.shape[0], 1)
             eye = RIDGE * torch.eye(f.shape[1], dtype=torch.float64, device=f.device)
-            if self.means is not None:
+            if self.means is not None and self.cov is not None:  # set together by _set
                 cov = self.momentum * (self.cov - eye) + (1 - self.momentum) * cov
             cov = cov + eye
             self._set(means, cov)

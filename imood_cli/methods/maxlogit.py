@@ -9,7 +9,12 @@ statistic that already is a logit.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.plugin_api import ModelView, Paper, Score
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class MaxLogit(Score):
@@ -17,5 +22,5 @@ class MaxLogit(Score):
                   "https://arxiv.org/abs/1911.11132")
     ada_scale = 1.0
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         return view.logits.float().amax(dim=1)

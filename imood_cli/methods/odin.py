@@ -22,8 +22,12 @@ taken (autograd.grad with respect to x): the model's parameters never accumulate
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from imood_cli.plugin_api import F, ImoodError, ModelView, OptionError, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 STD_PRESETS = {"imagenet": (0.229, 0.224, 0.225)}
 
@@ -46,7 +50,7 @@ def parse_std(text: str) -> tuple[float, ...]:
     return values
 
 
-def perturb(view: ModelView, temperature: float, eps: float, std: tuple[float, ...]):
+def perturb(view: ModelView, temperature: float, eps: float, std: tuple[float, ...]) -> Tensor:
     """x̂ = x − eps · sign(∇_x CE(z(x)/T, argmax z)) / std, detached; the model's parameters get no .grad."""
     if view.images is None:
         raise ImoodError("ODIN needs the input images: declare 'input_grad' in needs")
@@ -66,7 +70,7 @@ def perturb(view: ModelView, temperature: float, eps: float, std: tuple[float, .
     return x.detach() - eps * step
 
 
-def tempered_logits(view: ModelView, temperature: float, eps: float, std: tuple[float, ...]):
+def tempered_logits(view: ModelView, temperature: float, eps: float, std: tuple[float, ...]) -> Tensor:
     """z(x̂) / T [N, K] in float64 (no graph); with eps = 0 no extra pass is needed: x̂ = x."""
     if eps == 0:
         z = view.logits.detach()
@@ -94,13 +98,13 @@ class ODIN(Score):
             raise OptionError(f"eps must be >= 0, got {self.eps}")
         self._std = parse_std(self.std)
 
-    def _log_max_softmax(self, view: ModelView):
+    def _log_max_softmax(self, view: ModelView) -> Tensor:
         z = tempered_logits(view, self.T, self.eps, self._std)
         return torch.log_softmax(z, dim=1).amax(dim=1)
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         k = view.num_classes
         return (self.T * (self._log_max_softmax(view) + math.log(k))).float()
 
-    def ood_score(self, view: ModelView, log_prior):
+    def ood_score(self, view: ModelView, log_prior: Tensor) -> Tensor:
         return -self._log_max_softmax(view).exp().float()

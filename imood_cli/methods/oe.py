@@ -4,11 +4,16 @@ cross-entropy to the uniform distribution on auxiliary OOD data during training,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.methods.msp import MSP
 from imood_cli.plugin_api import LossContext, Method, ModelView, Objective, Paper, torch
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def oe_loss(logits):
+
+def oe_loss(logits: Tensor) -> Tensor:
     """Mean over rows of logsumexp z - mean_k z_k (cross-entropy to uniform)."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
@@ -19,7 +24,7 @@ def oe_loss(logits):
 class OEObjective(Objective):
     """Cross-entropy to the uniform distribution on the auxiliary rows."""
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
         return oe_loss(view.logits[ctx.num_id:])
 
 

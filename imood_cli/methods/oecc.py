@@ -16,18 +16,23 @@ pretrained model for 15 epochs at lr 1e-3 (`--ckpt-path`). Score: MSP, g and c a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.methods.msp import MSP
 from imood_cli.plugin_api import LossContext, Method, ModelView, Objective, OptionError, Paper, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 VIEWS_PER_IMAGE = 2  # the engine's ID rows: two augmented views of each image (docs/concepts.md, "ImOOD training")
 
 
-def confidence_gap_sum(logits_id, a_tr: float):
+def confidence_gap_sum(logits_id: Tensor, a_tr: float) -> Tensor:
     """Σ over rows of (max_k p_k − A_tr)²."""
     return ((torch.softmax(logits_id, dim=1).amax(dim=1) - a_tr) ** 2).sum()
 
 
-def uniform_gap_sum(logits_ood):
+def uniform_gap_sum(logits_ood: Tensor) -> Tensor:
     """Σ over rows and classes of |p_k − 1/K|."""
     k = logits_ood.shape[1]
     return (torch.softmax(logits_ood, dim=1) - 1.0 / k).abs().sum()
@@ -48,7 +53,7 @@ class OECCObjective(Objective):
             if getattr(self, key) < 0:
                 raise OptionError(f"{key} must be >= 0, got {getattr(self, key)}")
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None) -> Tensor:
         z = view.logits.float()
         n = ctx.num_id
         return (self.lambda1 * confidence_gap_sum(z[:n], self.a_tr) / VIEWS_PER_IMAGE

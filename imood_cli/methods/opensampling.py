@@ -19,25 +19,30 @@ the benchmark's recipe and auxiliary set unless told otherwise.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.methods.msp import MSP
 from imood_cli.plugin_api import F, ImoodError, LossContext, Method, ModelView, Objective, Paper, torch
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def rebalance_rate(class_counts, alpha: float):
+
+def rebalance_rate(class_counts: Tensor, alpha: float) -> Tensor:
     """r [K]: (max π + min π) − π for alpha ≤ 0, else alpha − π (unnormalised, as in the official code)."""
     pi = class_counts.double() / class_counts.sum()
     r = (pi.max() + pi.min() - pi) if alpha <= 0 else (alpha - pi)
     return r.float()
 
 
-def sample_open_labels(rate, count: int, generator):
+def sample_open_labels(rate: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
     """`count` labels drawn from Categorical(rate / Σ rate)."""
     if count == 0:
         return torch.zeros(0, dtype=torch.long, device=rate.device)
     return torch.multinomial(rate / rate.sum(), count, replacement=True, generator=generator)
 
 
-def open_sampling_loss(logits_ood, targets, rate):
+def open_sampling_loss(logits_ood: Tensor, targets: Tensor, rate: Tensor) -> Tensor:
     """Class-weighted CE of the auxiliary rows towards their drawn labels, w = K·r/Σr."""
     if logits_ood.shape[0] == 0:
         return logits_ood.sum() * 0.0
@@ -51,7 +56,7 @@ class OpenSamplingObjective(Objective):
     alpha = -1.0
     hyperparameters = ("alpha",)
 
-    def rate(self, ctx: LossContext):
+    def rate(self, ctx: LossContext) -> Tensor:
         if ctx.class_counts is None:
             raise ImoodError("opensampling needs the training class counts")
         r = rebalance_rate(ctx.class_counts, self.alpha)
@@ -60,7 +65,8 @@ class OpenSamplingObjective(Objective):
                              f"{float(ctx.class_counts.max() / ctx.class_counts.sum()):.4f}, or be <= 0")
         return r
 
-    def loss(self, view: ModelView, ctx: LossContext, g=None, targets=None):
+    def loss(self, view: ModelView, ctx: LossContext, g: Tensor | None = None,
+             targets: Tensor | None = None) -> Tensor:
         """`targets` [M] overrides the drawn labels (for checks against the official formula)."""
         ood = view.logits[ctx.num_id:]
         r = self.rate(ctx)

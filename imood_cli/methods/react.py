@@ -14,11 +14,15 @@ code and pytorch-ood use). pytorch-ood's ReAct takes `percentile` as a fraction:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def percentile(values, p: float):
+
+def percentile(values: Tensor, p: float) -> Tensor:
     """The p-th percentile (0-100) of all entries of `values`, linearly interpolated, as a float64 scalar.
 
     kthvalue rather than torch.quantile: quantile sorts a full copy and, in most torch releases imood supports,
@@ -46,9 +50,9 @@ class ReAct(Score):
     hyperparameters = ("p",)
     p = 90.0  # percentile of the ID training activations at which features are clipped
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.threshold = None  # float64 scalar tensor
+        self.threshold: Tensor | None = None  # float64 scalar tensor
 
     def check(self) -> None:
         if not 0.0 <= self.p <= 100.0:
@@ -58,18 +62,20 @@ class ReAct(Score):
                               f"for the {self.p * 100:g}th percentile write p={self.p * 100:g}")
 
     def fit(self, view: ModelView) -> None:
+        assert view.features is not None  # "features" in needs
         self.threshold = percentile(view.features, self.p)
 
-    def fit_state(self):
+    def fit_state(self) -> dict[str, Tensor]:
         return {} if self.threshold is None else {"threshold": self.threshold.reshape(1).cpu()}
 
-    def load_fit_state(self, state) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self.threshold = state["threshold"].double().reshape(())
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         if self.threshold is None:
             raise ImoodError("react is not fitted: it clips at a percentile of a trained model's ID training "
                              "features, so it is post hoc only (ada_react scores; train with e.g. ada_energy)")
+        assert view.features is not None  # "features" in needs
         features = view.features.float()
         clipped = torch.minimum(features, self.threshold.to(features.device, features.dtype))  # no host sync
         return torch.logsumexp(view.logits_from_features(clipped).float(), dim=1)

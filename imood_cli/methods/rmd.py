@@ -20,14 +20,19 @@ The std is taken over at most 8192 training rows spread evenly through the set.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from imood_cli.methods.knn import evenly_spaced
 from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ADA_FRACTION = 0.1  # c = ADA_FRACTION · std(g on the ID training set)
 ADA_ROWS = 8192  # training rows the std is measured on (all when fewer)
 
 
-def whitening(cov):
+def whitening(cov: Tensor) -> Tensor:
     """L with Σ⁻¹ = L Lᵀ, so that (f − μ)ᵀ Σ⁻¹ (f − μ) = ‖(f − μ) L‖²."""
     precision = torch.linalg.inv(cov)
     return torch.linalg.cholesky((precision + precision.T) / 2)
@@ -41,18 +46,19 @@ class RMD(Score):
     hyperparameters = ("ridge",)
     ridge = 1e-4  # added to the diagonal of both covariances
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.means = None  # [K, d] class means, float64
-        self.class_whitening = None  # [d, d]
-        self.background_mean = None  # [d]
-        self.background_whitening = None  # [d, d]
+        self.means: Tensor | None = None  # [K, d] class means, float64
+        self.class_whitening: Tensor | None = None  # [d, d]
+        self.background_mean: Tensor | None = None  # [d]
+        self.background_whitening: Tensor | None = None  # [d, d]
 
     def check(self) -> None:
         if not self.ridge >= 0.0:
             raise OptionError(f"ridge must be >= 0, got {self.ridge}")
 
     def fit(self, view: ModelView) -> None:
+        assert view.features is not None and view.labels is not None  # "features", "fit" in needs
         f, labels = view.features.double(), view.labels
         n, d = f.shape
         k = view.num_classes
@@ -75,23 +81,25 @@ class RMD(Score):
         rows = evenly_spaced(n, ADA_ROWS).to(f.device)
         self.ada_scale = ADA_FRACTION * float(self._idness(f[rows]).std())
 
-    def fit_state(self):
-        if self.means is None:
+    def fit_state(self) -> dict[str, Tensor]:
+        if (self.means is None or self.class_whitening is None or self.background_mean is None
+                or self.background_whitening is None):
             return {}
         return {"means": self.means.cpu(), "class_whitening": self.class_whitening.cpu(),
                 "background_mean": self.background_mean.cpu(),
                 "background_whitening": self.background_whitening.cpu(),
                 "ada_scale": torch.tensor([self.ada_scale], dtype=torch.float64)}
 
-    def load_fit_state(self, state) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self.means = state["means"].double()
         self.class_whitening = state["class_whitening"].double()
         self.background_mean = state["background_mean"].double()
         self.background_whitening = state["background_whitening"].double()
         self.ada_scale = float(state["ada_scale"])
 
-    def _idness(self, features):
-        if self.means is None:
+    def _idness(self, features: Tensor) -> Tensor:
+        if (self.means is None or self.class_whitening is None or self.background_mean is None
+                or self.background_whitening is None):
             raise ImoodError("rmd is not fitted: its Gaussians come from a trained model's ID training features, "
                              "so it is post hoc only (ada_rmd scores; train with e.g. ada_energy)")
         f = features.double()
@@ -100,5 +108,6 @@ class RMD(Score):
         background = (f - self.background_mean.to(f.device)) @ self.background_whitening.to(f.device)
         return background.pow(2).sum(dim=1) - class_distance
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
+        assert view.features is not None  # "features" in needs
         return self._idness(view.features).float()

@@ -18,12 +18,17 @@ view of the features is `scale` here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 LAYERS = ("features", "map")
 
 
-def scale_activations(x, p: float):
+def scale_activations(x: Tensor, p: float) -> Tensor:
     """Each row of x ([N, ...]) times exp(its sum / the sum of its top n − round(n·p/100) entries)."""
     flat = x.reshape(x.shape[0], -1)
     n = flat.shape[1]
@@ -59,9 +64,11 @@ class SCALE(Score):
             raise OptionError(f"p is a percentage (pytorch-ood's percentile=0.85 is p=85), got {self.p}: "
                               f"for {self.p * 100:g}% write p={self.p * 100:g}")
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
         if self.layer == "map":
+            assert view.feature_map is not None  # "feature_map" in needs
             logits = view.logits_from_feature_map(scale_activations(view.feature_map.float(), self.p))
         else:
+            assert view.features is not None  # "features" in needs
             logits = view.logits_from_features(scale_activations(view.features.float(), self.p))
         return torch.logsumexp(logits.float(), dim=1)

@@ -19,7 +19,12 @@ unit of log β̂.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ADA_FRACTION = 0.1  # c = ADA_FRACTION · std(g on the ID training set)
 
@@ -48,17 +53,18 @@ class ViM(Score):
     hyperparameters = ("dim",)
     dim = 0  # principal dimension D; 0 picks it from the feature size as the paper does
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.origin = None  # u [d]
-        self.residual_basis = None  # [d, d − D], orthonormal columns spanning P⊥
-        self.alpha = None  # float64 scalar tensor
+        self.origin: Tensor | None = None  # u [d]
+        self.residual_basis: Tensor | None = None  # [d, d − D], orthonormal columns spanning P⊥
+        self.alpha: Tensor | None = None  # float64 scalar tensor
 
     def check(self) -> None:
         if self.dim < 0:
             raise OptionError(f"dim must be >= 0 (0 picks it from the feature size), got {self.dim}")
 
     def fit(self, view: ModelView) -> None:
+        assert view.features is not None and view.weight is not None and view.bias is not None  # needs
         f = view.features.double()
         if f.shape[0] < 2:
             raise ImoodError("vim needs at least two ID training features to fit its principal space")
@@ -76,21 +82,21 @@ class ViM(Score):
         g = torch.logsumexp(logits, dim=1) - alpha * residual
         self.ada_scale = ADA_FRACTION * float(g.std())
 
-    def fit_state(self):
-        if self.origin is None:
+    def fit_state(self) -> dict[str, Tensor]:
+        if self.origin is None or self.residual_basis is None or self.alpha is None:
             return {}
         return {"origin": self.origin.cpu(), "residual_basis": self.residual_basis.cpu(),
                 "alpha": self.alpha.reshape(1).cpu(), "ada_scale": torch.tensor([self.ada_scale], dtype=torch.float64)}
 
-    def load_fit_state(self, state) -> None:
+    def load_fit_state(self, state: dict[str, Tensor]) -> None:
         self.origin = state["origin"].double()
         self.residual_basis = state["residual_basis"].double()
         self.alpha = state["alpha"].double().reshape(())
         self.ada_scale = float(state["ada_scale"])
 
-    def virtual_logit(self, features):
+    def virtual_logit(self, features: Tensor) -> Tensor:
         """α ‖(f − u)^{P⊥}‖ for each row, [N] float32."""
-        if self.origin is None:
+        if self.origin is None or self.residual_basis is None or self.alpha is None:
             raise ImoodError("vim is not fitted: its principal space comes from a trained model's ID training "
                              "features, so it is post hoc only (ada_vim scores; train with e.g. ada_energy)")
         f = features.float()
@@ -98,5 +104,6 @@ class ViM(Score):
         centred = f - self.origin.to(f.device, torch.float32)
         return (centred @ basis).norm(dim=1) * self.alpha.to(f.device, torch.float32)
 
-    def idness(self, view: ModelView):
+    def idness(self, view: ModelView) -> Tensor:
+        assert view.features is not None  # "features" in needs
         return torch.logsumexp(view.logits.float(), dim=1) - self.virtual_logit(view.features)
