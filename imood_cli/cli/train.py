@@ -30,6 +30,7 @@ class TrainProgress:
         self.plain = not err_console.is_terminal
         self.started = time.perf_counter()
         self.steps_left = 0
+        self.evaluations: list[dict[str, Any]] = []  # this epoch's --eval-every records, for its line
 
     def start(self, cfg, bench, start_epoch, steps_per_epoch) -> None:
         self.epochs, self.steps_per_epoch = cfg.epochs, steps_per_epoch
@@ -56,16 +57,23 @@ class TrainProgress:
                      f"{r['images_per_s']:,.0f} img/s")
         self.bar.update(self.task, info=self.info)
 
+    def evaluated(self, r: dict[str, Any]) -> None:
+        self.evaluations.append(r)
+
     def epoch_end(self, r: dict[str, Any]) -> None:
+        from imood_cli.engine.training.validation import progress_text
+
         self.log(r)
-        self.bar.update(self.total, info=f"epoch {r['epoch']}: loss {r['loss']:.3f}")
+        evals = "".join(f"; {progress_text(e)}" for e in self.evaluations if e["epoch"] == r["epoch"])
+        self.evaluations = []
+        self.bar.update(self.total, info=f"epoch {r['epoch']}: loss {r['loss']:.3f}{evals}")
         if self.plain and is_main_process():
             done = r["epoch"] - self.first_epoch
             per_epoch = (time.perf_counter() - self.started) / max(done, 1)
             eta = per_epoch * (self.epochs - r["epoch"])
             err_console.print(f"epoch {r['epoch']}/{self.epochs}: loss {r['loss']:.4f} (in {r['l_in']:.4f}, "
                               f"ood {r['l_ood']:.4f}, aux {r['l_aux']:.4f}), lr {r['lr']:.3g}, "
-                              f"{r['images_per_s']:,.0f} img/s, ETA {_duration(eta)}", highlight=False,
+                              f"{r['images_per_s']:,.0f} img/s{evals}, ETA {_duration(eta)}", highlight=False,
                               soft_wrap=True)  # one line per epoch in a log, whatever its width
 
     def message(self, text: str) -> None:
@@ -163,11 +171,17 @@ def _cli_type(tp: Any) -> Any:
     return Optional[str]
 
 
+def _resumable_flags() -> str:
+    """'--epochs, --device, ... and --tensorboard': the options that may change on --resume."""
+    flags = [meta.flags[0].split("/")[0] for meta, _, _ in train_config.options().values() if meta.resumable]
+    return ", ".join(flags[:-1]) + f" and {flags[-1]}" if len(flags) > 1 else "".join(flags)
+
+
 def _parameters() -> list[inspect.Parameter]:
     launcher = [
         ("resume_run", Optional[Path], typer.Option(None, "--resume", metavar="RUN", help=(
             "Continue the run in this folder from its newest intact checkpoint, with its own settings "
-            "(only --epochs, --device, --threads, --workers and --test-batch-size may be given)."))),
+            f"(only {_resumable_flags()} may be given)."))),
         ("config", Optional[Path], typer.Option(None, "--config", metavar="FILE", help=(
             "A TOML (or JSON) file of option values: keys as in config.json, top level or a [train] table."))),
         ("force", bool, typer.Option(False, "--force", help=(

@@ -25,7 +25,7 @@ from imood_cli.fs.safe import NotRegularFile, parse_json, parse_toml, read_text
 DATASET_ALIASES = {"imagenet_lt": "imagenet", "imagenet-lt": "imagenet", "cifar10-lt": "cifar10",
                    "cifar100-lt": "cifar100"}
 SCHEDULE_ALIASES = {"cos": "cosine", "multistep": "multisteps", "step": "multisteps", "const": "constant"}
-GROUPS = ("What to train", "Method", "Optimisation", "Augmentation", "Machinery")
+GROUPS = ("What to train", "Method", "Optimisation", "Augmentation", "Machinery", "Validation")
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ def jitter_ok(v: Any) -> str | None:
     return None
 
 
-WHAT, METHOD, OPTIM, AUG, MACHINE = GROUPS
+WHAT, METHOD, OPTIM, AUG, MACHINE, VALID = GROUPS
+EVAL_ON = ("val", "test", "val+test")
 # The built-in benchmarks' own augmentation (their AugmentSpec; a test keeps the two in step).
 BENCHMARK_AUGMENT = {
     "crop_padding": "the benchmark's: 4 (CIFAR), 1 (digits), 2 (glyphs), 0 (ImageNet: RandomResizedCrop in the "
@@ -236,6 +237,27 @@ class TrainConfig:
     test_batch_size: int = opt(512, "Batch size when scoring.", "--test-batch-size", "--tb", group=MACHINE,
                                per_benchmark={"digits": 1024, "glyphs": 1024}, check=within(1, 10**7),
                                resumable=True, metavar="N")
+    # validation while training (off by default: then the training data are those of a run without it)
+    eval_every: int = opt(0, "Every N epochs (and after the last) score a validation split with the score of "
+                          "--ood-metric: ID accuracy by shot group, AUROC and FPR95, into metrics.jsonl and the "
+                          "progress line; 0: off. The validation images are held out of training (--val-fraction).",
+                          "--eval-every", group=VALID, check=within(0, 10**6), metavar="N")
+    val_fraction: float = opt(0.1, "With --eval-every: the fraction of each class's ID training images (at least one "
+                              "of a class with two or more; every class keeps one) and of the auxiliary OOD images "
+                              "drawn from --seed and removed from training, to validate on.", "--val-fraction",
+                              group=VALID, check=within(0, 0.5, low_open=True), metavar="F")
+    eval_on: str = opt("val", "What --eval-every scores: val (the held-out split), test (the benchmark's test sets, "
+                       "recorded as kind \"test\"; nothing is held out), or val+test.", "--eval-on", group=VALID,
+                       choices=EVAL_ON)
+    tensorboard: str | None = opt(None, "Also write the loss records, the learning rate and the --eval-every metrics "
+                                  "as TensorBoard events in this folder (needs the tensorboard package: pip install "
+                                  "tensorboard).", "--tensorboard", group=VALID, check=no_nul, resumable=True,
+                                  metavar="DIR")
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether a validation split is held out of the training images."""
+        return self.eval_every > 0 and self.eval_on != "test"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -123,16 +123,21 @@ def build_method(cfg: TrainConfig) -> tuple[Score, Objective | None]:
 
 def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
     """The ID training set and, when an OOD loss needs it, the auxiliary OOD images: the benchmark's own, or
-    those of --aux-ood-dir. Test sets are not loaded: training does not need them."""
-    from_folder = needs_aux and cfg.aux_ood_dir is not None
+    those of --aux-ood-dir. Test sets are not loaded: training does not need them. A run that holds out a
+    validation split (--eval-every) loads the auxiliary images for it even without an OOD loss, where the
+    benchmark has them (without them the split has no OOD part)."""
+    wants_aux = needs_aux or cfg.holds_out
+    from_folder = wants_aux and cfg.aux_ood_dir is not None
     options = dict(imbalance_ratio=cfg.imbalance_ratio, ood_tests=False)
     try:
         bench = load_benchmark(cfg.dataset, cfg.data_root,
-                               num_ood_samples=cfg.num_ood_samples if needs_aux and not from_folder else 0, **options)
+                               num_ood_samples=cfg.num_ood_samples if wants_aux and not from_folder else 0, **options)
     except ImoodError as exc:
-        if not needs_aux or from_folder:
+        if not wants_aux or from_folder:
             raise
-        load_benchmark(cfg.dataset, cfg.data_root, num_ood_samples=0, **options)  # the ID part alone loads?
+        bare = load_benchmark(cfg.dataset, cfg.data_root, num_ood_samples=0, **options)  # the ID part alone loads?
+        if not needs_aux:
+            return bare  # the validation split goes without auxiliary images
         raise ImoodError(f"{exc}; or train without the benchmark's auxiliary images: --aux-ood-dir DIR (any "
                          "folder of images), or --Lambda 0 (no OOD loss)") from None
     if from_folder:
@@ -143,6 +148,12 @@ def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:
         bench.aux_ood = load_image_folder(Path(cfg.aux_ood_dir), bench.image_size, bench.channels,
                                           limit=limit, option="--aux-ood-dir")
     return bench
+
+
+def load_test_sets(cfg: TrainConfig) -> Benchmark:
+    """The benchmark with its OOD test sets and no auxiliary images, for --eval-on test."""
+    return load_benchmark(cfg.dataset, cfg.data_root, imbalance_ratio=cfg.imbalance_ratio, num_ood_samples=0,
+                          ood_tests=True)
 
 
 AUX_WEIGHT_FLOOR = 1e-2

@@ -35,6 +35,7 @@ from imood_cli.engine.training.setup import (
     freeze_for,
     init_weights,
     keep_aux_linear_increasing,
+    load_test_sets,
     load_training_data,
     lr_factor,
     make_optimizer,
@@ -42,11 +43,19 @@ from imood_cli.engine.training.setup import (
     orient_aux_linear,
     used_heads,
 )
+from imood_cli.engine.training.validation import (
+    Board,
+    EvalSet,
+    HeldOut,
+    Validator,
+    hold_out,
+    summary_writer_class,
+)
 from imood_cli.errors import ImoodError, TrainingDiverged
 from imood_cli.fs.atomic import atomic_write_text
 from imood_cli.losses.la_ce import logit_adjusted_ce
 from imood_cli.models.imood_model import ImOODModel, canonical_model_name, forward_macs
-from imood_cli.registry import registry
+from imood_cli.registry import parse_spec, registry
 
 LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux", "train_acc")  # train_acc: top-1 of the class logits, ID rows
 
@@ -66,6 +75,9 @@ class TrainObserver:
 
     def log(self, record: dict[str, Any]) -> None: ...
 
+    def evaluated(self, record: dict[str, Any]) -> None:
+        """A validation record of --eval-every (kind "val" or "test"), before the epoch_end of its epoch."""
+
     def epoch_end(self, record: dict[str, Any]) -> None: ...
 
     def message(self, text: str) -> None: ...
@@ -77,6 +89,7 @@ class TrainResult:
     epochs: int
     last: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    evaluated: list[dict[str, Any]] = field(default_factory=list)  # the last --eval-every records
 
 
 def _scalar(value: Any, what: str) -> torch.Tensor:
@@ -92,10 +105,21 @@ class Trainer:
                  bench: Benchmark | None = None) -> None:
         self.cfg, self.rt = cfg, rt
         self.obs = observer or TrainObserver()
+        if cfg.tensorboard:
+            summary_writer_class()  # a missing package is an error before any work
+        if cfg.eval_on != "val" and not cfg.eval_every:
+            raise ImoodError(f"--eval-on {cfg.eval_on} says what --eval-every scores: give --eval-every N too")
         self.score, self.objective = build_method(cfg)
         self.aux = registry().aux_loss(cfg.aux_ood_loss, k=cfg.pascl_k, T=cfg.temperature)
         needs_aux = cfg.Lambda > 0 and self.objective is not None
+        given = bench
         self.bench = bench or load_training_data(cfg, needs_aux)
+        self.held_out: HeldOut | None = None
+        if cfg.holds_out:  # the validation split leaves the training images (and the auxiliary ones)
+            self.bench, self.held_out = hold_out(self.bench, cfg.val_fraction, cfg.seed)
+            if not len(self.held_out.id):
+                raise ImoodError(f"--val-fraction {cfg.val_fraction:g} holds out no ID image: {cfg.dataset}'s "
+                                 "classes have one training image each")
         b = self.bench
         if needs_aux and (b.aux_ood is None or len(b.aux_ood) == 0):
             raise ImoodError(f"{cfg.dataset} has no auxiliary OOD training data, which {cfg.ood_metric} needs: "
@@ -110,6 +134,8 @@ class Trainer:
         self.class_counts = list(b.class_counts)
         self.log_prior = log_prior(self.class_counts, cfg.logit_adjust).float().to(rt.device)
         self.counts_t = torch.tensor(self.class_counts, device=rt.device)
+        self.validator = self._validator(given) if cfg.eval_every else None
+        self.board: Board | None = None
 
         torch.manual_seed(cfg.seed)
         self.core = ImOODModel(self.arch, pretrained=cfg.pretrained)
@@ -161,6 +187,39 @@ class Trainer:
         self.saved: Path | None = None  # the newest checkpoint this process wrote
         self.resumed_from: Path | None = None
         self.pending_config = False  # config.json to rewrite at the first save (resume with changed options)
+
+    def _validator(self, given: Benchmark | None) -> Validator:
+        """What --eval-every scores: the held-out split, the benchmark's test sets, or both."""
+        cfg, b = self.cfg, self.bench
+        sets = []
+        if self.held_out is not None:
+            sets.append(EvalSet("val", self.held_out.id, self.held_out.sets()))
+        if "test" in cfg.eval_on:
+            tests = given if given is not None and given.ood_tests else load_test_sets(cfg)
+            if not tests.ood_tests:
+                raise ImoodError(f"--eval-on {cfg.eval_on}: {cfg.dataset} has no OOD test set on disk")
+            sets.append(EvalSet("test", tests.test, dict(tests.ood_tests)))
+        name = parse_spec(cfg.ood_metric)[0]
+        label = registry().get("method", name).derived_from or name  # an ada_ run is scored with its base score
+        return Validator(sets, self.score, label, self.class_counts, self.log_prior, self.rt, cfg.test_batch_size,
+                         b.augment, cfg.workers, fit_set=b.train)
+
+    def validates_after(self, epoch: int) -> bool:
+        every = self.cfg.eval_every
+        return bool(every) and (epoch % every == 0 or epoch == self.cfg.epochs)
+
+    def validate(self) -> list[dict[str, Any]]:
+        """Score the validation sets with the weights of now (rank 0; the others wait) and log the records."""
+        records: list[dict[str, Any]] = []
+        if self.rt.is_main and self.validator is not None:
+            records = self.validator.run(self.core, self.epoch, self.global_step)
+            with open(self.cfg.run_dir / METRICS_FILE, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+            for r in records:
+                if self.board is not None:
+                    self.board.write(r)
+        self.rt.barrier()
+        return records
 
     # ---- data
     def _check_memory(self) -> None:
@@ -283,6 +342,7 @@ class Trainer:
             "generator": self._gen.get_state() if self.step_in_epoch else None,
             "running": self.running if self.step_in_epoch else None,
             "rng": rng, "metric": self.objective.state() if self.objective is not None else {},
+            **({"validation": self.held_out.digest} if self.held_out is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any], path: Path | None = None) -> None:
@@ -301,6 +361,10 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ImoodError(f"{where} does not fit this run ({type(exc).__name__}: {first})") from None
+        split = state.get("validation")
+        if self.held_out is not None and split is not None and split != self.held_out.digest:
+            raise ImoodError(f"{where} was trained with another validation split held out than this run holds out "
+                             "now (its training data changed)")
         self.epoch, self.step_in_epoch, self.global_step = counters
         self._resume_generator = state.get("generator")
         running = state.get("running")
@@ -373,6 +437,8 @@ class Trainer:
         if self.rt.is_main:
             with open(self.cfg.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.board is not None:
+                self.board.write(record)
         return record
 
     # ---- the loop
@@ -386,8 +452,27 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         self.obs.start(cfg, self.bench, self.epoch, self.steps_per_epoch)
         guard = TrainingGuard.for_run(cfg, self.objective, self.class_counts, cfg.epochs * self.steps_per_epoch)
-        last: dict[str, Any] = {}
+        if self.held_out is not None and self.epoch == 0 and not self.step_in_epoch:
+            ood = self.held_out.ood
+            self.obs.message(f"validation: {len(self.held_out.id):,} ID images"
+                             + (f" and {len(ood):,} auxiliary OOD images" if ood is not None and len(ood) else "")
+                             + f" held out of training (--val-fraction {cfg.val_fraction:g})")
         self.core.train()
+        if cfg.tensorboard and rt.is_main:
+            self.board = Board(cfg.tensorboard)
+        self._last: dict[str, Any] = {}
+        try:
+            evaluated = self._loop(guard)
+        finally:
+            if self.board is not None:
+                self.board.close()
+                self.board = None
+        rt.barrier()
+        return TrainResult(cfg.run_dir, self.epoch, self._last, warnings=list(guard.warnings), evaluated=evaluated)
+
+    def _loop(self, guard: TrainingGuard) -> list[dict[str, Any]]:
+        cfg, rt = self.cfg, self.rt
+        evaluated: list[dict[str, Any]] = []
         with Interrupts(graceful=True) as stop:
             while self.epoch < cfg.epochs:
                 batches = self._epoch(self.epoch)
@@ -431,18 +516,22 @@ class Trainer:
                         raise Interrupted(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
                                           f"saved {path}; continue with: imood train --resume {cfg.run_dir}")
                 _close(batches)
-                last = self._log_record(r["ep_sums"], r["ep_count"], r["ep_images"], time.perf_counter() - ep_t0,
-                                        "epoch")
+                self._last = self._log_record(r["ep_sums"], r["ep_count"], r["ep_images"],
+                                              time.perf_counter() - ep_t0, "epoch")
                 self.epoch += 1
                 self.step_in_epoch = 0
+                if self.validates_after(self.epoch):  # before the checkpoint: a resume never skips a pass
+                    evaluated = self.validate()
+                    hook = getattr(self.obs, "evaluated", None)  # an observer written before 0.3 has none
+                    for rec in evaluated if hook is not None else ():
+                        hook(rec)
                 self.save_checkpoint()
-                self.obs.epoch_end(last)
+                self.obs.epoch_end(self._last)
                 if stop.stopping and self.epoch < cfg.epochs:
                     raise Interrupted(f"interrupted after epoch {self.epoch}; continue with: "
                                       f"imood train --resume {cfg.run_dir}")
             self.save_model()  # still under the stop flag: a Ctrl-C now waits for the model file
-        rt.barrier()
-        return TrainResult(cfg.run_dir, self.epoch, last, warnings=list(guard.warnings))
+        return evaluated
 
 
 def _widen(sums: torch.Tensor) -> torch.Tensor:
