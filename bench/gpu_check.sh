@@ -16,5 +16,5 @@ timeout ${T_OPS:-60} python3 bench/bench_ops.py --device cuda --json "$OUT/ops.j
 timeout ${T_SCORE:-120} python3 bench/bench_score.py --json "$OUT/score.json"
 timeout ${T_IMPORT:-120} python3 bench/bench_import_score.py --json "$OUT/import_score.json"
 timeout ${T_METRICS:-60} python3 bench/bench_metrics.py --sizes 1e6,1e7 --repeat 1 --json "$OUT/metrics.json"
-timeout ${T_TEST:-180} python3 -m pytest -q -p no:cacheprovider --maxfail=5 tests/test_cuda.py tests/test_contract.py tests/test_train.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
+timeout ${T_TEST:-180} python3 -m pytest -q -p no:cacheprovider --maxfail=5 tests/training/test_cuda.py tests/core/test_contract.py tests/training/test_train.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
 echo "done"

@@ -1,3 +1,9 @@
+"""Shared by every folder of tests/ (laid out like imood_cli/): the environment, and `imood` in process.
+
+Fixtures: `cli(argv) -> (code, stdout, stderr)` in a test (it reads capsys); `cli_code(argv) -> code` where
+capsys cannot go (module- or session-scoped fixtures), the output left to pytest. `run_cli` stays importable.
+"""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,3 +35,20 @@ def run_cli(argv, capsys=None):
         return code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@pytest.fixture
+def cli(capsys):
+    """`cli(argv)`: run `imood argv` in process; returns (exit code, stdout, stderr) of that command alone."""
+
+    def run(argv):
+        capsys.readouterr()  # drop what came before (an earlier command, a hypothesis example)
+        return run_cli(argv, capsys)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def cli_code():
+    """`cli_code(argv)`: run `imood argv` in process; returns its exit code. For fixtures of any scope."""
+    return run_cli

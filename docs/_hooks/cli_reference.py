@@ -9,7 +9,7 @@ A page of docs/cli/ holds hand-written prose and generated blocks between two ma
 
 `python docs/_hooks/cli_reference.py` rewrites every block in the files under docs/ (`--check`: only say which
 are stale, exit code 1); the MkDocs hook `docs/_hooks/site.py` regenerates them while building, and
-tests/test_docs.py fails when a committed block differs from what the code gives, so the reference cannot drift.
+tests/docs/test_docs.py fails when a committed block differs from what the code gives, so the reference cannot drift.
 """
 
 from __future__ import annotations

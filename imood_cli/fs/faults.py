@@ -1,5 +1,5 @@
 """Named steps of imood's writes where a test can kill the process outright, to show that a kill at any
-instant leaves files the next run continues from (tests/test_kill_resume.py).
+instant leaves files the next run continues from (tests/runs/test_kill_resume.py).
 
 Off unless the environment names a step: `IMOOD_FAULT=checkpoint.index.synced@2` sends SIGKILL to the
 process the second time it reaches that step (`@1` when no count is given). A kill is what a user's
