@@ -24,11 +24,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(IMOOD) data prepare digits --drp $(DATA)
 	$(IMOOD) train --ds digits --drp $(DATA) --srp $(RUNS) --name digits-baseline --force \
-	    --ood_metric oe --logit_adjust 0 --aux_ood_loss none
+	    --ood-metric oe --logit-adjust 0 --aux-ood-loss none
 	$(IMOOD) train --ds digits --drp $(DATA) --srp $(RUNS) --name digits-imood --force \
-	    --ood_metric ada_oe --logit_adjust 1.0 --aux_ood_loss none
-	$(IMOOD) score $(RUNS)/digits-baseline --ood_metric all
-	$(IMOOD) score $(RUNS)/digits-imood --ood_metric msp,energy
+	    --ood-metric ada_oe --logit-adjust 1.0 --aux-ood-loss none
+	$(IMOOD) score $(RUNS)/digits-baseline --ood-metric all
+	$(IMOOD) score $(RUNS)/digits-imood --ood-metric msp,energy
 	$(IMOOD) eval $(RUNS)/digits-imood/scores/msp.safetensors
 	$(IMOOD) report $(RUNS)/digits-baseline $(RUNS)/digits-imood
 

@@ -10,8 +10,9 @@
             top2 = view.logits.topk(2, dim=1).values
             return top2[:, 0] - top2[:, 1]
 
-Entry-point groups (pyproject.toml): `imood.ood_metrics` names a Detector subclass, `imood.aux_losses`
-an AuxLoss subclass, `imood.datasets` a class with `load`, `status` and `prepare`. Every field's
+Entry-point groups (pyproject.toml): `imood.ood_metrics` names a Method (or a Score alone, or a 0.2
+Detector), `imood.aux_losses` an AuxLoss subclass, `imood.datasets` a class with `load`, `status` and
+`prepare` (the `Dataset` protocol; it returns a `Benchmark` of `ImageSet`s). Every field's
 shape, dtype and meaning is documented on the classes below; `NEEDS` lists what a detector may ask for.
 
 A test of a model-aware detector builds the view the engine would build with `ModelView.of(outputs, weight=...,
@@ -35,15 +36,18 @@ from imood_cli.core.contract import (
     OptionError,
     class_probs,
 )
+from imood_cli.core.dataset import AugmentSpec, Benchmark, Dataset, FileStatus, ImageSet
 from imood_cli.core.lazy import F, torch
 from imood_cli.core.method import Method, Objective, Paper, Score
+from imood_cli.core.percent import check_percentage, percentile
 from imood_cli.core.prior import log_beta, log_prior
 from imood_cli.errors import ImoodError
 
 Ada = AdaScore  # the 0.2 name: plugins written for 0.2 keep importing it
 
 __all__ = [
-    "NEEDS", "ADA_PREFIX", "CORRECTIONS", "Ada", "AdaObjective", "AdaScore", "AuxBatch", "AuxLoss", "Configurable",
+    "NEEDS", "ADA_PREFIX", "CORRECTIONS", "Ada", "AdaObjective", "AdaScore", "AugmentSpec", "AuxBatch", "AuxLoss",
+    "Benchmark", "Configurable", "Dataset", "FileStatus", "ImageSet",
     "Detector", "LossContext", "Method", "ModelOutputs", "ModelView", "Objective", "OptionError", "ImoodError",
-    "Paper", "Score", "class_probs", "log_beta", "log_prior", "torch", "F",
+    "Paper", "Score", "check_percentage", "class_probs", "percentile", "log_beta", "log_prior", "torch", "F",
 ]

@@ -9,13 +9,14 @@ and skipped elsewhere. `ada_<name>` is derived at lookup for a detector that dec
 from __future__ import annotations
 
 import importlib.metadata as md
+import inspect
 import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from imood_cli.core.ada import ADA_PREFIX, AdaObjective, AdaScore
-from imood_cli.core.contract import OptionError, check_class, plugin_name_problem
+from imood_cli.core.contract import OptionError, check_class, named_option_error, plugin_name_problem
 from imood_cli.core.contract import parse_spec as parse_spec  # re-exported: callers spell detectors with it
 from imood_cli.core.method import Method, Objective, Score, as_method
 from imood_cli.discovery import GROUPS, OWN_PACKAGE, entry_points, normalize_dist
@@ -132,12 +133,25 @@ class Registry:
         return out
 
     def _warn(self) -> None:
-        if not self._warned:
-            self._warned = True
-            for p in self.plugins():
-                if p.status in ("error", "refused", "clash", "shadowed") and p.derived_from is None:
-                    warnings.warn(f"imood: {LABELS[p.kind]} plugin {p.name!r} from {p.distribution} skipped: "
-                                  f"{p.error}", PluginWarning, stacklevel=3)
+        """One warning line per command for the plugins that cannot be used: the reason when there is one, else
+        how many from which distributions (a broken distribution used to print a line per entry point)."""
+        if self._warned:
+            return
+        self._warned = True
+        bad = [p for p in self.plugins()
+               if p.status in ("error", "refused", "clash", "shadowed") and p.derived_from is None]
+        if len(bad) == 1:
+            p = bad[0]
+            message = f"imood: {LABELS[p.kind]} plugin {p.name!r} from {p.distribution} skipped: {p.error}"
+        elif bad:
+            by_dist: dict[str, list[str]] = {}
+            for p in bad:
+                by_dist.setdefault(p.distribution, []).append(p.name)
+            where = "; ".join(f"{d}: {', '.join(names)}" for d, names in by_dist.items())
+            message = f"imood: {len(bad)} plugins skipped ({where}); `imood plugins list` says why"
+        else:
+            return
+        warnings.warn(message, PluginWarning, stacklevel=3)
 
     def names(self, kind: str) -> list[str]:
         self._warn()
@@ -171,7 +185,7 @@ class Registry:
         try:
             score = p.method.build_score(base, options)
         except OptionError as exc:
-            raise ImoodError(f"{name}: {exc}") from None
+            raise named_option_error(name, exc, p.cls) from None
         if p.derived_from is None:
             if ada_scale is not None:
                 raise ImoodError(f"--ada-scale applies to ada_ methods only, not {name!r}")
@@ -189,7 +203,7 @@ class Registry:
         try:
             score, objective = p.method.build_training(base, options)
         except OptionError as exc:
-            raise ImoodError(f"{name}: {exc}") from None
+            raise named_option_error(name, exc, p.cls) from None
         if p.derived_from is None:
             if ada_correction != "full":
                 raise ImoodError(f"--ada-correction applies to ada_ methods only, not {name!r}")
@@ -211,6 +225,35 @@ class Registry:
                 return prefix + other.name
         return None
 
+    def describe(self, kind: str, name: str) -> dict[str, Any]:
+        """What `imood plugins show` prints: where a plugin comes from, its docstring's first line and, for a
+        method, its paper, needs, `ada_` scale and options by phase (type, default)."""
+        p = self.get(kind, name)
+        target = p.cls if p.derived_from is None else self.get(kind, p.derived_from).cls
+        own = target.__dict__.get("__doc__") or getattr(inspect.getmodule(target), "__doc__", None) or ""
+        doc = inspect.cleandoc(own)
+        try:
+            source = inspect.getsourcefile(target)
+        except TypeError:
+            source = None
+        out: dict[str, Any] = {"name": name, "kind": kind, "distribution": p.distribution, "version": p.version,
+                               "target": p.target, "source": source, "summary": " ".join(doc.split("\n\n")[0].split()),
+                               "ada_form_of": p.derived_from}
+        if kind == "method":
+            method = self.get("method", p.derived_from or name).method
+            paper = method.paper
+            out.update(paper=paper.cite() if paper else None, paper_url=paper.url if paper else None,
+                       trains=method.trainable() or p.derived_from is not None, scores_as=self.alias_of(name))
+            try:
+                score = self.score(p.derived_from or name)  # an ada_ form's c is its base's
+                out.update(needs=sorted(score.needs), ada_scale=score.ada_scale, extra_outputs=score.extra_outputs)
+            except ImoodError as exc:  # a method that cannot be built with its defaults says why
+                out.update(needs=None, ada_scale=None, extra_outputs=None, problem=str(exc))
+            out["options"] = option_table(method)
+        elif kind == "aux_loss":
+            out["options"] = [option_row(target, key, "training") for key in target.hyperparameters]
+        return out
+
     def aux_loss(self, name: str, **options: Any):
         """A fresh aux loss; it receives the options it declares (pascl: k, T), the others are dropped."""
         p = self.get("aux_loss", name)
@@ -221,6 +264,25 @@ class Registry:
 
     def dataset(self, name: str):
         return self.get("dataset", name).cls()
+
+
+def option_row(cls: type, key: str, phase: str) -> dict[str, Any]:
+    default = getattr(cls, key, None)
+    default = None if isinstance(default, property) else default
+    return {"name": key, "type": type(default).__name__ if default is not None else None, "default": default,
+            "phase": phase, "note": getattr(cls, "default_notes", {}).get(key)}
+
+
+def option_table(method: type[Method]) -> list[dict[str, Any]]:
+    """A method's options: the score's (`imood score -m name:key=value`, also taken by training) and the
+    objective's (`imood train --ood-metric name:key=value` only); a 0.2 detector's take both phases."""
+    if not hasattr(method, "score"):  # a 0.2 Detector: one option bag for both phases
+        detector = method.detector  # type: ignore[attr-defined]
+        return [option_row(detector, key, "scoring and training") for key in detector.hyperparameters]
+    rows = [option_row(method.score, key, "scoring") for key in method.score.hyperparameters]
+    if method.objective is not None:
+        rows += [option_row(method.objective, key, "training") for key in method.objective.hyperparameters]
+    return rows
 
 
 _REGISTRY: Registry | None = None

@@ -26,6 +26,22 @@ from imood_cli.core.interrupts import Interrupts
 from imood_cli.core.process import die_with_parent
 from imood_cli.errors import ImoodError
 
+
+class PanelledCommand(typer.core.TyperCommand):
+    """Plain help with the options in sections, one per panel (`imood train`: what to train, method,
+    optimisation, ...), as rich would group them, without rich's boxes."""
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        for name, rows in sections.items():
+            with formatter.section(name):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="imood",
     help="Out-of-distribution detection on long-tailed data with ImOOD (class-prior-aware OOD scores).",
@@ -37,7 +53,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(plugins_cmd.app, name="plugins")
-app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(train_cmd.train)
+app.command("train", cls=PanelledCommand, context_settings={"help_option_names": ["-h", "--help"]})(train_cmd.train)
 app.command("score")(score_cmd.score)
 app.command("eval")(eval_cmd.eval_scores)
 app.command("report")(report_cmd.report)

@@ -57,7 +57,7 @@ def eval_scores(
     from imood_cli.cli.tables import print_table, print_warning
     from imood_cli.engine.runs.scorefile import ScoreSet
     from imood_cli.fs.atomic import atomic_write_text
-    from imood_cli.report.results import ModelCheck, evaluate_scoreset, run_of, score_files
+    from imood_cli.report.results import PREFERRED, ModelCheck, evaluate_scoreset, fingerprint, run_of, score_files
     from imood_cli.report.tables import METRICS, SORTS, eval_tables, sort_key, summary_table
 
     if sort is not None and sort not in SORTS:
@@ -68,6 +68,7 @@ def eval_scores(
         raise ImoodError("--seed must be >= 0")
     check = ModelCheck()
     results = {}
+    same: dict[tuple, list[str]] = {}  # identical scores of one model (oe scores as msp): named together
     for path in score_files(scores):
         ss = ScoreSet.load(path)
         reason = check.stale_reason(path, ss)
@@ -76,12 +77,20 @@ def eval_scores(
         key = ss.metric if ss.metric not in results else f"{ss.metric} ({path})"
         results[key] = evaluate_scoreset(ss, bootstrap=bootstrap, seed=seed)
         results[key]["score_file"] = str(path)
+        results[key]["alias_of"] = None
+        same.setdefault((ss.meta.get("checkpoint_sha256"), bool(reason), fingerprint(ss)), []).append(key)
         if reason:
             results[key]["stale"] = True
             print_warning(reason.split(";")[0] + "; shown because of --allow-stale")
         run = run_of(path)
         if save and run is not None and not reason:
             atomic_write_text(_eval_json_path(run, path.stem), json.dumps(results[key], indent=2))
+    aliases: dict[str, list[str]] = {}
+    for keys in same.values():
+        head = min(keys, key=lambda k: (k.removeprefix("ada_") not in PREFERRED, keys.index(k)))
+        aliases[head] = [k for k in keys if k != head]
+        for k in aliases[head]:
+            results[k]["alias_of"] = head
     if sort is not None:
         results = dict(sorted(results.items(), key=lambda kv: sort_key(sort, kv[0], kv[1]["ood"]["mean"].get(sort))))
     if as_json:
@@ -89,20 +98,25 @@ def eval_scores(
     elif as_csv:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["metric", "ood_set", *[k for k, _, _ in METRICS]])
+        w.writerow(["metric", "ood_set", *[k for k, _, _ in METRICS], "alias_of"])
         for metric, r in results.items():
             names = list(r["ood"])
             if sort is not None:  # the mean stays last
                 names.sort(key=lambda s: (s == "mean", sort_key(sort, s, r["ood"][s].get(sort))))
             for set_name in names:
                 m = r["ood"][set_name]
-                w.writerow([metric, set_name] + [f"{m[k]:.6f}" for k, _, _ in METRICS])
+                w.writerow([metric, set_name] + [f"{m[k]:.6f}" for k, _, _ in METRICS] + [r["alias_of"] or ""])
         print(buf.getvalue(), end="")
     else:
-        for metric, r in results.items():
-            for t in eval_tables(metric + (" (stale)" if r.get("stale") else ""), r, sort):
+        def name(metric: str, r: dict) -> str:
+            others = aliases.get(metric)
+            return metric + (f" (= {', '.join(others)})" if others else "") + (" (stale)" if r.get("stale") else "")
+
+        shown = {metric: r for metric, r in results.items() if r["alias_of"] is None}
+        for metric, r in shown.items():
+            for t in eval_tables(name(metric, r), r, sort):
                 print_table(t)
-        if len(results) > 1:  # the files side by side, after the details: the comparison ends the output
-            rows = [(metric + (" (stale)" if r.get("stale") else ""), r) for metric, r in results.items()]
+        if len(shown) > 1:  # the files side by side, after the details: the comparison ends the output
+            rows = [(name(metric, r), r) for metric, r in shown.items()]
             print_table(summary_table("files", f"{len(rows)} score files: mean over each file's OOD sets (%)",
                                       rows, sort=sort))

@@ -19,7 +19,7 @@ def report(
     runs: list[Path] = typer.Argument(..., metavar="RUN", show_default=False,
                                       help="Run folders (or scores folders, or score files); several are shown side "
                                            "by side, in the order given."),
-    metric: Optional[str] = typer.Option(None, "--metric", "-m", metavar="NAMES",
+    metric: Optional[str] = typer.Option(None, "--ood-metric", "-m", "--metric", metavar="NAMES",
                                          help="Detectors to include, comma-separated, in this order. [default: all "
                                               "scored, each base detector then its ada_ form]"),
     fmt: str = typer.Option("terminal", "--format", "-f", metavar="FORMAT",
@@ -48,9 +48,12 @@ def report(
                                         "ID data side by side, marked, instead of refusing."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Report scores computed from an older model than "
                                      "the run's model.safetensors, marked (stale), instead of refusing them."),
-    published: Optional[str] = typer.Option(None, "--published", metavar="TABLE",
-                                            help="Add a table of the ImOOD paper's numbers beside the rows (e.g. "
-                                                 "table1-cifar10), each row matched by its run's name."),
+    published: Optional[str] = typer.Option(None, "--published", metavar="TABLE[:ROW]",
+                                            help="Compare with the ImOOD paper's table (e.g. table1-cifar10, or "
+                                                 "table1-cifar10:\"PASCL + ImOOD\" to name the row): each run on the "
+                                                 "detector the paper reports, every difference of protocol listed, "
+                                                 "Δ only where OOD sets, ID data and detector match. A run is matched "
+                                                 "by its name or its recorded training when no row is named."),
 ) -> None:
     """Every table (mean metrics, ada_ gains, ID accuracy, per OOD set, shot-group errors) and plots."""
     from imood_cli.cli.tables import print_table, print_warning
@@ -68,7 +71,7 @@ def report(
     if published:
         from imood_cli.report import published as paper
 
-        paper.table(published)  # a misspelt table fails before any work
+        paper.parse_spec(published)  # a misspelt table or row fails before any work
     target = None
     if plots < 0:
         raise ImoodError(f"--plots must be >= 0, got {plots}")
@@ -93,7 +96,7 @@ def report(
     rep = sort_report(rep, sort)
     tables = report_tables(rep, sort)
     if published:
-        tables.append(paper.for_report(published, rep))
+        tables.insert(1, paper.for_report(published, rep))  # beside the main table
     if fmt == "terminal":
         for t in tables:
             print_table(t)

@@ -116,7 +116,7 @@ def score(
                                              help="Dataset folder. [default: the training run's]"),
     ood_dir: Optional[list[Path]] = typer.Option(None, "--ood-dir", metavar="DIR",
                                                  help="Extra OOD test set: any folder of images (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for the score files. "
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the score files. "
                                        "[default: RUN/scores]"),
     batch_size: int = typer.Option(512, "--batch-size", "--tb", "-b", metavar="N", help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", "--gpu", metavar="DEV", help="auto, cpu, cuda or cuda:N."),
@@ -192,23 +192,29 @@ def score(
     for note in notes:
         warn(note)
     from imood_cli.cli.tables import print_table
+    from imood_cli.report.results import PREFERRED, fingerprint
     from imood_cli.report.tables import summary_table
 
     n_sets = len(bench.ood_tests) + len(extra)
-    rows = []
+    same: dict[str, list[str]] = {}  # identical scores (oe scores as msp): one row naming them all
     for spec in specs:
         label = detector_label(spec)
-        if label not in results:  # left out by -m all (named in the note above)
-            continue
-        ss = results[label]
-        rows.append((label, evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label, id_preds=ss.id_pred,
-                                     class_counts=ss.class_counts)))
+        if label in results:  # else left out by -m all (named in the note above)
+            same.setdefault(fingerprint(results[label]), []).append(label)
+    rows = []
+    for labels in same.values():
+        head = min(labels, key=lambda x: (x.removeprefix("ada_") not in PREFERRED, labels.index(x)))
+        ss = results[head]
+        others = [x for x in labels if x != head]
+        rows.append((head + (f" (= {', '.join(others)})" if others else ""),
+                     evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label, id_preds=ss.id_pred,
+                              class_counts=ss.class_counts)))
     table = summary_table("score", f"{bench.name}: mean over {n_sets} OOD set{'s' if n_sets != 1 else ''} (%)", rows,
                           sort=sort)
     print_table(table)
     # the files share one folder: named once, on a line of its own that is never cut or wrapped (a column of
     # paths showed `runs…` at 80 columns)
-    renamed = any(paths[label].stem != label for label, _ in rows)
+    renamed = any(path.stem != label for label, path in paths.items())
     console.print(f"score files: {shown_path(folder)}/<detector>.safetensors"
                   + (" (a ':' in a detector's name is '-' in its file's)" if renamed else ""), soft_wrap=True,
                   markup=False)

@@ -104,6 +104,10 @@ def split_columns(t: Table, width: int) -> list[Table]:
 
 def print_table(t: Table) -> None:
     """One table on standard output at the terminal's width (in parts when it cannot fit)."""
+    if t.preface:
+        console.print()
+    for line in t.preface:
+        console.print(escape(line), highlight=False)
     for part in split_columns(t, console.width):
         console.print(rich_table(part))
 

@@ -210,8 +210,18 @@ class AuxBatch:
         return self.class_counts.numel()
 
 
-class OptionError(ValueError):
-    """A hyperparameter that a detector or aux loss does not have, or a value it cannot take."""
+class OptionError(ImoodError, ValueError):
+    """A hyperparameter that a method or aux loss does not have, or a value it cannot take: one `imood: error:`
+    line (exit code 2) naming the method once, however the message was prefixed."""
+
+
+def named_option_error(name: str, exc: OptionError, owner: type | None = None) -> OptionError:
+    """`exc` with one prefix, `name: `: a plugin's own `OptionError("clipact: percentile ...")` and imood's
+    `"CLIPAct: option ..."` both lose the prefix they carry (0.2 printed "clipact: clipact: percentile ...")."""
+    text = str(exc)
+    for prefix in {name, name.removeprefix("ada_"), *((owner.__name__,) if owner is not None else ())}:
+        text = text.removeprefix(f"{prefix}: ")
+    return OptionError(f"{name}: {text}")
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -265,7 +275,7 @@ class Configurable:
         for key, value in options.items():
             if key not in self.hyperparameters:
                 known = ", ".join(self.hyperparameters) or "none"
-                raise OptionError(f"{owner} has no option {key!r} (options: {known})")
+                raise OptionError(f"{owner}: no option {key!r} (options: {known})")
             setattr(self, key, coerce_option(owner, key, getattr(type(self), key), value))
         self.check()
 

@@ -188,7 +188,7 @@ class Method:
         unknown = [k for k in options if k not in score_keys | objective_keys]
         if unknown:
             known = ", ".join(sorted(score_keys | objective_keys)) or "none"
-            raise OptionError(f"{name} has no option {unknown[0]!r} (options: {known})")
+            raise OptionError(f"{name}: no option {unknown[0]!r} (options: {known})")
         score = cls.score(**{k: v for k, v in options.items() if k in score_keys})
         if cls.objective is None:
             return score, None

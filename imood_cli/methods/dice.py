@@ -15,25 +15,12 @@ as a fraction: its 0.9 is p = 90 here.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
-from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, percentile, torch
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-
-def percentile(values: Tensor, p: float) -> Tensor:
-    """The p-th percentile (0-100) of all entries, linearly interpolated as numpy does, float64 scalar."""
-    flat = values.detach().reshape(-1)
-    position = (flat.numel() - 1) * p / 100.0
-    below = math.floor(position)
-    low = flat.kthvalue(below + 1).values.double()
-    frac = position - below
-    if frac == 0.0:
-        return low
-    return low + (flat.kthvalue(below + 2).values.double() - low) * frac
 
 
 class DICE(Score):

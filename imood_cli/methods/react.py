@@ -13,33 +13,12 @@ code and pytorch-ood use). pytorch-ood's ReAct takes `percentile` as a fraction:
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
-from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, torch
+from imood_cli.plugin_api import ImoodError, ModelView, OptionError, Paper, Score, percentile, torch
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-
-def percentile(values: Tensor, p: float) -> Tensor:
-    """The p-th percentile (0-100) of all entries of `values`, linearly interpolated, as a float64 scalar.
-
-    kthvalue rather than torch.quantile: quantile sorts a full copy and, in most torch releases imood supports,
-    refuses inputs above 2^24 entries, fewer than a training set's activations (50,000 × 512).
-    """
-    flat = values.detach().reshape(-1)
-    n = flat.numel()
-    if n == 0:
-        raise ImoodError("cannot take a percentile of no activations: the ID training set is empty")
-    position = (n - 1) * p / 100.0
-    below = math.floor(position)
-    low = flat.kthvalue(below + 1).values.double()
-    frac = position - below
-    if frac == 0.0:
-        return low
-    high = flat.kthvalue(below + 2).values.double()
-    return low + (high - low) * frac
 
 
 class ReAct(Score):

@@ -28,6 +28,8 @@ def markdown(report: Report, tables: list[Table] | None = None) -> str:
     for t in tables or report_tables(report):
         best = best_cells(t)
         lines += [f"### {t.title}", ""]
+        if t.preface:
+            lines += [f"{_md_cell(n)}  " for n in t.preface] + [""]
         lines.append("| " + " | ".join(_md_cell(c.heading) for c in t.columns) + " |")
         lines.append("|" + "|".join(":--" if c.kind == "text" else "--:" for c in t.columns) + "|")
         lines += ["| " + " | ".join(marked_text(c, v, is_marked(best, c, i), _md_cell, _md_bold)
@@ -57,8 +59,10 @@ def latex(report: Report, tables: list[Table] | None = None) -> str:
     for t in tables or report_tables(report):
         best = best_cells(t)
         align = "".join("l" if c.kind == "text" else "r" for c in t.columns)
-        out += [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(t.title)}}}",
-                rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+        out += [r"\begin{table}[ht]", r"\centering", rf"\caption{{{latex_escape(t.title)}}}"]
+        if t.preface:
+            out.append(r"{\footnotesize " + latex_escape(" ".join(t.preface)) + r"}\par\smallskip")
+        out += [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
                 " & ".join(latex_escape(c.heading) for c in t.columns) + r" \\", r"\midrule"]
         out += [" & ".join(marked_text(c, v, is_marked(best, c, i), latex_escape, _latex_bold)
                            for c, v in zip(t.columns, row)) + r" \\" for i, row in enumerate(t.rows)]
@@ -80,6 +84,11 @@ def _finite(value):
     return value
 
 
+def _files_of(e) -> list[tuple[str, object]]:
+    """A row's detector and those with identical scores (`aliases`), each with its score file."""
+    return [(e.metric, e.path), *zip(e.aliases, e.alias_paths)]
+
+
 def as_json(report: Report, tables: list[Table] | None = None) -> str:
     """Every table (values as fractions, null where missing; `best`: per ranked column the indices of the rows
     with its best value, a pair of such lists for an AUROC / FPR95 column), the records behind them, and each
@@ -90,11 +99,14 @@ def as_json(report: Report, tables: list[Table] | None = None) -> str:
         "ood_sets": report.sets, "warnings": report.warnings,
         "tables": [{"key": t.key, "title": t.title,
                     "columns": [{"key": c.key, "title": c.heading, "kind": c.kind} for c in t.columns],
-                    "rows": t.rows, "stale": t.stale, "best": best_cells(t), "notes": t.notes}
+                    "rows": t.rows, "stale": t.stale, "best": best_cells(t), "notes": t.notes,
+                    "preface": t.preface}
                    for t in tables or report_tables(report)],
-        "records": [{k: r[k] for k in RECORD_COLUMNS} for r in records(report)],
-        "entries": [{"run": e.run or report.runs[0][0], "metric": e.metric, "score_file": str(e.path),
-                     "stale": e.stale, **e.result} for e in report.entries],
+        "records": [{k: r[k] for k in RECORD_COLUMNS} for r in records(report, aliases=True)],
+        "entries": [{"run": e.run or report.runs[0][0], "metric": name, "score_file": str(path),
+                     "stale": e.stale, "alias_of": None if name == e.metric else e.metric,
+                     **{k: v for k, v in e.result.items() if k != "metric"}}
+                    for e in report.entries for name, path in _files_of(e)],
     }
     return json.dumps(_finite(doc), indent=2, ensure_ascii=False) + "\n"
 
@@ -105,6 +117,6 @@ def as_csv(report: Report) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(RECORD_COLUMNS), extrasaction="ignore")
     w.writeheader()
-    for r in records(report):
+    for r in records(report, aliases=True):
         w.writerow({k: "" if r[k] is None else r[k] for k in RECORD_COLUMNS})
     return buf.getvalue()

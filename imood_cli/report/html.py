@@ -21,7 +21,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0;font-size:14px}td,th{border-bottom:1px solid #ddd;padding:4px 10px;
 text-align:right;white-space:nowrap}td.text,th.text{text-align:left}th{background:#f4f4f4}
-img{max-width:100%}.note{color:#555;font-size:13px;margin:.2em 0}.missing{color:#aaa}tr.stale td{color:#8a6d00}
+img{max-width:100%}.preface{color:#7a3b00;font-size:13px;margin:.2em 0}
+.note{color:#555;font-size:13px;margin:.2em 0}.missing{color:#aaa}tr.stale td{color:#8a6d00}
 .warn{background:#fff6dd;border-left:4px solid #e0a800;padding:.4em 1em;margin:1em 0}nav a{margin-right:1em}
 .good{color:#137333}.bad{color:#b3261e}section{overflow-x:auto}td strong{font-weight:700}
 figure{margin:1em 0}figcaption{color:#555;font-size:13px;margin:.3em 0}
@@ -55,7 +56,8 @@ def table_html(t: Table) -> str:
                    + "".join(_cell(c, v, is_marked(best, c, i)) for c, v in zip(t.columns, row)) + "</tr>"
                    for i, (row, stale) in enumerate(zip(t.rows, t.stale)))
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in t.notes)
-    return (f'<section id="table-{t.key}"><h2>{html.escape(t.title)}</h2>'
+    preface = "".join(f'<p class="preface">{html.escape(n)}</p>' for n in t.preface)
+    return (f'<section id="table-{t.key}"><h2>{html.escape(t.title)}</h2>{preface}'
             f'<table data-table="{t.key}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}</section>')
 
 

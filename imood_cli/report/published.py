@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from imood_cli.errors import ImoodError, unknown_name
@@ -221,28 +222,209 @@ def comparison_table(key: str, comparisons: list[Comparison], label_title: str =
     return out
 
 
-def report_rows(report: Any) -> list[tuple[str, dict[str, float | None]]]:
-    """The rows of an `imood report` (report.results.Report) as (label, mean metrics and ID accuracy)."""
-    rows = []
-    for e in report.entries:
-        mean = e.result["ood"]["mean"]
-        rows.append((e.label, {"auroc": mean["auroc"], "aupr_out": mean["aupr_out"], "fpr95": mean["fpr95"],
-                               "acc": e.result.get("id", {}).get("acc")}))
-    return rows
+# ---------------------------------------------------------------- like with like
+
+# What the paper's tables measured, per benchmark, in imood's names (the tables' `protocol` in words).
+# `imbalance_ratio` is overridden by a table that states its own (Table A3's ρ = 50).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cifar10": {"dataset": "cifar10", "imbalance_ratio": 0.01, "model": "resnet18", "epochs": 200,
+                "ood_sets": ("texture", "svhn", "cifar100", "tin", "lsun", "places365"),
+                "aux_ood": "the 300K random images", "num_ood_samples": 30000},
+    "cifar100": {"dataset": "cifar100", "imbalance_ratio": 0.01, "model": "resnet18", "epochs": 200,
+                 "ood_sets": ("texture", "svhn", "cifar10", "tin", "lsun", "places365"),
+                 "aux_ood": "the 300K random images", "num_ood_samples": 30000},
+    "imagenet": {"dataset": "imagenet", "model": "resnet50", "epochs": 100, "ood_sets": ("ood_test_1k",),
+                 "aux_ood": "ImageNet-Extra (extra_1k)"},
+}
+PLAN_OF = {"cifar10": "table1-cifar10", "cifar100": "table1-cifar100", "imagenet": "table2-imagenet"}
 
 
-def for_report(key: str, report: Any) -> Table:
-    """`imood report --published KEY`: the report's rows beside the paper's table, each matched by its run's
-    name ('OE', or a sweep's run folder 'pascl+imood-seed0'); rows of runs named otherwise stay unmatched."""
+@dataclass(frozen=True)
+class Recipe:
+    """How imood reproduces a paper row: the training (`--ood-metric`, `--aux-ood-loss`) and the detector
+    the row's numbers are for (the `+ ImOOD` rows are scored with the vanilla detector)."""
+
+    ood_metric: str | None
+    aux_ood_loss: str
+    detector: str
+
+
+@functools.cache
+def recipes(dataset: str) -> dict[str, Recipe]:
+    """Each paper method's recipe, by normalised method name, from the shipped sweep plan of its benchmark
+    (ImageNet's rows are the CIFAR rows' methods)."""
+    import tomllib
+
+    plan_name = PLAN_OF.get(dataset)
+    if plan_name is None:
+        return {}
+    doc = tomllib.loads(resources.files("imood_cli.plans").joinpath(f"{plan_name}.toml").read_text(encoding="utf-8"))
+    defaults = doc.get("defaults", {})
+    runs = {r["name"]: r for r in doc.get("run", [])}
+    out = {}
+    for r in runs.values():
+        if not r.get("published") or not r.get("score"):
+            continue
+        trained = runs.get(r.get("model_from", ""), r)  # a post-hoc row reads another row's model
+        train = {**defaults, **trained.get("train", {})}
+        out[_norm(r["published"])] = Recipe(train.get("ood_metric"), str(train.get("aux_ood_loss", "none")),
+                                            str(r["score"][0]))
+    return out
+
+
+def protocol(t: PublishedTable) -> dict[str, Any]:
+    facts = dict(PROTOCOLS.get(t.dataset or "", {}))
+    if facts and t.imbalance_ratio is not None:
+        facts["imbalance_ratio"] = t.imbalance_ratio
+    return facts
+
+
+def _same_score(a: str, b: str) -> bool:
+    """Two detector names that give the same scores (oe scores as msp), options ignored."""
+    from imood_cli.registry import registry
+
+    def canonical(name: str) -> str:
+        name = name.split(":")[0]
+        try:
+            return registry().alias_of(name) or name
+        except ImoodError:
+            return name
+
+    return canonical(a) == canonical(b)
+
+
+def _run_config(entry: Any) -> dict[str, Any] | None:
+    from imood_cli.fs.safe import read_json
+
+    if entry.run_path is None or not (Path(entry.run_path) / "config.json").is_file():
+        return None
+    try:
+        doc = read_json(Path(entry.run_path) / "config.json", "the run's config.json")
+    except ImoodError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def differences(facts: dict[str, Any], recipe: Recipe | None, entry: Any, config: dict[str, Any] | None
+                ) -> tuple[list[str], str | None]:
+    """(every way the run's protocol differs from the paper row's, the reason its Δ means nothing or None)."""
+    diffs, blocker = [], None
+    sets, paper_sets = list(entry.sets), list(facts.get("ood_sets", ()))
+    if paper_sets and set(sets) != set(paper_sets):
+        diffs.append(f"OOD test sets {', '.join(sets) or 'none'} (the paper: {', '.join(paper_sets)})")
+        blocker = "different OOD sets"
+    if recipe is not None and not _same_score(entry.metric, recipe.detector):
+        diffs.append(f"detector {entry.metric} (the paper's numbers are {recipe.detector}'s)")
+        blocker = blocker or f"the paper's numbers are {recipe.detector}'s"
+    dataset = entry.scores.meta.get("dataset") or (config or {}).get("dataset")
+    if facts.get("dataset") and dataset != facts["dataset"]:
+        diffs.append(f"ID data {dataset or 'not recorded'} (the paper: {facts['dataset']})")
+        blocker = blocker or "different ID data"
+    if config is None:
+        diffs.append("training not recorded (no config.json: an imported or foreign model)")
+        return diffs, blocker
+    checks = [("imbalance_ratio", "imbalance ratio"), ("model", "backbone"), ("epochs", "epochs")]
+    for key, words in checks:
+        if key in facts and config.get(key) != facts[key]:
+            diffs.append(f"{words} {config.get(key)} (the paper: {facts[key]})")
+    if "aux_ood" in facts:
+        if config.get("aux_ood_dir"):
+            diffs.append(f"auxiliary OOD images from {config['aux_ood_dir']} (the paper: {facts['aux_ood']})")
+        elif "num_ood_samples" in facts and config.get("num_ood_samples") != facts["num_ood_samples"]:
+            diffs.append(f"{config.get('num_ood_samples')} auxiliary OOD images (the paper: "
+                         f"{facts['num_ood_samples']} of {facts['aux_ood']})")
+    if recipe is not None and recipe.ood_metric is not None:
+        trained = (str(config.get("ood_metric", "")).split(":")[0], str(config.get("aux_ood_loss", "none")))
+        wanted = (recipe.ood_metric.split(":")[0], recipe.aux_ood_loss)
+        if trained != wanted:
+            diffs.append(f"trained with --ood-metric {trained[0]} --aux-ood-loss {trained[1]} (the paper's row: "
+                         f"{wanted[0]}, {wanted[1]})")
+    return diffs, blocker
+
+
+def _recorded_match(t: PublishedTable, entries: list[Any], config: dict[str, Any] | None) -> PublishedRow | None:
+    """The paper row whose recipe trains as the run did and scores with a detector the run was scored with."""
+    if config is None:
+        return None
+    trained = (str(config.get("ood_metric", "")).split(":")[0], str(config.get("aux_ood_loss", "none")))
+    found = []
+    for r in t.rows:
+        if r.ood_set is not None and r.ood_set != AVERAGE:
+            continue
+        recipe = recipes(t.dataset or "").get(_norm(r.method))
+        if (recipe is not None and recipe.ood_metric is not None
+                and (recipe.ood_metric.split(":")[0], recipe.aux_ood_loss) == trained
+                and any(_same_score(e.metric, recipe.detector) for e in entries)):
+            found.append(r)
+    return found[0] if len(found) == 1 else None
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """'table1-cifar10' or 'table1-cifar10:PASCL + ImOOD' -> (key, row or None); both checked."""
+    key, _, row = spec.partition(":")
+    t = table(key.strip())
+    if row.strip():
+        t.row(row.strip())
+        return t.key, row.strip()
+    return t.key, None
+
+
+def for_report(spec: str, report: Any) -> Table:
+    """`imood report --published KEY[:ROW]`: each run beside the paper row it reproduces, on the detector the
+    paper reports, with every difference of protocol listed; Δ only where the OOD sets, the ID data and the
+    detector are the paper's. A run is matched to ROW when given, else by its name ('OE', a sweep's run folder
+    'pascl+imood-seed0'), else by its recorded training (`--ood-metric`, `--aux-ood-loss`) and the detectors
+    it was scored with."""
+    key, explicit = parse_spec(spec)
     t = table(key)
     if t.units != "percent":
         raise ImoodError(f"{key} holds {t.units} values, not detection metrics to compare with")
-    others = sorted({d for e in report.entries if isinstance(d := e.scores.meta.get("dataset"), str)} - {t.dataset})
-    if t.dataset is not None and others:
-        raise ImoodError(f"--published {key}: the paper's {t.table} reports {t.dataset}, but the report's rows come "
-                         f"from {', '.join(others)}")
-    mapping = {}
+    facts = protocol(t)
+    by_run: dict[str, list[Any]] = {}
     for e in report.entries:
-        row = _match(t, e.run or report.runs[0][0])
-        mapping[e.label] = row.ref if row is not None else None
-    return comparison_table(key, compare(key, report_rows(report), mapping), "run · detector")
+        by_run.setdefault(e.run or report.runs[0][0], []).append(e)
+    columns = [Column("label", "run · detector", "text"), Column("published", "paper row", "text"),
+               Column("comparable", "comparable", "text")]
+    for k, title, better in COMPARED:
+        columns += [Column(f"paper_{k}", title), Column(f"diff_{k}", "Δ", "delta", better)]
+    out = Table(f"published_{key}", f"Beside the paper: {t.table}, {t.key} (%): the paper's value, then Δ = ours − "
+                "paper", columns)
+    for run, entries in by_run.items():
+        config = _run_config(entries[0])
+        row = (t.row(explicit) if explicit else _match(t, run) or _recorded_match(t, entries, config))
+        if row is None:
+            out.preface.append(f"{run}: no row of {t.key} matches (name the row: --published "
+                               f"{t.key}:\"ROW\"; rows: {', '.join(dict.fromkeys(r.method for r in t.rows))}).")
+            continue
+        recipe = recipes(t.dataset or "").get(_norm(row.method))
+        shown = [e for e in entries if recipe is None or _same_score(e.metric, recipe.detector)]
+        if recipe is not None and len(shown) < len(entries):
+            out.preface.append(f"{run}: compared on {recipe.detector}, the detector the paper's {row.method!r} "
+                               f"numbers are for; its other detectors are not compared.")
+        if recipe is not None and not shown:
+            out.preface.append(f"{run}: not scored with {recipe.detector} (imood score RUN -m {recipe.detector}).")
+        for e in shown:
+            diffs, blocker = differences(facts, recipe, e, config)
+            comparison = compare(key, [(e.label, report_rows_of(e))], {e.label: row.ref})[0]
+            if diffs:
+                out.preface.append(f"{e.label} differs from the paper's {row.method!r}: " + "; ".join(diffs) + ".")
+            if blocker:
+                comparison.diff = {k: None for k in comparison.diff}
+                verdict = f"no: {blocker}"
+            else:
+                verdict = "yes" if not diffs else "protocol differs"
+            cells = [e.label, row.ref, verdict]
+            for k, _, _ in COMPARED:
+                cells += [comparison.paper[k], comparison.diff[k]]
+            out.add(cells, e.stale)
+    out.notes.append(f"Δ in points; a negative ΔFPR95 is better. Δ is shown only where the run was tested on the "
+                     f"paper's OOD sets and ID data with the detector the paper reports. Source: {cite(t)}")
+    if t.protocol:
+        out.notes.append(f"The paper's protocol: {t.protocol}.")
+    return out
+
+
+def report_rows_of(entry: Any) -> dict[str, float | None]:
+    mean = entry.result["ood"]["mean"]
+    return {"auroc": mean["auroc"], "aupr_out": mean["aupr_out"], "fpr95": mean["fpr95"],
+            "acc": entry.result.get("id", {}).get("acc")}

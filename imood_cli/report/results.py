@@ -8,8 +8,11 @@ taken as they are.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from imood_cli.engine.metrics.evaluate import evaluate
 from imood_cli.engine.runs.digest import sha256_file
@@ -101,6 +104,43 @@ class ModelCheck:
                 f"{run / MODEL_FILE}); run `imood score {run}` again, or pass --allow-stale to show them marked")
 
 
+# ---- identical scores: one row
+PREFERRED = ("msp", "energy", "maxlogit", "bin_disc")  # the name a group of identical scores is shown under
+
+
+def fingerprint(ss: ScoreSet) -> str:
+    """A digest of a score file's scores by value (float64, so a float32 copy of the same scores is the same),
+    with its OOD set names: equal digests give identical curves and metrics."""
+    h = hashlib.sha256()
+    for name, scores in [("id", ss.id_score), *sorted(ss.ood_score.items())]:
+        a = np.ascontiguousarray(scores, dtype=np.float64) + 0.0  # -0.0 and 0.0 are the same score
+        h.update(f"{name}\0{a.size}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _preference(metric: str, order: int) -> tuple:
+    base = metric.split(":")[0].removeprefix("ada_")
+    return (base not in PREFERRED, PREFERRED.index(base) if base in PREFERRED else 0, order)
+
+
+def merge_identical(rows: list[Entry]) -> list[Entry]:
+    """One row per distinct scores of one run: `oe`, `oecc` and `opensampling` score with msp's score, so on a
+    model their files are msp's, and the report shows `msp (= oe, oecc, opensampling)` once. The row is named
+    after msp, energy, maxlogit or bin_disc where the group has one, else its first file."""
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(rows):
+        key = (e.stale, e.scores.meta.get("checkpoint_sha256"), fingerprint(e.scores))
+        groups.setdefault(key, []).append(i)
+    keep = []
+    for members in groups.values():
+        head = min(members, key=lambda i: _preference(rows[i].metric, i))
+        rows[head].aliases = [rows[i].metric for i in members if i != head]
+        rows[head].alias_paths = [rows[i].path for i in members if i != head]
+        keep.append(head)
+    return [rows[i] for i in sorted(keep)]
+
+
 # ---- a report: rows in argument order, runs told apart, like compared with like
 @dataclass(eq=False)  # rows are told apart by identity; their arrays have no single truth value
 class Entry:
@@ -113,10 +153,14 @@ class Entry:
     path: Path | None = None
     run_path: Path | None = None
     stale: bool = False
+    aliases: list[str] = field(default_factory=list)  # detectors of the same run with identical scores
+    alias_paths: list[Path | None] = field(default_factory=list)  # their score files
 
     @property
     def label(self) -> str:
         text = f"{self.run} · {self.metric}" if self.run else self.metric
+        if self.aliases:
+            text += f" (= {', '.join(self.aliases)})"
         return text + " (stale)" if self.stale else text
 
     @property
@@ -187,7 +231,7 @@ def collect(args: list[Path], metrics: list[str] | None = None, bootstrap: int =
             if reason:
                 warnings.append(reason.split(";")[0] + "; shown marked (stale)")
             rows.append(Entry(label, ss.metric, ss, {}, f, root, bool(reason)))
-        entries += sorted(rows, key=lambda e: _order_key(e.metric, metrics))
+        entries += merge_identical(sorted(rows, key=lambda e: _order_key(e.metric, metrics)))
     sets = list(dict.fromkeys(s for e in entries for s in e.sets))
     report = Report(entries, [(label or root.name, root) for (_, root), label in zip(roots.items(), labels)], sets,
                     warnings)

@@ -13,27 +13,18 @@ pair, then the next best by AUROC, up to `--plots N` distinct detectors; `--curv
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from imood_cli.errors import ImoodError
-from imood_cli.report.results import Entry, Report
-
-PREFERRED = ("msp", "energy", "maxlogit", "bin_disc")  # the name a group of identical scores is drawn under
+from imood_cli.report.results import PREFERRED, Entry, Report
+from imood_cli.report.results import fingerprint as scores_fingerprint
 
 
 def fingerprint(entry: Entry) -> str:
-    """A digest of a row's scores by value (float64, so a float32 copy of the same scores is the same), with
-    its OOD set names: equal digests draw identical ROC, PR and per-class curves and histograms."""
-    h = hashlib.sha256()
-    parts = [("id", entry.scores.id_score)] + sorted(entry.scores.ood_score.items())
-    for name, scores in parts:
-        a = np.ascontiguousarray(scores, dtype=np.float64) + 0.0  # -0.0 and 0.0 are the same score
-        h.update(f"{name}\0{a.size}\0".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    """A digest of a row's scores by value: equal digests draw identical curves and histograms."""
+    return scores_fingerprint(entry.scores)
 
 
 def _base(metric: str) -> str:
@@ -165,11 +156,11 @@ def by_pair(rows: list[Entry]) -> list[Entry]:
 
 def check_curves(report: Report, names: list[str]) -> None:
     """Every name --curves gives is a detector of the report (checked before anything is printed)."""
-    known = {e.metric for e in report.entries}
+    known = [m for e in report.entries for m in (e.metric, *e.aliases)]
     absent = [n for n in names if n not in known]
     if absent:
         raise ImoodError(f"--curves: no row of the report is {', '.join(map(repr, absent))} (its detectors: "
-                         f"{', '.join(dict.fromkeys(e.metric for e in report.entries))})")
+                         f"{', '.join(dict.fromkeys(known))})")
 
 
 def named_rows(report: Report, names: list[str], twins: Twins) -> tuple[list[Entry], list[str]]:
@@ -180,11 +171,11 @@ def named_rows(report: Report, names: list[str], twins: Twins) -> tuple[list[Ent
     for run in dict.fromkeys(e.run for e in report.entries):
         rows = [e for e in report.entries if e.run == run]
         for n in names:
-            for e in (x for x in rows if x.metric == n):
+            for e in (x for x in rows if n == x.metric or n in x.aliases):
                 twin = next((x for x in out if twins.same(x, e)), None)
                 if twin is None:
                     out.append(e)
-                else:
+                elif twin is not e:
                     notes.append(f"{e.label} has the scores of {twin.label} and is drawn once")
     return out, notes
 

@@ -52,6 +52,7 @@ class Table:
     columns: list[Column]
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    preface: list[str] = field(default_factory=list)  # read before the rows (what the numbers below are not)
     stale: list[bool] = field(default_factory=list)  # rows whose scores come from an older model
     mark_best: bool = False  # rows are alternatives to compare: mark each ranked column's best value
 
@@ -188,7 +189,7 @@ def _mean(values: list[float | None]) -> float | None:
 RECORD_COLUMNS = (
     "run", "metric", "dataset", "id_set", "ood_set", "stale", "auroc", "aupr_in", "aupr_out", "fpr95", "threshold",
     *(f"gain_{k}" for k, _, _ in METRICS), "id_acc", *GROUPS,
-    *(f"{short}_{g}" for _, short in GROUP_PARTS for g in GROUPS), "mean_over",
+    *(f"{short}_{g}" for _, short in GROUP_PARTS for g in GROUPS), "mean_over", "alias_of",
 )
 
 
@@ -202,10 +203,13 @@ def _gain(entry: Entry, base: Entry | None, key: str, sets: list[str]) -> float 
     return sum(entry.result["ood"][s][key] - base.result["ood"][s][key] for s in common) / len(common)
 
 
-def records(report: Report) -> list[dict[str, Any]]:
-    """One row per (run, detector, OOD set or 'mean') with every number the report tables show."""
+def records(report: Report, aliases: bool = False) -> list[dict[str, Any]]:
+    """One row per (run, detector, OOD set or 'mean') with every number the report tables show; a detector
+    whose scores are another's of the same run (oe's are msp's) has its own rows with `aliases`, `alias_of`
+    naming it."""
     out = []
     for e in report.entries:
+        first = len(out)
         base = base_of(e, report.entries)
         idr = e.result.get("id", {})
         groups = e.result.get("groups", {})
@@ -225,7 +229,11 @@ def records(report: Report) -> list[dict[str, Any]]:
                 for g in GROUPS:
                     rec[f"{short}_{g}"] = _mean([groups[x][part].get(g) for x in over if x in groups])
             rec["mean_over"] = ", ".join(over)
+            rec["alias_of"] = None
             out.append(rec)
+        mine = out[first:]
+        for alias in e.aliases if aliases else ():
+            out += [{**rec, "metric": alias, "alias_of": e.metric} for rec in mine]
     return out
 
 

@@ -44,7 +44,7 @@ def test_pipeline_end_to_end(run, cli, tmp_path):
     html = (tmp_path / "r.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     code, out, err = cli(["eval", run, "--csv"])
-    assert code == 0 and out.splitlines()[0] == "metric,ood_set,auroc,aupr_in,aupr_out,fpr95"
+    assert code == 0 and out.splitlines()[0] == "metric,ood_set,auroc,aupr_in,aupr_out,fpr95,alias_of"
 
 
 def test_score_file_format(run, cli):

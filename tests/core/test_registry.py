@@ -148,7 +148,7 @@ def test_hyperparameters_are_typed_and_checked(reg):
     assert (m.p, m.flag, m.mode) == (95.0, True, "b") and m.options() == {"p": 95.0, "flag": True, "mode": "b"}
     assert reg.score("ada_tunable", p=3).base.p == 3.0
     assert Tunable.p == 90.0  # the class default is untouched
-    for bad, msg in (({"q": 1}, "has no option 'q'"), ({"p": "x"}, "option p must be float"),
+    for bad, msg in (({"q": 1}, "no option 'q'"), ({"p": "x"}, "option p must be float"),
                      ({"flag": "maybe"}, "option flag must be bool"), ({"p": True}, "option p must be float")):
         with pytest.raises(ImoodError, match=msg):
             reg.score("tunable", **bad)

@@ -117,23 +117,81 @@ def test_the_comparison_table_renders_paper_values_and_signed_points():
     assert "arXiv 2407.16430" in text
 
 
-def test_report_rows_are_matched_by_run_name_or_sweep_folder():
-    def entry(run, metric, auroc, dataset="cifar10"):
-        result = {"ood": {"mean": {"auroc": auroc, "aupr_out": 0.5, "fpr95": 0.5}}, "id": {"acc": 0.7}}
-        return SimpleNamespace(run=run, label=f"{run} · {metric}", result=result,
-                               scores=SimpleNamespace(meta={"dataset": dataset}))
+SCOOD = ["texture", "svhn", "cifar100", "tin", "lsun", "places365"]
 
-    report = SimpleNamespace(entries=[entry("oe-seed0", "msp", 0.9), entry("pascl+imood-seed3", "bin_disc", 0.95),
-                                      entry("mystery", "msp", 0.5)], runs=[("oe-seed0", Path("x"))])
+
+def entry(run, metric, auroc, dataset="cifar10", sets=SCOOD, run_path=None):
+    result = {"ood": {"mean": {"auroc": auroc, "aupr_out": 0.5, "fpr95": 0.5}}, "id": {"acc": 0.7}}
+    return SimpleNamespace(run=run, metric=metric, label=f"{run} · {metric}", result=result, sets=list(sets),
+                           scores=SimpleNamespace(meta={"dataset": dataset}), run_path=run_path, stale=False)
+
+
+def columns(table, row):
+    return dict(zip([c.key for c in table.columns], row))
+
+
+def test_runs_are_matched_by_name_and_compared_on_the_papers_detector():
+    report = SimpleNamespace(entries=[entry("oe-seed0", "msp", 0.9), entry("pascl+imood-seed3", "msp", 0.8),
+                                      entry("pascl+imood-seed3", "bin_disc", 0.95), entry("mystery", "msp", 0.5)],
+                             runs=[("oe-seed0", Path("x"))])
     table = published.for_report("table1-cifar10", report)
     assert [row[:2] for row in table.rows] == [["oe-seed0 · msp", "OE"], ["pascl+imood-seed3 · bin_disc",
-                                                                           "PASCL + ImOOD"], ["mystery · msp", None]]
-    auroc_diff = table.rows[1][[c.key for c in table.columns].index("diff_auroc")]
-    assert math.isclose(auroc_diff, 0.95 - 0.9293)
-    report.entries.append(entry("digits-run", "msp", 0.9, dataset="digits"))
-    with pytest.raises(ImoodError, match="--published table1-cifar10: the paper's Table 1 reports cifar10, but the "
-                       "report's rows come from digits"):
-        published.for_report("table1-cifar10", report)
+                                                                           "PASCL + ImOOD"]]
+    pascl = columns(table, table.rows[1])
+    assert math.isclose(pascl["diff_auroc"], 0.95 - 0.9293) and pascl["comparable"] == "protocol differs"
+    preface = " ".join(table.preface)
+    assert "pascl+imood-seed3: compared on bin_disc" in preface and "its other detectors are not compared" in preface
+    assert "mystery: no row of table1-cifar10 matches" in preface and "training not recorded" in preface
+
+
+def test_a_detector_the_paper_does_not_report_or_other_data_give_no_delta():
+    report = SimpleNamespace(entries=[entry("PASCL + ImOOD", "msp", 0.9), entry("OE", "msp", 0.9, dataset="digits"),
+                                      entry("MSP", "msp", 0.9, sets=["svhn"])], runs=[("x", Path("x"))])
+    table = published.for_report("table1-cifar10", report)
+    assert "PASCL + ImOOD: not scored with bin_disc (imood score RUN -m bin_disc)." in table.preface
+    rows = {r[0]: columns(table, r) for r in table.rows}
+    assert set(rows) == {"OE · msp", "MSP · msp"}
+    assert rows["OE · msp"]["comparable"] == "no: different ID data"
+    assert rows["MSP · msp"]["comparable"] == "no: different OOD sets"
+    assert all(v is None for r in rows.values() for k, v in r.items() if k.startswith("diff_"))
+    assert all(r["paper_auroc"] is not None for r in rows.values())  # the paper's values stay, for reading
+
+
+def test_a_run_is_matched_by_its_recorded_training_or_by_the_row_named(tmp_path):
+    run = tmp_path / "my-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(
+        {"dataset": "cifar10", "imbalance_ratio": 0.01, "model": "resnet18", "epochs": 200,
+         "ood_metric": "ada_bin_disc", "aux_ood_loss": "pascl", "num_ood_samples": 30000, "aux_ood_dir": None}))
+    report = SimpleNamespace(entries=[entry("my-run", "bin_disc", 0.93, run_path=run)], runs=[("my-run", run)])
+    table = published.for_report("table1-cifar10", report)
+    [row] = table.rows
+    assert columns(table, row)["published"] == "PASCL + ImOOD" and columns(table, row)["comparable"] == "yes"
+    assert table.preface == []  # nothing differs from the paper's protocol
+    oe_trained = tmp_path / "oe-run"
+    oe_trained.mkdir()
+    (oe_trained / "config.json").write_text(json.dumps(
+        {"dataset": "cifar10", "imbalance_ratio": 0.01, "model": "resnet18", "epochs": 200, "ood_metric": "oe",
+         "aux_ood_loss": "none", "num_ood_samples": 30000}))
+    # oe training, scored with msp and classprior: OE's row and ClassPrior's both fit; named, each compares
+    report = SimpleNamespace(entries=[entry("oe-run", "msp", 0.9, run_path=oe_trained),
+                                      entry("oe-run", "classprior", 0.92, run_path=oe_trained)],
+                             runs=[("oe-run", oe_trained)])
+    assert published.for_report("table1-cifar10", report).rows == []  # ambiguous: not guessed
+    table = published.for_report("table1-cifar10:ClassPrior", report)
+    assert [r[:3] for r in table.rows] == [["oe-run · classprior", "ClassPrior", "yes"]]
+    table = published.for_report("table1-cifar10:OE", report)
+    assert [r[:3] for r in table.rows] == [["oe-run · msp", "OE", "yes"]]
+    cocl = published.for_report("table1-cifar10:COCL", report)
+    assert cocl.rows == [] and "oe-run: not scored with cocl (imood score RUN -m cocl)." in cocl.preface
+    with pytest.raises(ImoodError, match="did you mean 'COCL'"):
+        published.parse_spec("table1-cifar10:CCOL")
+
+
+def test_oe_scores_as_msp_so_an_oe_file_compares_on_an_msp_row():
+    report = SimpleNamespace(entries=[entry("MSP", "oe", 0.7)], runs=[("MSP", Path("x"))])
+    [row] = published.for_report("table1-cifar10", report).rows
+    assert row[:2] == ["MSP · oe", "MSP"]
 
 
 def test_loading_the_data_imports_no_torch():

@@ -389,27 +389,55 @@ def test_different_datasets_are_refused_then_noted(two_runs, tmp_path, cli):
     assert [row[-1] for row in summary] == ["toy / toy-test"] * 3 + ["cifar100 / cifar100-test"] * 3
 
 
+SCOOD_CIFAR10 = ("texture", "svhn", "cifar100", "tin", "lsun", "places365")
+
+
 def test_published_numbers_beside_the_rows(tmp_path, cli):
     from imood_cli.report import published
 
-    run = make_run(tmp_path / "MSP", metrics=("msp",), dataset="cifar10")
+    run = make_run(tmp_path / "MSP", sets=SCOOD_CIFAR10, metrics=("msp", "energy"), dataset="cifar10")
     code, out, err = cli(["report", run, "--published", "table1-cifar10", "--format", "json",
                           "--html", tmp_path / "r.html"])
     assert code == 0, err
-    table = json.loads(out)["tables"][-1]
-    assert table["key"] == "published_table1-cifar10"
-    cell = dict(zip([c["key"] for c in table["columns"]], table["rows"][0]))
+    tables = json.loads(out)["tables"]
+    assert [t["key"] for t in tables[:2]] == ["summary", "published_table1-cifar10"]  # beside the main table
+    table = tables[1]
+    [row] = table["rows"]  # compared on msp, the detector of the paper's MSP row; energy is not compared
+    cell = dict(zip([c["key"] for c in table["columns"]], row))
     paper = published.lookup("table1-cifar10", "MSP").metrics
     ours = reference(run / "scores" / "msp.safetensors")
     mean_auroc = np.mean([m["auroc"] for m in ours["sets"].values()])
-    assert cell["label"] == "msp" and cell["paper_auroc"] == pytest.approx(paper["auroc"] / 100, abs=1e-12)
+    assert cell["label"] == "msp" and cell["published"] == "MSP" and cell["comparable"] == "protocol differs"
+    assert cell["paper_auroc"] == pytest.approx(paper["auroc"] / 100, abs=1e-12)
     assert cell["diff_auroc"] == pytest.approx(mean_auroc - paper["auroc"] / 100, abs=1e-12)
     assert cell["diff_acc"] == pytest.approx(ours["id"]["acc"] - paper["acc"] / 100, abs=1e-12)
+    assert any("its other detectors are not compared" in line for line in table["preface"])
+    assert any("training not recorded" in line for line in table["preface"])
     page = TableParser()
     page.feed((tmp_path / "r.html").read_text())
     assert [row[0] for row in page.tables["published_table1-cifar10"][1:]] == ["msp"]
     code, out, err = cli(["report", run, "--published", "table1-cifar1", "--no-html"])
     assert code == 2 and "unknown published table 'table1-cifar1'" in err and err.count("\n") == 1
+    code, out, err = cli(["report", run, "--published", "table1-cifar10:MPS", "--no-html"])
+    assert code == 2 and "MPS" in err and "did you mean 'MSP'" in err and err.count("\n") == 1
+
+
+def test_a_run_on_other_ood_sets_gets_its_differences_and_no_delta(tmp_path, cli):
+    run = make_run(tmp_path / "MSP", sets=("svhn",), metrics=("msp",), dataset="cifar10")
+    (run / "config.json").write_text(json.dumps({"dataset": "cifar10", "imbalance_ratio": 0.01, "model": "resnet18",
+                                                 "epochs": 2, "ood_metric": "msp", "aux_ood_loss": "none",
+                                                 "aux_ood_dir": "/data/my-ood-folder", "num_ood_samples": 30000}))
+    code, out, err = cli(["report", run, "--published", "table1-cifar10", "--format", "md", "--no-html"])
+    assert code == 0, err
+    section = out[out.index("### Beside the paper"):]
+    before_rows = section[:section.index("| run · detector")]
+    for needle in ("OOD test sets svhn (the paper: texture, svhn, cifar100, tin, lsun, places365)",
+                   "epochs 2 (the paper: 200)", "auxiliary OOD images from /data/my-ood-folder"):
+        assert needle in before_rows, needle  # listed above the numbers
+    lines = [line for line in section.split("\n\n### ")[0].splitlines() if line.startswith("| ")]
+    [row] = [[c.strip() for c in line.strip()[1:-1].split(" | ")] for line in lines[1:]]  # after the header
+    assert row[:3] == ["msp", "MSP", "no: different OOD sets"]
+    assert all(cell == "–" for cell in row[4::2])  # no Δ at all
 
 
 # ---- the model behind the scores

@@ -220,13 +220,14 @@ def test_log_fpr_is_the_default_and_legends_are_readable(run, tiny, tmp_path, cl
 def test_curves_by_name_draw_identical_scores_once(run, tmp_path, cli):
     root, _ = run
     report, drawn, made = build(root, curves=["oe", "msp", "ada_msp", "oecc"])
-    assert [e.metric for e in drawn.report.entries] == ["oe", "ada_msp"]  # msp and oecc have oe's scores
+    # oe and oecc have msp's scores: one row, named after msp, drawn once
+    assert [e.metric for e in drawn.report.entries] == ["msp", "ada_msp"]
     assert row_names(drawn.name(drawn.report.entries[0])) == {"oe", "msp", "oecc"}
     code, out, err = cli(["report", root, "--curves", "msp,ada_msp", "--html", tmp_path / "r.html", "--format",
                           "md"])
     assert code == 0, err
     page = (tmp_path / "r.html").read_text()
-    assert re.findall(r'alt="scores of ([^"]+)"', page) == ["msp", "ada_msp"]
+    assert re.findall(r'alt="scores of ([^"]+)"', page) == ["msp (= oe, oecc)", "ada_msp (= ada_oe)"]
     code, out, err = cli(["report", root, "--curves", "msp,nope", "--html", tmp_path / "x.html"])
     assert code == 2 and out == "" and err.startswith("imood: error: --curves: no row of the report is 'nope'")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.html").exists()

@@ -77,7 +77,7 @@ BAD_PLANS = [
     ("unknown method", GOOD.replace('score = ["msp"]', 'score = ["mps"]'),
      r"score of run 'A' in {plan}: unknown method 'mps'; did you mean 'msp'"),
     ("unknown method option", GOOD.replace('score = ["msp"]', 'score = ["msp:foo=1"]'),
-     r"score of run 'A' in {plan}: msp: MSP has no option 'foo'"),
+     r"score of run 'A' in {plan}: msp: no option 'foo'"),
     ("unknown training loss", GOOD.replace('ood_metric = "oe"', 'ood_metric = "oee"'),
      r"ood_metric of run 'A' in {plan}: unknown method 'oee'; did you mean 'oe'"),
     ("unknown benchmark", GOOD.replace('["digits"]', '["cifar11"]'),

@@ -134,9 +134,10 @@ class TrainConfig:
                                   "instead of the benchmark's own.", "--aux-ood-dir", group=WHAT, check=no_nul,
                                   metavar="DIR")
     # the method
-    ood_metric: str = opt("ada_bin_disc", "OOD training loss: a detector with a loss (oe, energy, bin_disc, ...), "
-                          "ada_<name> for the ImOOD regularizer, or a plugin's; name:key=value sets its options.",
-                          "--ood-metric", "--ood_metric", group=METHOD, check=no_nul, metavar="NAME")
+    ood_metric: str = opt("ada_bin_disc", "The method: one with a training objective (oe, energy, bin_disc, ...), "
+                          "ada_<name> for the ImOOD regularizer on its score, or a plugin's; name:key=value sets "
+                          "its options (training and scoring ones).",
+                          "--ood-metric", "-m", "--ood_metric", group=METHOD, check=no_nul, metavar="NAME")
     aux_ood_loss: str = opt("pascl", "Auxiliary loss: pascl, simclr, none, or a plugin's.", "--aux-ood-loss",
                             "--aux_ood_loss", group=METHOD, check=no_nul, metavar="NAME")
     Lambda: float = opt(0.5, "Weight of the OOD loss.", "--Lambda", "--lambda-ood", group=METHOD,
