@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("bench_score.py", ["--tiny"], "scoring throughput"),
     ("bench_import_score.py", ["--ci"], "scoring an imported timm resnet18"),
     ("bench_train.py", ["--tiny"], "training throughput"),
+    ("bench_validation.py", ["--tiny"], "validation while training"),
     ("bench_cli.py", ["--quick"], "command start-up"),
     ("bench_ops.py", ["--model", "imood_resnet_micro"], "dispatched ops per training step"),
     ("bench_threads.py", ["--quick"], "training step on the CPU"),
