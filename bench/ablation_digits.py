@@ -34,7 +34,9 @@ import numpy as np
 from common import write_json
 
 from imood_cli.data.benchmarks.digits import Digits
+from imood_cli.data.benchmarks.glyphs import Glyphs
 from imood_cli.engine.metrics.evaluate import evaluate
+from imood_cli.engine.metrics.paired import describe, paired_difference
 from imood_cli.engine.runtime import setup
 from imood_cli.engine.scoring.loading import load_model
 from imood_cli.engine.scoring.request import ScoreRequest
@@ -44,7 +46,6 @@ from imood_cli.engine.training.lifecycle import train
 from imood_cli.fs.atomic import atomic_write_text
 
 EVAL_FILE = "ablation-eval.json"
-TIE = 1e-4  # differences below 0.01 points are not counted as wins
 AUTO = "@auto"  # a detector label suffix: scored with --ada-scale auto (c fitted on the ID training set)
 VANILLA = {"oe": "msp", "energy": "energy", "bin_disc": "bin_disc"}
 GROUPS = ("many", "medium", "few")
@@ -58,23 +59,35 @@ class Config:
     aux: str
     tau: float
     detector: str
+    correction: str = "full"  # --ada-correction of an ada_ training: full, none (δ ≡ 1) or flat-prior
 
     @property
     def run(self) -> str:
-        return f"{self.metric}-{self.aux}-tau{self.tau:g}"
+        extra = "" if self.correction == "full" else f"-{self.correction}"
+        return f"{self.metric}{extra}-{self.aux}-tau{self.tau:g}"
+
+    @property
+    def trained(self) -> str:
+        return self.metric + ("" if self.correction == "full" else f" [{CONTROL[self.correction]}]")
 
     @property
     def label(self) -> str:
         ce = "CE" if self.tau == 0 else "LA-CE"
-        return f"{self.metric} · {self.aux} · {ce} → {shown(self.detector)}"
+        return f"{self.trained} · {self.aux} · {ce} → {shown(self.detector)}"
+
+
+CONTROL = {"none": "δ ≡ 1", "flat-prior": "flat prior"}
 
 
 def shown(detector: str) -> str:
     return detector.replace(AUTO, " (--ada-scale auto)")
 
 
-def configurations(bases: list[str], auxes: list[str], plain_ce: bool) -> list[tuple[Config, Config]]:
-    """(vanilla, ada_) pairs that differ in one thing."""
+def configurations(bases: list[str], auxes: list[str], plain_ce: bool,
+                   controls: bool = False) -> list[tuple[Config, Config]]:
+    """(vanilla, ada_) pairs that differ in one thing. With `controls`, each ada_ training is also split into
+    its two changes by the matched controls (--ada-correction): the loss family alone (X → ada_X with δ ≡ 1),
+    then the prior-aware correction (δ ≡ 1 → full), and the class prior inside it (flat prior → full)."""
     pairs = []
     for aux in auxes:
         for base in bases:
@@ -82,7 +95,12 @@ def configurations(bases: list[str], auxes: list[str], plain_ce: bool) -> list[t
                 pairs.append((Config("maha", aux, 1.0, "maha"), Config("maha", aux, 1.0, "ada_maha")))
                 pairs.append((Config("maha", aux, 1.0, "maha"), Config("maha", aux, 1.0, "ada_maha" + AUTO)))
             else:
-                pairs.append((Config(base, aux, 1.0, VANILLA[base]), Config(f"ada_{base}", aux, 1.0, VANILLA[base])))
+                vanilla, ada = Config(base, aux, 1.0, VANILLA[base]), Config(f"ada_{base}", aux, 1.0, VANILLA[base])
+                pairs.append((vanilla, ada))
+                if controls:
+                    plain = Config(f"ada_{base}", aux, 1.0, VANILLA[base], "none")
+                    flat = Config(f"ada_{base}", aux, 1.0, VANILLA[base], "flat-prior")
+                    pairs += [(vanilla, plain), (plain, ada), (flat, ada)]
     if plain_ce and "oe" in bases and "none" in auxes:
         pairs.insert(0, (Config("oe", "none", 0.0, "msp"), Config("oe", "none", 1.0, "msp")))
     if "none" in auxes:  # the aux loss, all else equal
@@ -125,8 +143,9 @@ def run_one(cfg: Config, seed: int, epochs: int, root: Path, bench, rt, detector
     if data.get("epochs") == epochs:
         results, info = data["results"], data["training"]
     else:
-        opts = {"dataset": "digits", "save_root": str(root), "name": folder.name, "ood_metric": cfg.metric,
-                "aux_ood_loss": cfg.aux, "logit_adjust": cfg.tau, "seed": seed, "epochs": epochs, "device": device}
+        opts = {"dataset": bench.name, "save_root": str(root), "name": folder.name, "ood_metric": cfg.metric,
+                "aux_ood_loss": cfg.aux, "logit_adjust": cfg.tau, "seed": seed, "epochs": epochs, "device": device,
+                "ada_correction": cfg.correction}
         t0 = time.perf_counter()
         result = train(resolve_config(opts), rt, bench=bench, force=True)
         results, info = {}, {"warnings": result.warnings, "train_seconds": time.perf_counter() - t0}
@@ -152,6 +171,13 @@ def summary_row(cfg: Config, runs: list[dict]) -> list[str]:
 
 def change_label(a: Config, b: Config) -> str:
     """The one thing that differs between a and b, with what they share."""
+    if a.correction != b.correction and a.metric == b.metric:
+        ce = "CE" if a.tau == 0 else "LA-CE"
+        what = "the class prior in the correction" if a.correction == "flat-prior" else "the prior-aware correction"
+        return f"{ce} · {a.aux} · {a.metric}: {what} ({a.trained} → {b.trained})"
+    if a.correction != b.correction:
+        ce = "CE" if a.tau == 0 else "LA-CE"
+        return f"{ce} · {a.aux}: the loss family alone ({a.trained} → {b.trained})"
     if a.tau != b.tau:
         return f"{a.metric} · {a.aux}: CE → LA-CE"
     ce = "CE" if a.tau == 0 else "LA-CE"
@@ -163,12 +189,13 @@ def change_label(a: Config, b: Config) -> str:
 
 
 def paired_row(a: Config, b: Config, ra: list[dict], rb: list[dict]) -> list[str]:
-    """b − a per seed: mean ± std, and on how many seeds b is better."""
+    """b − a per seed: the mean with its 95% t interval, the seeds where b is better, the sign test's p
+    (engine.metrics.paired); "no measurable effect" where the interval holds 0."""
     cells = [change_label(a, b)]
     for key, higher_better in (("auroc", True), ("fpr95", False), ("acc", True), ("few", True)):
-        d = [y[key] - x[key] for x, y in zip(ra, rb)]
-        wins = sum((v > TIE) if higher_better else (v < -TIE) for v in d)
-        cells.append(f"{mean_std(d)} ({wins}/{len(d)})")
+        x = [r[key] for r in ra]
+        y = [r[key] for r in rb]
+        cells.append(describe(paired_difference(x, y, higher_is_better=higher_better)))
     return cells
 
 
@@ -188,27 +215,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (reused when present)")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
     p.add_argument("--device", default="cpu", help="training and scoring device (default cpu)")
+    p.add_argument("--controls", action="store_true", help="add the matched controls of each ada_ training "
+                   "(--ada-correction none and flat-prior) and the pairs that separate its two changes")
+    p.add_argument("--benchmark", default="digits", choices=("digits", "glyphs"),
+                   help="digits (embedded) or glyphs (rendered; `imood data prepare glyphs` first)")
+    p.add_argument("--data-root", type=Path, default=Path("data"), help="where glyphs was prepared")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    pairs = configurations(args.metrics.split(","), args.aux.split(","), not args.no_plain_ce)
-    bench = Digits().load(None)
+    pairs = configurations(args.metrics.split(","), args.aux.split(","), not args.no_plain_ce, args.controls)
+    bench = Digits().load(None) if args.benchmark == "digits" else Glyphs().load(args.data_root)
     rt = setup(args.device)
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="imood-ablation-")
     root = args.out or Path(tmp.name)
-    by_model: dict[tuple[str, str, float], list[str]] = {}
+    by_model: dict[tuple[str, str, float, str], list[str]] = {}
     for pair in pairs:
         for c in pair:
-            dets = by_model.setdefault((c.metric, c.aux, c.tau), [])
+            dets = by_model.setdefault((c.metric, c.aux, c.tau, c.correction), [])
             if c.detector not in dets:
                 dets.append(c.detector)
     results: dict[Config, list[dict]] = {}
     started = time.perf_counter()
-    for (metric, aux, tau), dets in by_model.items():
+    for (metric, aux, tau, correction), dets in by_model.items():
         for seed in seeds:
-            model_cfg = Config(metric, aux, tau, dets[0])
+            model_cfg = Config(metric, aux, tau, dets[0], correction)
             out = run_one(model_cfg, seed, args.epochs, root, bench, rt, dets, args.device)
             for d in dets:
-                results.setdefault(Config(metric, aux, tau, d), []).append(out[d])
+                results.setdefault(Config(metric, aux, tau, d, correction), []).append(out[d])
             print(f"  {model_cfg.run} seed {seed}: " + ", ".join(
                 f"{d} AUROC {100 * out[d]['auroc']:.2f} acc {100 * out[d]['acc']:.2f}" for d in dets),
                 file=sys.stderr, flush=True)
@@ -217,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     header = ["training → detector", "AUROC", f"AUROC {sets}", "FPR95", "ID acc", "few-shot acc",
               "ID flagged at FPR95: many / medium / few"]
     ordered = list(dict.fromkeys(c for pair in pairs for c in pair))
-    print(f"\n### digits ablation: {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs\n")
+    print(f"\n### {bench.name} ablation: {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs\n")
     print(markdown(header, [summary_row(c, results[c]) for c in ordered]))
-    print("\nPaired differences (second − first, same seed), in points; (seeds where the second is better by "
-          "0.01 points or more / seeds):\n")
+    print("\nPaired differences (second − first, same seed), in points: mean [95% t interval] (seeds where the "
+          "second is better / seeds, two-sided sign test p); 'no measurable effect' where the interval holds 0:\n")
     print(markdown(["change", "ΔAUROC", "ΔFPR95", "ΔID acc", "Δfew-shot acc"],
                    [paired_row(a, b, results[a], results[b]) for a, b in pairs]))
     health = []

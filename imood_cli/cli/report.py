@@ -31,6 +31,10 @@ def report(
     plots: int = typer.Option(4, "--plots", metavar="N", help="Distinct detectors of each run drawn in the figures: "
                               "the ada_ pair with the largest gain, then the best mean AUROC with its pair; 0 "
                               "draws every one. Identical scores are drawn once. The tables hold every row."),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", metavar="A,B",
+                                                help="Paired differences B − A over seeds of the run folders named "
+                                                     "A-seed<N> and B-seed<N> (a sweep's), per detector both have, "
+                                                     "with intervals and p-values (repeatable)."),
     curves: Optional[str] = typer.Option(None, "--curves", metavar="NAMES",
                                          help="Detectors to draw in the figures, comma-separated, in this order "
                                               "(instead of --plots' choice)."),
@@ -97,6 +101,16 @@ def report(
     tables = report_tables(rep, sort)
     if published:
         tables.insert(1, paper.for_report(published, rep))  # beside the main table
+    if compare:
+        from imood_cli.report.sweep import report_pairs
+
+        pairs = []
+        for item in compare:
+            names = split_list(item)
+            if len(names) != 2:
+                raise ImoodError(f"--compare takes two run names, A,B: got {item!r}")
+            pairs.append((names[0], names[1]))
+        tables += report_pairs(rep, pairs)
     if fmt == "terminal":
         for t in tables:
             print_table(t)

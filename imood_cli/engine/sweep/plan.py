@@ -15,7 +15,8 @@ from imood_cli.errors import ImoodError, unknown_name
 from imood_cli.fs.safe import parse_toml, read_text
 from imood_cli.registry import parse_spec
 
-SWEEP_KEYS = ("name", "description", "benchmarks", "seeds", "save_root", "data_root", "published", "gpus_per_run")
+SWEEP_KEYS = ("name", "description", "benchmarks", "seeds", "save_root", "data_root", "published", "gpus_per_run",
+              "compare")
 RUN_KEYS = ("name", "train", "score", "published", "model_from", "init_from", "note")
 # Set by the plan's structure, never by an option table: each unit gets its own.
 PLAN_OWNED = {"dataset": "the benchmark comes from [sweep] benchmarks",
@@ -64,6 +65,7 @@ class Plan:
     published: dict[str, str] = field(default_factory=dict)  # benchmark -> key of a published table
     gpus_per_run: int = 1
     description: str | None = None
+    compare: list[tuple[str, str]] = field(default_factory=list)  # (A, B) run pairs: B − A paired over seeds
 
     def run(self, name: str) -> RunSpec:
         for r in self.runs:
@@ -170,9 +172,25 @@ def read_plan(path: Path) -> Plan:
         raise ImoodError(f"plan {path} has no [[run]] tables: add one per method")
     runs = [_read_run(r, i, path) for i, r in enumerate(runs_data)]
     plan = Plan(path, name, benchmarks, seeds, save_root, runs, defaults, data_root, published, gpus_per_run,
-                description)
+                description, _compare(head.get("compare", []), [r.name for r in runs], where))
     _check_references(plan)
     return plan
+
+
+def _compare(value: Any, names: list[str], where: str) -> list[tuple[str, str]]:
+    """`compare = [["energy", "ada_energy"], ...]`: pairs of run names, each reported as a paired difference."""
+    if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+        raise ImoodError(f"compare in {where} must be a list of [A, B] run-name pairs, e.g. "
+                         '[["energy", "ada_energy"]]')
+    out = []
+    for a, b in value:
+        for ref in (a, b):
+            if not isinstance(ref, str) or ref not in names:
+                raise unknown_name(f"run in compare of {where}:", str(ref), names)
+        if a == b:
+            raise ImoodError(f"compare in {where} pairs {a!r} with itself")
+        out.append((a, b))
+    return out
 
 
 def _published(value: Any, benchmarks: list[str], where: str) -> dict[str, str]:

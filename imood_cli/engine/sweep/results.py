@@ -61,7 +61,8 @@ def seed_result(path: Path, model_sha: str | None) -> tuple[dict[str, float | No
     m = r["ood"]["mean"]
     idr = r.get("id", {})
     return {"auroc": m["auroc"], "aupr_out": m["aupr_out"], "fpr95": m["fpr95"], "acc": idr.get("acc"),
-            "many": idr.get("many"), "medium": idr.get("medium"), "few": idr.get("few")}, ""
+            "many": idr.get("many"), "medium": idr.get("medium"), "few": idr.get("few"),
+            "auroc_sets": {s: v["auroc"] for s, v in r["ood"].items() if s != "mean"}}, ""
 
 
 def collect(plan: Plan, full: Plan | None = None) -> list[RowResult]:
