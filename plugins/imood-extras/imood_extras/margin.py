@@ -13,7 +13,9 @@ from imood_cli.plugin_api import Detector, ModelView
 
 
 class LogitMargin(Detector):
-    """ada_scale c = 1.0, as for energy: the margin is a difference of logits, so it lives on the logit
+    """Logit margin: g = z_(1) − z_(2), the top logit's lead over the runner-up (higher = more ID).
+
+    ada_scale c = 1.0, as for energy: the margin is a difference of logits, so it lives on the logit
     scale, and log β̂ is a log-ratio of probabilities, in the same units. The ImOOD score
     −(g + c·log β̂) then adds the class-prior correction at full weight, as it does for energy.
     """

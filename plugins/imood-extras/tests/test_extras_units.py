@@ -1,66 +1,59 @@
-"""margin and supcon against independent float64 computations (numpy and explicit loops)."""
+"""margin and supcon against independent float64 computations (numpy and explicit loops), through imood's
+documented surface only: imood_cli.plugin_api, imood_cli.api and the command line."""
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 
 import numpy as np
 import pytest
 import torch
+from extras_reference import np_ada_margin, np_auroc, np_log_beta, np_margin, np_supcon
 
 from imood_cli import api
-from imood_cli.plugin_api import AdaScore, AuxBatch, ModelOutputs
-from imood_cli.registry import Registry, reset_registry
+from imood_cli.plugin_api import AdaObjective, AdaScore, AuxBatch, ModelOutputs, Score
 from imood_extras.margin import LogitMargin
 from imood_extras.supcon import SupCon
 
 COUNTS = [50, 20, 8, 3]  # long-tailed
-torch.set_num_threads(2)  # two cores here and in CI
 
 
-@pytest.fixture(autouse=True)
-def _extras_loaded(monkeypatch):
-    # imood's own suite sets IMOOD_PLUGINS="" (built-ins only); these tests are about the installed plugin.
-    monkeypatch.delenv("IMOOD_PLUGINS", raising=False)
-    previous = reset_registry(None)
-    yield
-    reset_registry(previous)
+def entry_point(group: str, name: str):
+    """The class an entry point of imood-extras names, loaded as imood loads it."""
+    eps = [ep for ep in md.distribution("imood-extras").entry_points if ep.group == group and ep.name == name]
+    assert len(eps) == 1, eps
+    return eps[0].load()
 
 
-@pytest.fixture
-def reg():
-    return Registry()  # the installed entry points, independent of the process-wide registry
-
-
-def np_log_beta(logits: np.ndarray, counts, tau: float = 1.0) -> np.ndarray:
-    """log β̂ = log((1/K) Σ_k p_k / π̃_k), π̃ ∝ π^τ, in float64 with plain numpy."""
-    z = logits.astype(np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    pi = np.asarray(counts, np.float64) / np.sum(counts)
-    prior = pi ** tau / np.sum(pi ** tau)
-    return np.log(np.mean(p / prior, axis=1))
-
-
-def np_margin(logits: np.ndarray) -> np.ndarray:
-    z = np.sort(logits.astype(np.float64), axis=1)
-    return z[:, -1] - z[:, -2]
-
-
-def test_registered_through_entry_points(reg):
+def test_registered_through_entry_points(cli):
     eps = {(ep.group, ep.name): ep.value for ep in md.distribution("imood-extras").entry_points}
     assert eps == {("imood.ood_metrics", "margin"): "imood_extras.margin:LogitMargin",
                    ("imood.aux_losses", "supcon"): "imood_extras.supcon:SupCon"}
-    by_name = {(p.kind, p.name): p for p in reg.plugins()}
+    code, out, err = cli("plugins", "list", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    by_name = {(r["kind"], r["name"]): r for r in rows}
     for kind, name in [("method", "margin"), ("method", "ada_margin"), ("aux_loss", "supcon")]:
-        p = by_name[(kind, name)]
-        assert p.loaded, p.error
-        assert p.distribution == "imood-extras"
-    assert by_name[("method", "ada_margin")].derived_from == "margin"
-    m = reg.score("ada_margin")
+        r = by_name[(kind, name)]
+        assert r["loaded"], r["error"]
+        assert r["distribution"] == "imood-extras"
+    assert by_name[("method", "ada_margin")]["derived_from"] == "margin"
+    assert by_name[("method", "margin")]["ada_scale"] == 1.0 and by_name[("method", "margin")]["needs"] == []
+    assert not by_name[("method", "margin")]["trains"] and by_name[("method", "ada_margin")]["trains"]
+    assert by_name[("aux_loss", "supcon")]["options"] == [
+        {"name": "T", "type": "float", "default": 0.07, "phase": "training", "note": None}]
+    assert {"margin", "ada_margin"} <= set(api.list_methods())
+    m = api.score("ada_margin")
     assert isinstance(m, AdaScore) and m.scale == 1.0
+    # margin is post hoc; ada_margin trains ImOOD's objective on the margin's g (the 0.2 Detector seen as a Score)
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.5, 0.0, 2.0, 1.5]])
+    for name, is_trained in (("margin", False), ("ada_margin", True)):
+        score, objective = api.training(name)
+        assert isinstance(score, Score) and score.idness(ModelOutputs(logits)).tolist() == [2.0, 0.5]
+        assert isinstance(objective, AdaObjective) if is_trained else objective is None
     # nothing of this distribution is shadowed by (or shadows) a built-in
-    assert not [p for p in reg.plugins() if p.distribution == "imood-extras" and p.status != "loaded"]
+    assert not [r for r in rows if r["distribution"] == "imood-extras" and r["status"] != "loaded"]
 
 
 def test_margin_matches_numpy():
@@ -103,19 +96,44 @@ def test_ada_margin_moves_tail_predictions_toward_id():
     assert rank(ada)[head].mean() > rank(vanilla)[head].mean()
 
 
-def np_supcon(z: np.ndarray, labels: np.ndarray, is_id: np.ndarray, T: float) -> float:
-    """Explicit loops, float64: anchors every ID view, positives same-class ID views, OOD excluded."""
-    z = z.astype(np.float64)
-    ids = [i for i in range(len(z)) if is_id[i]]
-    losses = []
-    for i in ids:
-        others = [a for a in ids if a != i]
-        pos = [p for p in others if labels[p] == labels[i]]
-        if not pos:
-            continue
-        denom = sum(np.exp(z[i] @ z[a] / T) for a in others)
-        losses.append(-np.mean([np.log(np.exp(z[i] @ z[p] / T) / denom) for p in pos]))
-    return float(np.mean(losses)) if losses else 0.0
+def test_margin_on_a_model_through_the_api(tmp_path, cli):
+    # Any nn.Module whose forward gives the logits: the view the engine builds, score_model, and its score files
+    # read back by `imood eval --json`, each against logits recomputed here from the weights in float64.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    g = torch.Generator().manual_seed(1)
+    x_id, y_id = torch.randn(96, 8, generator=g) * 2, torch.randint(0, 4, (96,), generator=g)
+    x_ood = torch.randn(64, 8, generator=g) * 0.3  # near the origin: logits close together, small margins
+    w1, b1, w2, b2 = (p.detach().double().numpy() for p in model.parameters())
+
+    def np_logits(x):
+        return np.maximum(x.double().numpy() @ w1.T + b1, 0) @ w2.T + b2
+
+    z_id, z_ood = np_logits(x_id), np_logits(x_ood)
+    view = api.model_view(model, x_id, needs=())
+    np.testing.assert_allclose(LogitMargin().idness(view).numpy(), np_margin(z_id), rtol=1e-5, atol=1e-5)
+
+    def batches(x, y=None):
+        return [x[i:i + 32] if y is None else (x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)]
+
+    out = api.score_model(model, batches(x_id, y_id), {"near-origin": batches(x_ood)}, ["margin", "ada_margin"],
+                          class_counts=COUNTS)
+    assert (out.id_preds.numpy() == z_id.argmax(1)).all()
+    for label, ref in (("margin", lambda z: -np_margin(z)), ("ada_margin", lambda z: np_ada_margin(z, COUNTS))):
+        np.testing.assert_allclose(out.id_scores[label].numpy(), ref(z_id), rtol=1e-5, atol=1e-5, err_msg=label)
+        np.testing.assert_allclose(out.ood_scores[label]["near-origin"].numpy(), ref(z_ood), rtol=1e-5, atol=1e-5,
+                                   err_msg=label)
+    auroc = np_auroc(-np_margin(z_id), -np_margin(z_ood))
+    assert 0.5 < auroc < 1  # the toy separates them, not perfectly
+    assert out.evaluation["margin"]["ood"]["near-origin"]["auroc"] == pytest.approx(auroc, abs=1e-6)
+
+    files = out.save(tmp_path)
+    code, text, err = cli("eval", files["margin"], "--json")
+    assert code == 0, err
+    doc = json.loads(text)
+    assert doc["metric"] == "margin"
+    assert doc["ood"]["near-origin"]["auroc"] == pytest.approx(auroc, abs=1e-6)
+    assert doc["id"]["acc"] == pytest.approx(float((z_id.argmax(1) == y_id.numpy()).mean()))
 
 
 def make_batch(n: int, m: int, k: int, seed: int) -> AuxBatch:
@@ -130,9 +148,11 @@ def make_batch(n: int, m: int, k: int, seed: int) -> AuxBatch:
 
 
 @pytest.mark.parametrize("n,m,k,T", [(6, 4, 3, 0.07), (5, 0, 2, 0.07), (4, 5, 4, 0.5)])
-def test_supcon_matches_loops(reg, n, m, k, T):
+def test_supcon_matches_loops(n, m, k, T):
     b = make_batch(n, m, k, seed=n + m)
-    loss = reg.aux_loss("supcon", T=T) if T != 0.07 else reg.aux_loss("supcon")
+    cls = entry_point("imood.aux_losses", "supcon")  # what `imood train --aux-ood-loss supcon --T T` builds
+    assert cls is SupCon
+    loss = cls(T=T) if T != 0.07 else cls()
     assert loss.T == T
     ref = np_supcon(b.projections.numpy(), b.labels.numpy(), b.is_id.numpy(), T)
     assert float(loss(b)) == pytest.approx(ref, rel=1e-4, abs=1e-5)
