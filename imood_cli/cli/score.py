@@ -127,6 +127,9 @@ def score(
     sort: Optional[str] = typer.Option(None, "--sort", metavar="KEY",
                                        help="Order the results table: auroc (highest mean first), fpr95 (lowest "
                                             "first) or name. [default: the order of -m]"),
+    refit: bool = typer.Option(False, "--refit",
+                               help="Refit every detector that needs a fit (maha, knn, vim, ...) on the ID training "
+                                    "set, ignoring and replacing its cache in RUN/fits/."),
 ) -> None:
     """Score the ID test set and the OOD test sets; one forward pass serves every detector."""
     target = run or ckpt_path
@@ -180,12 +183,14 @@ def score(
         warn(f"{name} is missing, scored without it ({how})")
     # -m all: detectors this model cannot run (no feature map, no linear classifier) are left out with a note
     req = ScoreRequest(specs, logit_adjust, ada_scale, batch_size, workers, extra,
-                       skip_unavailable="all" in requested)
+                       skip_unavailable="all" in requested, refit=refit)
     run_dir = loaded.path.parent
     folder = out or run_dir / "scores"
     notes: list[str] = []
+    failed: dict = {}  # a detector whose fit or scores fail is named at the end; the others are written
     with progress() as bar:
-        results = score_run(loaded, bench, req, rt, ScoreProgress(bar), cache_dir=run_dir / "fits", notes=notes)
+        results = score_run(loaded, bench, req, rt, ScoreProgress(bar), cache_dir=run_dir / "fits", notes=notes,
+                            failed=failed)
     if not rt.is_main:
         return  # under torchrun every process scored a shard; rank 0 holds them all and writes
     paths = write_scores(results, folder)
@@ -220,3 +225,7 @@ def score(
                   markup=False)
     console.print(f"next: imood eval {shown_path(folder)}   or   imood report "
                   f"{shown_path(run_dir if out is None else folder)}", soft_wrap=True, markup=False)
+    if failed:
+        from imood_cli.engine.scoring.fits import failure_summary
+
+        raise ImoodError(failure_summary(failed, len(results) + len(failed), written=True))

@@ -17,3 +17,4 @@ class ScoreRequest:
     extra_ood: dict[str, ImageSet] = field(default_factory=dict)
     threads: int = 0  # CPU threads; 0: from the model's size (one thread for tiny models)
     skip_unavailable: bool = False  # drop detectors the model cannot run (-m all), with a note; else an error
+    refit: bool = False  # refit every detector that needs a fit, ignoring and replacing its cache in RUN/fits/

@@ -4,7 +4,8 @@ Each detector declares what it needs (`Detector.needs`); one forward pass per ba
 detector, keeping the feature map only when one needs it; head re-runs (ReAct, ASH, DICE, ...) use that
 pass's features or map. Detectors that need input gradients (ODIN) get their own pass with gradients on.
 Detectors that need a fit are fitted on the ID training set once per model and cached in RUN/fits/.
-Every score is checked before any file is written.
+Every score is checked before any file is written. With a `failed` dict (`imood score`), a detector whose fit
+or scores fail is recorded there and dropped, its later batches skipped, while the others are scored.
 
 Any model goes through here as a `models.staged.StagedClassifier`: imood's own (`ImOODModel`, trained or
 imported) and, through `api.score_model`, any nn.Module seen through its family's adapter. A model that lacks
@@ -28,7 +29,16 @@ from imood_cli.engine import runtime
 from imood_cli.engine.runs.layout import detector_label, score_file_stem
 from imood_cli.engine.runs.scorefile import ScoreSet
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.scoring.fits import AUTO_RULE, fit_auto_scales, fit_detectors
+from imood_cli.engine.scoring.fits import (
+    AUTO_RULE,
+    Failure,
+    Failures,
+    all_failed,
+    drop_failed,
+    fit_auto_scales,
+    fit_detectors,
+    guarded,
+)
 from imood_cli.engine.scoring.infer import ModelAccess, ScoreObserver, infer
 from imood_cli.engine.scoring.loading import LoadedModel, model_input
 from imood_cli.engine.scoring.request import ScoreRequest
@@ -100,24 +110,23 @@ def drop_unavailable(detectors: dict[str, Any], caps: Capabilities, model_name: 
     return dropped
 
 
-def _run_detector(label: str, d: Any, view: ModelView, lp: torch.Tensor, n: int) -> torch.Tensor:
-    """One detector's scores for a batch; whatever goes wrong inside it is reported under its name."""
-    try:
-        scores = d.ood_score(view, lp)
-    except (ImoodError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ImoodError(f"detector {label} ({implementation_name(d)}) failed: {type(exc).__name__}: {first}") from exc
-    return _check_scores(label, d, scores, n)
+def _run_detector(label: str, d: Any, view: ModelView, lp: torch.Tensor, n: int,
+                  failed: Failures | None = None) -> torch.Tensor | None:
+    """One detector's scores for a batch; whatever goes wrong inside it is reported under its name (with
+    `failed`: recorded there, and None returned)."""
+    return guarded(label, d, "score", "failed", lambda: _check_scores(label, d, d.ood_score(view, lp), n), failed)
 
 
 class BatchScorer:
     """Every detector's scores batch after batch, from the one forward pass the caller ran; detectors that need
-    input gradients run with gradients on. Results stay on the device until `result`."""
+    input gradients run with gradients on. Results stay on the device until `result`.
 
-    def __init__(self, detectors: dict[str, Any], access: ModelAccess, lp: torch.Tensor) -> None:
-        self.detectors, self.access, self.lp = detectors, access, lp
+    A detector's failure is one error naming it; with `failed`, it is recorded there and the detector dropped
+    (its later batches skipped, `result` without it) while the others go on; none left is the error."""
+
+    def __init__(self, detectors: dict[str, Any], access: ModelAccess, lp: torch.Tensor,
+                 failed: Failures | None = None) -> None:
+        self.detectors, self.access, self.lp, self.failed = detectors, access, lp, failed
         self.needs = set().union(*(d.needs for d in detectors.values())) if detectors else set()
         self.plain = {k: d for k, d in detectors.items() if "input_grad" not in d.needs}
         self.grads = {k: d for k, d in detectors.items() if "input_grad" in d.needs}
@@ -137,13 +146,23 @@ class BatchScorer:
         view = self.access.view(out, self.needs, images=x)
         n = out.logits.shape[0]
         self.finite.append(torch.isfinite(out.logits).all())
-        for label, d in self.plain.items():
-            self.scores[label].append(_run_detector(label, d, view, self.lp, n))
+        for label, d in list(self.plain.items()):
+            self._keep(label, _run_detector(label, d, view, self.lp, n, self.failed))
         if self.grads:
             with torch.enable_grad():
-                for label, d in self.grads.items():
-                    self.scores[label].append(_run_detector(label, d, view, self.lp, n).detach())
+                for label, d in list(self.grads.items()):
+                    scores = _run_detector(label, d, view, self.lp, n, self.failed)
+                    self._keep(label, None if scores is None else scores.detach())
         self.preds.append(out.logits.argmax(dim=1))
+
+    def _keep(self, label: str, scores: torch.Tensor | None) -> None:
+        if scores is not None:
+            self.scores[label].append(scores)
+            return
+        for held in (self.plain, self.grads, self.scores):  # failed: dropped for the rest of the pass
+            held.pop(label, None)
+        if not self.scores and self.failed:
+            raise all_failed(self.failed)  # nothing left to score: no need to finish the pass
 
     @property
     def all_finite(self) -> bool:
@@ -168,21 +187,34 @@ def _check_scores(label: str, d: Any, scores: Any, n: int) -> torch.Tensor:
     return scores.float()
 
 
-def check_all_finite(scores: dict[str, torch.Tensor], ood: dict[str, dict[str, torch.Tensor]], where: str) -> None:
-    """Every number checked before anything is written or returned."""
-    for label in scores:
+def check_all_finite(scores: dict[str, torch.Tensor], ood: dict[str, dict[str, torch.Tensor]], where: str,
+                     failed: Failures | None = None) -> None:
+    """Every number checked before anything is written or returned (with `failed`: a detector with a NaN is
+    recorded there and removed from `scores` and `ood`)."""
+    for label in list(scores):
         for place, values in ((where, scores[label]), *ood[label].items()):
             bad = int((~torch.isfinite(values)).sum())
             if bad:
-                raise ImoodError(f"detector {label} gave {bad} NaN or infinite score(s) on {place} while the model's "
-                                 "outputs are finite: the detector (or its fit) is at fault; nothing was written")
+                error = ImoodError(f"detector {label} gave {bad} NaN or infinite score(s) on {place} while the "
+                                   "model's outputs are finite: the detector (or its fit) is at fault; nothing was "
+                                   "written")
+                if failed is None:
+                    raise error
+                failed[label] = Failure("score", error, f"score: {bad} NaN or infinite score(s) on {place}, the "
+                                                          "model's outputs finite")
+                del scores[label], ood[label]
+                break
 
 
 def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
           observer: ScoreObserver | None = None, cache_dir: Path | None = None,
-          notes: list[str] | None = None) -> dict[str, ScoreSet]:
+          notes: list[str] | None = None, failed: Failures | None = None) -> dict[str, ScoreSet]:
     """ScoreSets for every requested detector over the benchmark's ID test set and OOD test sets; what the
-    user should know (a fit that could not be cached, detectors the model cannot run) is appended to `notes`."""
+    user should know (a fit that could not be cached, detectors the model cannot run) is appended to `notes`.
+
+    A detector's failure (fit, scores, NaN) is one error naming it; with `failed`, it is recorded there
+    ({label: Failure}, in the order of the request) and the others are scored; none left is the error (a lone
+    detector's own, as without `failed`)."""
     model, arch = loaded.model, loaded.model.arch
     if bench.num_classes != arch.num_classes:
         raise ImoodError(f"the checkpoint has {arch.num_classes} classes but {bench.name} has {bench.num_classes}")
@@ -200,12 +232,15 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
     if rt.device.type == "cpu":
         macs = forward_macs(model, chans, size) * req.batch_size
         runtime.set_threads(runtime.choose_threads(req.threads, macs, rt.device))
-    notes.extend(fit_detectors(detectors, loaded, bench, rt, req, cache_dir, observer))
+    order = list(detectors)
+    notes.extend(fit_detectors(detectors, loaded, bench, rt, req, cache_dir, observer, failed))
+    drop_failed(detectors, failed)
     counts = loaded.class_counts
     lp = log_prior(counts, req.logit_adjust).float().to(rt.device)
     if auto:
         fit_auto_scales({k: d for k, d in detectors.items() if isinstance(d, AdaScore)}, loaded, bench, rt, req, lp,
-                        observer)
+                        observer, failed)
+        drop_failed(detectors, failed)
     access = ModelAccess(model, rt)
     spec, prep = bench.augment, loaded.preprocess
 
@@ -214,7 +249,7 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         if rt.distributed:  # each process scores one contiguous shard; rank 0 gathers them in order
             bounds = torch.linspace(0, len(s), rt.world_size + 1).long().tolist()
             s = s.subset(torch.arange(bounds[rt.rank], bounds[rt.rank + 1]), name=s.name)
-        scorer = BatchScorer(detectors, access, lp)
+        scorer = BatchScorer(detectors, access, lp, failed)
         if observer:
             observer.start_set(full.name, len(s))
         infer(model, s, rt, req.batch_size, spec, scorer.keep_features, observer, req.workers, each=scorer,
@@ -225,7 +260,10 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
             raise ImoodError(f"the model's outputs on {full.name} are NaN or infinite: the weights in {loaded.path} "
                              "are damaged or diverged; nothing was written")
         result = scorer.result()
-        return gather_shards(result, rt) if rt.distributed else result
+        if rt.distributed:
+            result = gather_shards(result, rt, failed)
+        drop_failed(detectors, failed)  # a detector that failed on this set is not scored on the next ones
+        return result
 
     id_scores, id_pred = run(bench.test)
     id_label = bench.test.labels.clone()
@@ -251,7 +289,15 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
         for label in detectors:
             ood_scores[label][name] = sc[label][is_ood]
         ood_preds[name] = pr[is_ood]
-    check_all_finite(id_scores, ood_scores, "the ID test set")
+    id_scores = {label: id_scores[label] for label in detectors}  # without those that failed on a later set
+    ood_scores = {label: ood_scores[label] for label in detectors}
+    check_all_finite(id_scores, ood_scores, "the ID test set", failed)
+    drop_failed(detectors, failed)
+    if failed:
+        ordered = {label: failed[label] for label in order if label in failed}
+        ordered.update(failed)
+        failed.clear()
+        failed.update(ordered)
     meta = {
         "class_counts": counts, "dataset": bench.name, "id_set": bench.test.name,
         "checkpoint": str(loaded.path), "checkpoint_sha256": loaded.sha256, "logit_adjust": req.logit_adjust,
@@ -271,14 +317,21 @@ def score(loaded: LoadedModel, bench: Benchmark, req: ScoreRequest, rt: Runtime,
     return out
 
 
-def gather_shards(result, rt: Runtime):
-    """Concatenate every rank's (scores, preds) in rank order, on every rank."""
+def gather_shards(result, rt: Runtime, failed: Failures | None = None):
+    """Concatenate every rank's (scores, preds) in rank order, on every rank; a detector that failed on any
+    rank's shard is recorded in `failed` on every rank and left out."""
     import torch.distributed as dist
 
-    parts = [None] * rt.world_size
-    dist.all_gather_object(parts, result)
-    scores = {k: torch.cat([p[0][k] for p in parts]) for k in result[0]}
-    return scores, torch.cat([p[1] for p in parts])
+    mine = {label: (f.phase, str(f.error), f.reason) for label, f in (failed or {}).items()}
+    parts: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(parts, (result, mine))
+    if failed is not None:
+        for _, theirs in parts:
+            for label, (phase, message, reason) in theirs.items():
+                failed.setdefault(label, Failure(phase, ImoodError(message), reason))
+    scores = {k: torch.cat([p[0][0][k] for p in parts]) for k in result[0]
+              if all(k in p[0][0] for p in parts) and k not in (failed or {})}
+    return scores, torch.cat([p[0][1] for p in parts])
 
 
 def write_scores(scoresets: dict[str, ScoreSet], folder: Path) -> dict[str, Path]:
