@@ -34,7 +34,7 @@ from imood_cli.registry import parse_spec, registry
 
 __all__ = ["ood_scores", "evaluate", "detection_metrics", "shot_groups", "log_prior", "log_beta", "score", "training",
            "list_methods", "ModelOutputs", "ModelView", "score_model", "ModelScores", "model_view", "staged",
-           "Split", "Adapter", "adapter_for"]
+           "Split", "Adapter", "adapter_for", "load_run", "RunModel", "read_scores"]
 
 
 def ood_metrics(id_scores, ood_scores) -> dict:
@@ -61,6 +61,61 @@ def training(name: str, **options) -> tuple[Score, Objective | None]:
 def list_methods() -> list[str]:
     """Every usable method name, ada_ forms and plugins included."""
     return registry().names("method")
+
+
+@dataclass
+class RunModel:
+    """A trained run's model as a plain classifier: `model(images)` returns the logits (eval mode), with the
+    split model-aware detectors read, ready for `score_model(run.model, ..., split=run.split,
+    class_counts=run.class_counts)`. Images go in as `imood score` feeds them (an imported model's
+    preprocessing is in `meta["preprocess"]`)."""
+
+    model: nn.Module
+    class_counts: list[int]
+    meta: dict[str, Any]
+    path: Path
+    split: Split | None = None
+
+
+def load_run(run: str | Path, device: str | torch.device = "cpu") -> RunModel:
+    """The model of an imood run folder (or a model.safetensors file): imood trained it or imported it. Weights
+    are read with safetensors and checked like `imood score` checks them."""
+    from imood_cli.engine.scoring.loading import load_model
+
+    loaded = load_model(Path(run), device)
+    inner = loaded.model.eval()
+    meta, counts = dict(loaded.meta), list(loaded.class_counts)
+    if inner.classifier is None:  # an imported classifier whole: its own adapter splits it
+        return RunModel(inner.backbone, counts, meta, loaded.path)
+    k = inner.arch.num_classes
+    head = nn.Linear(inner.classifier.in_features, k).to(inner.classifier.weight.device)
+    with torch.no_grad():  # the K class outputs (a model trained with extra outputs has more rows)
+        head.weight.copy_(inner.classifier.weight[:k])
+        head.bias.copy_(inner.classifier.bias[:k])
+    split = Split(feature_map=lambda x: inner.adapter.forward_features(inner.backbone, x),
+                  pool=lambda m: inner.adapter.forward_pool(inner.backbone, m), head=head,
+                  family=f"imood model ({inner.arch.backbone})")
+    return RunModel(LogitsOnly(inner).eval(), counts, meta, loaded.path, split)
+
+
+class LogitsOnly(nn.Module):
+    """An imood model whose forward returns the logits alone (it returns every output by itself)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.inner(images)
+        return out.logits if isinstance(out, ModelOutputs) else out
+
+
+def read_scores(path: str | Path) -> Any:
+    """A score file (`RUN/scores/<detector>.safetensors`) as a ScoreSet: `metric`, `id_score`, `id_label`,
+    `id_pred`, `ood_score` {set: scores}, `ood_pred`, `meta` (numpy arrays; see the file formats)."""
+    from imood_cli.engine.runs.scorefile import ScoreSet
+
+    return ScoreSet.load(Path(path))
 
 
 def detector(name: str, ada_scale: float | None = None, **options) -> Score:
