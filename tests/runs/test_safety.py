@@ -304,10 +304,13 @@ def plugin(tmp_path, monkeypatch):
 ])
 def test_broken_detector_plugins_are_named(run, cli, plugin, name, parts):
     before = (run / "scores" / "msp.safetensors").read_bytes()
-    code, _, err = cli(["score", run, "-m", f"msp,{name}", "--device", "cpu"])
+    code, _, err = cli(["score", run, "-m", name, "--device", "cpu"])  # alone: the error, nothing written
     one_error(code, err, *parts)
     assert (run / "scores" / "msp.safetensors").read_bytes() == before
     assert not (run / "scores" / f"{name}.safetensors").exists()
+    code, _, err = cli(["score", run, "-m", f"msp,{name}", "--device", "cpu"])  # with others: they are written
+    one_error(code, err, "1 of 2 detectors failed", name, "the others are written")
+    assert (run / "scores" / "msp.safetensors").exists() and not (run / "scores" / f"{name}.safetensors").exists()
 
 
 def test_a_loss_that_is_not_a_scalar_is_named(tmp_path, cli, plugin):
