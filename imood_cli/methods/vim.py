@@ -40,7 +40,7 @@ def principal_dim(d: int, requested: int) -> int:
     else:
         dim = d // 2
     if not 1 <= dim < d:
-        raise ImoodError(f"vim: the principal space must be smaller than the features (d = {d}), got dim={dim}: "
+        raise OptionError(f"vim: the principal space must be smaller than the features (d = {d}), got dim={dim}: "
                          f"pass vim:dim=D with 1 <= D < {d}")
     return dim
 
