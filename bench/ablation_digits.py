@@ -199,6 +199,21 @@ def paired_row(a: Config, b: Config, ra: list[dict], rb: list[dict]) -> list[str
     return cells
 
 
+def commit() -> str:
+    """The checkout's commit (with '+changes' when the tree differs from it), or 'unknown' outside git."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+changes" if dirty else "")) if head else "unknown"
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -249,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     header = ["training → detector", "AUROC", f"AUROC {sets}", "FPR95", "ID acc", "few-shot acc",
               "ID flagged at FPR95: many / medium / few"]
     ordered = list(dict.fromkeys(c for pair in pairs for c in pair))
-    print(f"\n### {bench.name} ablation: {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs\n")
+    print(f"\n### {bench.name} ablation: {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs, "
+          f"commit {commit()}\n")
     print(markdown(header, [summary_row(c, results[c]) for c in ordered]))
     print("\nPaired differences (second − first, same seed), in points: mean [95% t interval] (seeds where the "
           "second is better / seeds, two-sided sign test p); 'no measurable effect' where the interval holds 0:\n")
