@@ -254,16 +254,34 @@ class Registry:
             out["options"] = [option_row(target, key, "training") for key in target.hyperparameters]
         return out
 
-    def aux_loss(self, name: str, **options: Any):
-        """A fresh aux loss; it receives the options it declares (pascl: k, T), the others are dropped."""
-        p = self.get("aux_loss", name)
+    def aux_loss(self, spec: str, **defaults: Any):
+        """A fresh aux loss of `name[:key=value...]` (`imood train --aux-ood-loss pascl:k=0.5:T=0.1`).
+
+        The spec's options are the loss's own: typed and checked by the class, an unknown key an error naming
+        the loss and its options. `defaults` (imood's `--k` and `--T`, what a run recorded) reach only the
+        options the loss declares, and only when not None; the spec's win over them."""
         try:
-            return p.cls(**{k: v for k, v in options.items() if k in p.cls.hyperparameters})
+            name, given = parse_spec(spec)
+        except ImoodError:
+            raise ImoodError(f"aux loss options go as name:key=value[:key=value], got {spec!r}") from None
+        p = self.get("aux_loss", name)
+        options = {k: v for k, v in defaults.items() if v is not None and k in p.cls.hyperparameters}
+        options.update(given)
+        try:
+            return p.cls(**options)
+        except OptionError as exc:
+            text = str(named_option_error(name, exc, p.cls)).removeprefix(f"{name}: ")
+            raise OptionError(f"{aux_label(p)}: {text}") from None
         except Exception as exc:
-            raise ImoodError(f"aux loss {name!r} from {p.distribution}: {type(exc).__name__}: {exc}") from None
+            raise ImoodError(f"{aux_label(p)}: {type(exc).__name__}: {exc}") from None
 
     def dataset(self, name: str):
         return self.get("dataset", name).cls()
+
+
+def aux_label(p: Plugin) -> str:
+    """How messages name an aux loss: "aux loss 'pascl'", a plugin's with its distribution."""
+    return f"aux loss {p.name!r}" + ("" if p.builtin else f" from {p.distribution}")
 
 
 def option_row(cls: type, key: str, phase: str) -> dict[str, Any]:

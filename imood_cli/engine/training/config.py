@@ -138,7 +138,8 @@ class TrainConfig:
                           "ada_<name> for the ImOOD regularizer on its score, or a plugin's; name:key=value sets "
                           "its options (training and scoring ones).",
                           "--ood-metric", "-m", "--ood_metric", group=METHOD, check=no_nul, metavar="NAME")
-    aux_ood_loss: str = opt("pascl", "Auxiliary loss: pascl, simclr, none, or a plugin's.", "--aux-ood-loss",
+    aux_ood_loss: str = opt("pascl", "Auxiliary loss: pascl, simclr, none, or a plugin's; name:key=value sets its "
+                            "options (pascl:k=0.5:T=0.1), which win over --k and --T.", "--aux-ood-loss",
                             "--aux_ood_loss", group=METHOD, check=no_nul, metavar="NAME")
     Lambda: float = opt(0.5, "Weight of the OOD loss.", "--Lambda", "--lambda-ood", group=METHOD,
                         check=within(0, 1e6), metavar="W")
@@ -156,10 +157,13 @@ class TrainConfig:
                                       per_benchmark={"imagenet": None, "digits": None, "glyphs": None},
                                       check=within(1, 10**9),
                                       default_text="30000 (CIFAR); all (ImageNet, digits, glyphs)", metavar="N")
-    pascl_k: float = opt(0.4, "PASCL: fraction of classes counted as tail (label >= round((1-k)K)).", "--k",
-                         group=METHOD, check=within(0, 1, low_open=True), metavar="K")
-    temperature: float = opt(0.07, "Temperature of the contrastive aux loss (pascl, simclr).", "--T",
-                             group=METHOD, check=within(1e-4, 1e4), metavar="T")
+    pascl_k: float | None = opt(None, "PASCL: fraction of classes counted as tail (label >= round((1-k)K)); "
+                                "reaches an aux loss that has an option k.", "--k", group=METHOD,
+                                check=within(0, 1, low_open=True), default_text="the aux loss's own (pascl: 0.4)",
+                                metavar="K")
+    temperature: float | None = opt(None, "Temperature of the contrastive aux loss; reaches an aux loss that has an "
+                                    "option T (pascl, simclr).", "--T", group=METHOD, check=within(1e-4, 1e4),
+                                    default_text="the aux loss's own (pascl, simclr: 0.07)", metavar="T")
     m_in: float | None = opt(None, "Energy loss: ID margin m_in (ID energies above it are penalized).",
                              "--m-in", "--m_in", group=METHOD, check=within(-1e4, 1e4),
                              per_benchmark={"cifar10": -23.0, "cifar100": -27.0, "imagenet": -27.0, "digits": -6.0,
@@ -254,6 +258,9 @@ class TrainConfig:
                                   "as TensorBoard events in this folder (needs the tensorboard package: pip install "
                                   "tensorboard).", "--tensorboard", group=VALID, check=no_nul, resumable=True,
                                   metavar="DIR")
+    # Not an option: what the aux loss received (its options()), set by the trainer and kept in config.json, so
+    # that a resume rebuilds the same loss whatever its class defaults are by then.
+    aux_loss_options: dict[str, Any] | None = field(default=None, metadata={"record": True})
 
     @property
     def holds_out(self) -> bool:
@@ -268,19 +275,27 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        return self.name or f"{self.dataset}-{self.ood_metric.split(':')[0]}-{self.aux_ood_loss}"
+        return self.name or f"{self.dataset}-{self.ood_metric.split(':')[0]}-{self.aux_ood_loss.split(':')[0]}"
 
     @property
     def run_dir(self) -> Path:
         return Path(self.save_root) / self.run_name
 
 
+def spec_name(spec: str) -> str:
+    """The name of a `name:key=value` spec (a method's or an aux loss's)."""
+    return spec.split(":")[0].strip()
+
+
 @functools.cache
 def options() -> dict[str, tuple[Option, Any, Any]]:
-    """{field name: (Option, type, default)} in declaration order (do not modify: it is cached)."""
+    """{field name: (Option, type, default)} in declaration order (do not modify: it is cached); the fields that
+    record what a run did (aux_loss_options) are not options."""
     hints = typing.get_type_hints(TrainConfig)
     out = {}
     for f in dataclasses.fields(TrainConfig):
+        if "option" not in f.metadata:
+            continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         out[f.name] = (f.metadata["option"], hints[f.name], default)
     return out
@@ -402,20 +417,40 @@ def read_config_file(path: Path) -> dict[str, Any]:
                              "it: put every option in the [train] table, or every option at the top level")
         data, where = data["train"], f"[train] of {path}"
     if isinstance(data, dict):
-        tables = [k for k, v in data.items() if isinstance(v, dict)]
+        tables = [k for k, v in data.items() if isinstance(v, dict) and k != AUX_RECORD]
         if tables:
             raise ImoodError(f"{where}: [{tables[0]}] is not a table imood reads in a config file (option keys go at "
                              "the top level or in one [train] table)")
-    return from_mapping(data, str(where))
+    return from_mapping(data, str(where), records=True)
 
 
-def from_mapping(data: Any, where: str) -> dict[str, Any]:
-    """Type-checked field values from a JSON/TOML object (unknown keys and wrong types are errors)."""
+AUX_RECORD = "aux_loss_options"
+
+
+def aux_record(value: Any, where: str) -> dict[str, Any] | None:
+    """config.json's `aux_loss_options`: {option: value} of plain values (JSON scalars), or null."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and (isinstance(v, (bool, int, str)) or isinstance(v, float) and math.isfinite(v))
+            for k, v in value.items()):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ImoodError(f"{AUX_RECORD} in {where} must be a table of the aux loss's option values (text, numbers, "
+                         f"true or false), got {shown}")
+    return dict(value)
+
+
+def from_mapping(data: Any, where: str, records: bool = False) -> dict[str, Any]:
+    """Type-checked field values from a JSON/TOML object (unknown keys and wrong types are errors). `records`:
+    the object may hold what a run recorded besides its options (config.json's aux_loss_options)."""
     if not isinstance(data, dict):
         raise ImoodError(f"{where} must hold a table of option values, not {type(data).__name__}")
     known = options()
     out = {}
     for key, value in data.items():
+        if records and key == AUX_RECORD:
+            out[key] = aux_record(value, where)
+            continue
         if key not in known:
             raise unknown_name(f"key in {where}:", key, known)
         out[key] = convert(key, value, where)
@@ -426,6 +461,9 @@ def resolve_config(cli: dict[str, Any], config_file: Path | None = None) -> Trai
     """Defaults ← benchmark ← config file ← command line (None on the command line means 'not given')."""
     given = {k: convert(k, v, "") for k, v in cli.items() if v is not None}
     from_file = read_config_file(config_file) if config_file else {}
+    if "aux_ood_loss" in given and spec_name(given["aux_ood_loss"]) != spec_name(
+            from_file.get("aux_ood_loss", TrainConfig.aux_ood_loss)):
+        from_file.pop(AUX_RECORD, None)  # a run's config.json as --config, for another aux loss: not its options
     dataset = given.get("dataset", from_file.get("dataset", TrainConfig.dataset))
     return TrainConfig(**{**recipe_for(dataset), **from_file, **given, "dataset": dataset})
 
@@ -441,6 +479,6 @@ def load_run_config(path: Path) -> TrainConfig:
         raise
     except ImoodError as exc:
         raise ImoodError(f"{exc}; the run cannot be resumed") from None
-    values = from_mapping(data, str(path))
+    values = from_mapping(data, str(path), records=True)
     dataset = values.get("dataset", TrainConfig.dataset)
     return TrainConfig(**{**recipe_for(dataset), **values})

@@ -65,7 +65,8 @@ class TrainingGuard:
                    log_every=cfg.log_every, sustain_steps=sustain,
                    weights={"l_ood": cfg.Lambda, "l_aux": cfg.Lambda2},
                    controls={"l_ood": ood_opts, "l_aux": "--Lambda2"},
-                   labels={"l_ood": f"the OOD loss of {name}", "l_aux": f"the aux loss {cfg.aux_ood_loss}"})
+                   labels={"l_ood": f"the OOD loss of {name}",
+                           "l_aux": f"the aux loss {cfg.aux_ood_loss.split(':')[0]}"})
 
     @property
     def ce_floor(self) -> float:

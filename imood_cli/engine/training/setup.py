@@ -11,14 +11,15 @@ import torch
 
 from imood_cli import __version__
 from imood_cli.core.ada import AdaObjective
+from imood_cli.core.contract import AuxLoss, OptionError
 from imood_cli.core.method import Objective, Score
 from imood_cli.data.base import Benchmark
 from imood_cli.data.pipeline.augment import AugmentSpec
 from imood_cli.engine.benchmarks import load_benchmark
-from imood_cli.engine.training.config import TrainConfig, default_for
+from imood_cli.engine.training.config import TrainConfig, default_for, spec_name
 from imood_cli.errors import ImoodError
 from imood_cli.models.imood_model import Architecture, ImOODModel
-from imood_cli.registry import parse_spec, registry
+from imood_cli.registry import aux_label, parse_spec, registry
 
 
 def augment_spec(cfg: TrainConfig, bench: Benchmark) -> AugmentSpec:
@@ -119,6 +120,38 @@ def build_method(cfg: TrainConfig) -> tuple[Score, Objective | None]:
         raise ImoodError(f"{name} cannot be trained: {name.removeprefix('ada_')} needs statistics fitted on a trained "
                          f"model and does not track them during training; score a trained model with {name} instead")
     return score, objective
+
+
+# The values config.json recorded for --k and --T when they were not given, before they reached only the aux
+# losses that declare them: a run of those days resumed with a loss without them is not warned about them.
+LEGACY_AUX_DEFAULTS = {"k": 0.4, "T": 0.07}
+AUX_FLAGS = {"k": ("--k", "pascl_k"), "T": ("--T", "temperature")}
+
+
+def build_aux_loss(cfg: TrainConfig) -> tuple[AuxLoss, list[str]]:
+    """The aux loss of `--aux-ood-loss name[:key=value...]` and the warnings to show.
+
+    Its options, lowest first: the class defaults, what the run recorded (config.json's aux_loss_options: a
+    resume rebuilds the same loss), `--k` / `--T` when given and the loss declares k / T, the spec's own. A
+    recorded option the loss does not have is an error; `--k` / `--T` given to a loss without them, a warning."""
+    reg = registry()
+    p = reg.get("aux_loss", spec_name(cfg.aux_ood_loss))
+    declared = tuple(p.cls.hyperparameters)
+    recorded = dict(cfg.aux_loss_options or {})
+    stray = [k for k in recorded if k not in declared]
+    if stray:
+        raise OptionError(f"{aux_label(p)} has no option {stray[0]!r} (options: {', '.join(declared) or 'none'}), "
+                          f"which the run recorded in aux_loss_options: it was trained with another version of the "
+                          "loss, or the record belongs to another loss")
+    warnings = []
+    imood = {key: getattr(cfg, field) for key, (_, field) in AUX_FLAGS.items()}
+    for key, value in imood.items():
+        if value is not None and key not in declared and value != LEGACY_AUX_DEFAULTS[key]:
+            hint = f"; set its options as {p.name}:key=value" if declared else ""
+            warnings.append(f"{AUX_FLAGS[key][0]} {value:g} does not reach the {aux_label(p)}, which has no option "
+                            f"{key} (options: {', '.join(declared) or 'none'}){hint}")
+    loss = reg.aux_loss(cfg.aux_ood_loss, **{**recorded, **imood})
+    return loss, warnings
 
 
 def load_training_data(cfg: TrainConfig, needs_aux: bool) -> Benchmark:

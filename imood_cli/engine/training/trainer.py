@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,23 @@ from imood_cli.data.pipeline.augment import draw
 from imood_cli.data.pipeline.batches import Batch, InMemoryEpoch, epoch_seed
 from imood_cli.engine import runtime
 from imood_cli.engine.runs.checkpoint import CheckpointDir, non_finite_weight, save_tensors
-from imood_cli.engine.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_FILE
+from imood_cli.engine.runs.layout import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    DERIVED_DIRS,
+    LOCK_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    is_run_folder,
+)
+from imood_cli.engine.runs.owned import own_files
 from imood_cli.engine.runtime import Runtime
-from imood_cli.engine.training.config import TrainConfig
+from imood_cli.engine.training.config import TrainConfig, spec_name
 from imood_cli.engine.training.guard import TrainingGuard
 from imood_cli.engine.training.setup import (
     architecture,
     augment_spec,
+    build_aux_loss,
     build_method,
     conv_output_bytes,
     freeze_for,
@@ -55,7 +66,7 @@ from imood_cli.errors import ImoodError, TrainingDiverged
 from imood_cli.fs.atomic import atomic_write_text
 from imood_cli.losses.la_ce import logit_adjusted_ce
 from imood_cli.models.imood_model import ImOODModel, canonical_model_name, forward_macs
-from imood_cli.registry import parse_spec, registry
+from imood_cli.registry import aux_label, parse_spec, registry
 
 LOSS_PARTS = ("loss", "l_in", "l_ood", "l_aux", "train_acc")  # train_acc: top-1 of the class logits, ID rows
 
@@ -109,8 +120,13 @@ class Trainer:
             summary_writer_class()  # a missing package is an error before any work
         if cfg.eval_on != "val" and not cfg.eval_every:
             raise ImoodError(f"--eval-on {cfg.eval_on} says what --eval-every scores: give --eval-every N too")
+        self._made = _outermost_missing(cfg.run_dir)  # the folder this command makes for a new run (None: it exists)
         self.score, self.objective = build_method(cfg)
-        self.aux = registry().aux_loss(cfg.aux_ood_loss, k=cfg.pascl_k, T=cfg.temperature)
+        self.aux, self.start_warnings = build_aux_loss(cfg)
+        cfg.aux_loss_options = self.aux.options()  # what the loss received: config.json records it
+        self.aux_label = aux_label(registry().get("aux_loss", spec_name(cfg.aux_ood_loss)))
+        for warning in self.start_warnings:
+            self.obs.message(f"warning: {warning}")
         needs_aux = cfg.Lambda > 0 and self.objective is not None
         given = bench
         self.bench = bench or load_training_data(cfg, needs_aux)
@@ -287,7 +303,7 @@ class Trainer:
             pair = torch.where(rows < n, rows + n, torch.where(rows < 2 * n, rows - n, -1))
             full_labels = torch.cat([labels2, labels2.new_full((m,), -1)])
             l_aux = _scalar(self.aux(AuxBatch(out.projections, full_labels, is_id, pair, self.counts_t)),
-                            f"the aux loss {cfg.aux_ood_loss}")
+                            f"the {self.aux_label}")
         loss = l_in + cfg.Lambda * l_ood + cfg.Lambda2 * l_aux
         with torch.no_grad():  # stays on the device: summed with the losses, read once per log record
             acc = (out.logits[: 2 * n].argmax(dim=1) == labels2).float().mean()
@@ -388,6 +404,9 @@ class Trainer:
     def _check_weights(self) -> None:
         """Weights that turned NaN at the last step of an epoch are not saved as a checkpoint to resume from."""
         bad = non_finite_weight(self.core.state_dict())
+        first = self._first_non_finite(collective=False) if bad and hasattr(self, "_bad_seen") else None
+        if first is not None:  # a loss went non-finite since the last record (an interrupt saves mid-epoch)
+            raise TrainingDiverged(self._divergence(None, first))
         if bad:
             when = (f"epoch {self.epoch + 1}, step {self.global_step}" if self.step_in_epoch
                     else f"the end of epoch {self.epoch} (step {self.global_step})")
@@ -431,15 +450,88 @@ class Trainer:
                   "lr": self.opt.param_groups[0]["lr"],
                   "images_per_s": round(images * self.rt.world_size / max(seconds, 1e-9), 1)}
         if not all(math.isfinite(v) for v in values):
-            parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_PARTS, values))
-            raise TrainingDiverged(f"loss is not finite at epoch {self.epoch + 1}, step {self.global_step} "
-                                   f"({parts}); {self._kept()}")
+            first = self._first_non_finite(collective=True)
+            raise TrainingDiverged(self._divergence(values, first or ({}, self.global_step)))
         if self.rt.is_main:
             with open(self.cfg.run_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if self.board is not None:
                 self.board.write(record)
         return record
+
+    # ---- non-finite losses: which term went first
+    def _watch_reset(self) -> None:
+        dev = self.rt.device
+        self._first_bad = torch.zeros(len(LOSS_PARTS), device=dev)
+        self._bad_seen = torch.zeros((), dtype=torch.bool, device=dev)
+        self._good_steps = torch.zeros((), dtype=torch.long, device=dev)
+        self._watch_from = self.global_step
+
+    def _watch(self, parts: torch.Tensor) -> None:
+        """Keep the loss parts of the first step at which one of them was not finite (on the device: no sync):
+        by the next log record every part is NaN, the weights too, and the record no longer says which loss
+        it was."""
+        self._first_bad = torch.where(self._bad_seen, self._first_bad, parts)
+        self._bad_seen = self._bad_seen | ~torch.isfinite(parts).all()
+        self._good_steps += (~self._bad_seen).long()
+
+    def _first_non_finite(self, collective: bool) -> tuple[dict[str, str], int] | None:
+        """({part: "nan" | "inf" | "-inf"}, global step) of the first step with a non-finite part, over every
+        process when `collective` (all of them are here together), or None when there was none."""
+        first = self._first_bad
+        codes = torch.where(torch.isnan(first), 1, torch.where(first == math.inf, 2,
+                                                               torch.where(first == -math.inf, 3, 0)))
+        codes = codes * self._bad_seen.long()
+        good = self._good_steps.clone()
+        if collective and self.rt.distributed:
+            earliest = good.clone()
+            dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
+            codes = codes * (good == earliest).long()
+            dist.all_reduce(codes, op=dist.ReduceOp.MAX)
+            good = earliest
+        words = {1: "nan", 2: "inf", 3: "-inf"}
+        found = {k: words[c] for k, c in zip(LOSS_PARTS, codes.tolist()) if c}
+        return (found, self._watch_from + int(good) + 1) if found else None
+
+    def _divergence(self, values: list[float] | None, first: tuple[dict[str, str], int], then: str = "") -> str:
+        """The message of a loss that is not finite. When the OOD loss or the aux loss went non-finite first (the
+        classification loss still finite at that step) it names that loss; otherwise it gives the parts of the
+        record (`values`), or those of the first non-finite step. `then`: what failed afterwards, if anything."""
+        kept = f"{then}; {self._kept()}"
+        bad, step = first
+        terms = {"l_ood": f"the training loss of {self.cfg.ood_metric}", "l_aux": f"the {self.aux_label}"}
+        culprits = [k for k in terms if k in bad]
+        if culprits and "l_in" not in bad:
+            said = " and ".join(f"{terms[k]} returned {bad[k]}" for k in culprits)
+            opts = self.aux.options() if "l_aux" in culprits else {}
+            shown = f" (its options: {', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else ""
+            return f"{said} at epoch {self.epoch + 1}, step {step}{shown}{kept}"
+        if values is None:
+            parts = ", ".join(f"{k}={v}" for k, v in bad.items())
+            return f"loss is not finite at epoch {self.epoch + 1}, step {step} ({parts}){kept}"
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_PARTS, values))
+        return f"loss is not finite at epoch {self.epoch + 1}, step {self.global_step} ({parts}){kept}"
+
+    # ---- a start that fails leaves nothing half-made
+    def _undo_start(self, exc: BaseException) -> None:
+        """After a failure before this command's first checkpoint: a run folder this command made goes (imood's
+        own files in it, then the folders once empty); a run that existed keeps its metrics.jsonl as it was."""
+        if not self.rt.is_main or self.saved is not None:
+            return
+        run = self.cfg.run_dir
+        if self._made is not None:
+            if run.is_dir() and is_run_folder(run) and _remove_new_run(run, self._made) and isinstance(exc, ImoodError):
+                exc.args = (f"{exc}; {run} is removed (this command had made it)",)
+            return
+        metrics = run / METRICS_FILE
+        size = self._metrics_size
+        try:
+            if size is None:
+                metrics.unlink(missing_ok=True)
+            elif metrics.is_file() and metrics.stat().st_size > size:
+                os.truncate(metrics, size)
+        except OSError:
+            pass
 
     # ---- the loop
     def _fresh_running(self) -> dict[str, Any]:
@@ -449,6 +541,15 @@ class Trainer:
                 "ep_images": 0}
 
     def run(self) -> TrainResult:
+        metrics = self.cfg.run_dir / METRICS_FILE
+        self._metrics_size = metrics.stat().st_size if metrics.is_file() else None
+        try:
+            return self._run()
+        except Exception as exc:
+            self._undo_start(exc)
+            raise
+
+    def _run(self) -> TrainResult:
         cfg, rt = self.cfg, self.rt
         self.obs.start(cfg, self.bench, self.epoch, self.steps_per_epoch)
         guard = TrainingGuard.for_run(cfg, self.objective, self.class_counts, cfg.epochs * self.steps_per_epoch)
@@ -461,6 +562,7 @@ class Trainer:
         if cfg.tensorboard and rt.is_main:
             self.board = Board(cfg.tensorboard)
         self._last: dict[str, Any] = {}
+        self._watch_reset()
         try:
             evaluated = self._loop(guard)
         finally:
@@ -468,7 +570,8 @@ class Trainer:
                 self.board.close()
                 self.board = None
         rt.barrier()
-        return TrainResult(cfg.run_dir, self.epoch, self._last, warnings=list(guard.warnings), evaluated=evaluated)
+        return TrainResult(cfg.run_dir, self.epoch, self._last, warnings=[*self.start_warnings, *guard.warnings],
+                           evaluated=evaluated)
 
     def _loop(self, guard: TrainingGuard) -> list[dict[str, Any]]:
         cfg, rt = self.cfg, self.rt
@@ -491,7 +594,16 @@ class Trainer:
                 t0 = ep_t0 = time.perf_counter()
                 for step in range(start_step, len(batches)):
                     b = batches.batch(step)
-                    d = self.train_step(b, self._gen)
+                    try:
+                        d = self.train_step(b, self._gen)
+                    except Exception as exc:  # a loss that went NaN may make a later step fail: name that loss
+                        first = None if isinstance(exc, ImoodError) else self._first_non_finite(collective=False)
+                        if first is None:
+                            raise
+                        line = (str(exc).splitlines() or [""])[0]
+                        then = f", then step {self.global_step + 1} failed ({type(exc).__name__}: {line})"
+                        raise TrainingDiverged(self._divergence(None, first, then)) from exc
+                    self._watch(d)
                     self.global_step += 1
                     self.step_in_epoch = step + 1
                     r["sums"] += d
@@ -539,6 +651,39 @@ def _widen(sums: torch.Tensor) -> torch.Tensor:
     if sums.ndim == 1 and 0 < sums.numel() < len(LOSS_PARTS):
         return torch.cat([sums, sums.new_zeros(len(LOSS_PARTS) - sums.numel())])
     return sums
+
+
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist (None: `folder` exists)."""
+    path, top = Path(os.path.abspath(folder)), None
+    while not os.path.lexists(path) and path != path.parent:
+        top, path = path, path.parent
+    return top
+
+
+def _remove_new_run(run: Path, made: Path) -> bool:
+    """Remove imood's files from a run folder this command made, then the folders up to `made` once empty
+    (anything else in them stays, and so do they). Whether the run folder is gone."""
+    for f in own_files(run):
+        f.unlink(missing_ok=True)
+    for name in (CONFIG_FILE, LOCK_FILE):
+        (run / name).unlink(missing_ok=True)
+    for sub in (CHECKPOINT_DIR, *DERIVED_DIRS):
+        try:
+            (run / sub).rmdir()
+        except OSError:
+            pass
+    path, made = Path(os.path.abspath(run)), Path(os.path.abspath(made))
+    if path != made and made not in path.parents:
+        return False
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return path != Path(os.path.abspath(run))
+        if path == made:
+            return True
+        path = path.parent
 
 
 def _close(batches) -> None:
