@@ -65,6 +65,20 @@ def expand_all(requested: list[str], extra_outputs: int, trained_with: str | Non
     return list(dict.fromkeys(out))
 
 
+def shared_scores(specs: list[str]) -> dict[str, list[str]]:
+    """For `-m all`: the methods that score with each scored method's score (msp: oe, oecc, opensampling),
+    named in its row though `all` scores the score once."""
+    from imood_cli.registry import registry
+
+    reg = registry()
+    out: dict[str, list[str]] = {}
+    for name in reg.names("method"):
+        owner = reg.alias_of(name)
+        if owner is not None and owner in specs:
+            out.setdefault(owner, []).append(name)
+    return out
+
+
 def shown_path(path: Path) -> str:
     """A path as the tables print it: relative to the working folder when inside it, else as it is."""
     try:
@@ -206,11 +220,12 @@ def score(
         label = detector_label(spec)
         if label in results:  # else left out by -m all (named in the note above)
             same.setdefault(fingerprint(results[label]), []).append(label)
+    shared = shared_scores(specs) if "all" in requested else {}
     rows = []
     for labels in same.values():
         head = min(labels, key=lambda x: (x.removeprefix("ada_") not in PREFERRED, labels.index(x)))
         ss = results[head]
-        others = [x for x in labels if x != head]
+        others = list(dict.fromkeys([x for x in labels if x != head] + shared.get(head, [])))
         rows.append((head + (f" (= {', '.join(others)})" if others else ""),
                      evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label, id_preds=ss.id_pred,
                               class_counts=ss.class_counts)))

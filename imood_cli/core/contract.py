@@ -362,10 +362,11 @@ class Detector(Configurable):
 
 
 class AuxLoss(Configurable):
-    """An auxiliary training loss on the projection head: `loss(batch: AuxBatch) -> scalar Tensor`.
+    """An auxiliary training loss on the projection head: `__call__(batch: AuxBatch) -> scalar Tensor`.
 
     needs_projections: False when the loss ignores the projections (the head is then not trained).
-    Options such as `--k` and `--T` reach hyperparameters of the same name.
+    Options are set as `--aux-ood-loss name:key=value`; imood's `--k` and `--T` reach hyperparameters of
+    the same name only when the user gives them (else the class defaults hold).
     """
 
     needs_projections: ClassVar[bool] = True

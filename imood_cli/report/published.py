@@ -267,8 +267,8 @@ def recipes(dataset: str) -> dict[str, Recipe]:
             continue
         trained = runs.get(r.get("model_from", ""), r)  # a post-hoc row reads another row's model
         train = {**defaults, **trained.get("train", {})}
-        out[_norm(r["published"])] = Recipe(train.get("ood_metric"), str(train.get("aux_ood_loss", "none")),
-                                            str(r["score"][0]))
+        aux = str(train.get("aux_ood_loss", "none")).split(":")[0]
+        out[_norm(r["published"])] = Recipe(train.get("ood_metric"), aux, str(r["score"][0]))
     return out
 
 
@@ -334,7 +334,8 @@ def differences(facts: dict[str, Any], recipe: Recipe | None, entry: Any, config
             diffs.append(f"{config.get('num_ood_samples')} auxiliary OOD images (the paper: "
                          f"{facts['num_ood_samples']} of {facts['aux_ood']})")
     if recipe is not None and recipe.ood_metric is not None:
-        trained = (str(config.get("ood_metric", "")).split(":")[0], str(config.get("aux_ood_loss", "none")))
+        trained = (str(config.get("ood_metric", "")).split(":")[0],
+                   str(config.get("aux_ood_loss", "none")).split(":")[0])
         wanted = (recipe.ood_metric.split(":")[0], recipe.aux_ood_loss)
         if trained != wanted:
             diffs.append(f"trained with --ood-metric {trained[0]} --aux-ood-loss {trained[1]} (the paper's row: "
@@ -346,7 +347,7 @@ def _recorded_match(t: PublishedTable, entries: list[Any], config: dict[str, Any
     """The paper row whose recipe trains as the run did and scores with a detector the run was scored with."""
     if config is None:
         return None
-    trained = (str(config.get("ood_metric", "")).split(":")[0], str(config.get("aux_ood_loss", "none")))
+    trained = (str(config.get("ood_metric", "")).split(":")[0], str(config.get("aux_ood_loss", "none")).split(":")[0])
     found = []
     for r in t.rows:
         if r.ood_set is not None and r.ood_set != AVERAGE:

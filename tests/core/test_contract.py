@@ -154,6 +154,33 @@ def test_detector_contract(name):
 
 
 @pytest.mark.parametrize("name", DETECTORS)
+def test_options_and_fit_state_round_trip_and_the_ada_form_is_its_formula(name):
+    """What every method, built-in or plugin, must give back: its options (a score rebuilt from them is the
+    same score), its fit (a fresh instance loading the state scores the same), and its `ada_` form equal to
+    -(g + c·log β̂) of its own base (core.prior.log_beta, computed here apart from the wrapper)."""
+    from imood_cli.core.prior import log_beta
+
+    d, model, access = make(name, False)
+    again = REG.score(name, **d.options())
+    assert again.options() == d.options()
+    x, _ = toy_images(64, True, 5)
+    with torch.no_grad():
+        o = model(x, feature_map=True).float()
+    view = access.view(o, set(d.needs), images=x)
+    lp = log_prior(COUNTS).float()
+    with torch.enable_grad() if "input_grad" in d.needs else torch.no_grad():
+        reference = d.ood_score(view, lp)
+        if d.needs_fit:
+            fresh = REG.score(name, **d.options())
+            fresh.load_fit_state({k: v.clone() for k, v in d.fit_state().items()})
+            assert torch.equal(fresh.ood_score(view, lp), reference)
+        if d.ada_scale is not None:
+            ada, _, _ = make(f"ada_{name}", False)
+            expected = -(ada.base.idness(view).float() + ada.scale * log_beta(view.logits, lp))
+            assert torch.allclose(ada.ood_score(view, lp), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
 def test_detector_under_bf16_autocast(name):
     """Under bf16 autocast (the engine's default on CUDA) scores stay float, finite and still separate."""
     d, s16 = scores(name, amp=True)

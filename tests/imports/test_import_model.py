@@ -129,6 +129,10 @@ def test_import_then_score_every_detector(bench, tmp_path, cli, family):
     assert code == 0, err
     written = {p.stem.replace("-", ":") for p in (run / "scores").glob("*.safetensors")}
     assert written == every_detector()
+    rows = {line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")}
+    # each distinct score once, naming the methods that score with it (the files are the owner's only)
+    assert "msp (= oe, oecc, opensampling)" in rows and "energy (= balenergy)" in rows
+    assert "ada_msp (= ada_oe, ada_oecc, ada_opensampling)" in rows and not any(r.startswith("oe") for r in rows)
     if unavailable:
         assert unavailable in " ".join(err.split())
     code, out, err = cli(["eval", run / "scores" / "ada_react.safetensors", "--json"])

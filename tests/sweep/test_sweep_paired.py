@@ -75,3 +75,16 @@ def test_compare_names_runs_of_the_plan(tmp_path):
     path.write_text(PLAN.replace('[["energy", "ada_energy"]]', '["energy"]'))
     with pytest.raises(ImoodError, match=r"compare in \[sweep\] of .* must be a list of \[A, B\] run-name pairs"):
         read_plan(path)
+
+
+def test_a_plan_checks_aux_loss_options_as_the_command_line_does(tmp_path):
+    from imood_cli.engine.sweep.plan import check_names
+
+    path = tmp_path / "plan.toml"
+    path.write_text(PLAN.replace('train = { ood_metric = "energy" }',
+                                 'train = { ood_metric = "energy", aux_ood_loss = "pascl:k=0.5" }'))
+    check_names(read_plan(path))  # a spec with options is a valid aux loss
+    path.write_text(PLAN.replace('train = { ood_metric = "energy" }',
+                                 'train = { ood_metric = "energy", aux_ood_loss = "pascl:q=1" }'))
+    with pytest.raises(ImoodError, match="aux_ood_loss of run 'energy' .*no option 'q'"):
+        check_names(read_plan(path))

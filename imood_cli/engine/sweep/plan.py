@@ -290,7 +290,7 @@ def check_names(plan: Plan) -> None:
             name, opts = parse_spec(values["ood_metric"])
             _named(f"ood_metric of {where}", reg.training, name, **opts)
         if "aux_ood_loss" in values:
-            _named(f"aux_ood_loss of {where}", reg.get, "aux_loss", values["aux_ood_loss"])
+            _named(f"aux_ood_loss of {where}", reg.aux_loss, values["aux_ood_loss"])  # name:key=value checked too
 
 
 def _named(where: str, lookup: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
