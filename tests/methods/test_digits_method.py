@@ -117,7 +117,10 @@ def test_ablation_script_pairs_runs_that_differ_in_one_thing(tmp_path, capsys):
     diffs = [100 * (b["auroc"] - a["auroc"]) for a, b in zip(vanilla, ada)]
     mean = sum(diffs) / 2
     row = next(line for line in first.splitlines() if line.startswith("| LA-CE · none: oe → ada_oe"))
-    assert row.split("|")[2].strip().startswith(f"{mean:.2f} ±")
+    cell = row.split("|")[2].strip().removeprefix("no measurable effect: ")
+    assert cell.startswith(f"{mean:+.2f} [")  # the mean, then its 95% t interval
+    better = sum(d > 0 for d in diffs)
+    assert f"({better}/2 better" in cell
     assert "| oe · none: CE → LA-CE |" in first
     assert ablation_digits.main(args) == 1
     again = capsys.readouterr().out
