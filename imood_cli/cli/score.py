@@ -119,8 +119,9 @@ def score(
     logit_adjust: float = typer.Option(1.0, "--logit-adjust", "--logit_adjust", metavar="TAU",
                                        help="τ of the prior π̃ ∝ π^τ used by ada_ scores; 0 turns the correction "
                                             "off (ada_x = x)."),
-    ada_scale: Optional[str] = typer.Option(None, "--ada-scale", metavar="C|auto",
-                                            help="c in ood = -(g + c·log β̂) for every ada_ detector: a number, or "
+    ada_scale: Optional[str] = typer.Option(None, "--ada-c", "--ada-scale", metavar="C|auto",
+                                            help="c in ood = -(g + c·log β̂) for every ada_ detector (not the "
+                                                 "method ada_scale, the ImOOD form of scale): a number, or "
                                                  "auto: the c that makes each class's mean ID score uncorrelated "
                                                  "with its log prior on the ID training set (imood's heuristic, "
                                                  "not the paper's). [default: each detector's own c]"),

@@ -95,3 +95,11 @@ def test_score_prints_one_row_for_identical_scores_and_writes_every_file(tmp_pat
     for name, of in (("oe", "msp"), ("balenergy", "energy")):
         a, b = (ScoreSet.load(run / "scores" / f"{n}.safetensors") for n in (name, of))
         assert (a.id_score == b.id_score).all() and a.metric == name  # every file written, under its own name
+    # c of the correction is --ada-c (the 0.2 spelling --ada-scale still works): not the method ada_scale
+    for flag, out in (("--ada-c", "c"), ("--ada-scale", "scale")):
+        code, _, err = cli(["score", run, "-m", "ada_msp,ada_scale", flag, "0.5", "--device", "cpu", "--out",
+                            tmp_path / out])
+        assert code == 0, err
+    for name in ("ada_msp", "ada_scale"):
+        a, b = (ScoreSet.load(tmp_path / out / f"{name}.safetensors") for out in ("c", "scale"))
+        assert a.meta["ada_scale"] == b.meta["ada_scale"] == 0.5 and (a.id_score == b.id_score).all()
