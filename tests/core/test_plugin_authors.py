@@ -141,3 +141,12 @@ def test_a_dataset_plugin_needs_only_the_public_contract():
     bench = plugin_api.Benchmark("toy", 2, [1, 1], images, images, {}, None, 1, 4,
                                  augment=plugin_api.AugmentSpec(flip=True))
     assert len(bench.train.subset(torch.tensor([1]))) == 1 and bench.augment.flip
+
+
+def test_a_score_that_needs_a_fit_and_does_not_track_it_cannot_be_trained(reg, tmp_path, monkeypatch, cli):
+    reg.add("method", "clip", Clip, distribution="acme")
+    monkeypatch.chdir(tmp_path)
+    for metric in ("clip", "ada_clip"):  # its objective would read a g whose fit never happened
+        code, _, err = cli(["train", "--ds", "digits", "-e", "1", "--ood-metric", metric, "--device", "cpu"])
+        assert code == 2 and f"{metric} cannot be trained" in err and "no train_update" in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

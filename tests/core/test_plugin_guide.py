@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imood_cli import plugin_api
@@ -100,20 +101,36 @@ def test_the_guides_plugin_loads_scores_and_trains(installed, tmp_path):
     assert own.returncode == 0, own.stderr
     config = json.loads((tmp_path / "runs" / "own" / "config.json").read_text())
     assert config["ood_metric"] == "clipped:gap=2"
-    trained = imood(site, "train", "--ds", "digits", "-e", "1", "-b", "32", "--name", "acme", "--ood_metric",
-                    "ada_clipped", "--aux_ood_loss", "centring", "--device", "cpu", cwd=tmp_path)
+    trained = imood(site, "train", "--ds", "digits", "-e", "1", "-b", "32", "--name", "acme", "--ood-metric",
+                    "ada_clipped", "--aux-ood-loss", "centring:temperature=0.5", "--device", "cpu", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
+    config = json.loads((tmp_path / "runs" / "acme" / "config.json").read_text())
+    assert config["aux_loss_options"] == {"temperature": 0.5}  # what the aux loss received
     wrong_phase = imood(site, "score", "runs/acme", "-m", "clipped:gap=2", "--device", "cpu", cwd=tmp_path)
     assert wrong_phase.returncode == 2 and "gap is a training option" in wrong_phase.stderr, wrong_phase.stderr
-    scored = imood(site, "score", "runs/acme", "-m", "residual,ada_residual,clipped:clip=0.5,ada_clipped",
+    fraction = imood(site, "score", "runs/acme", "-m", "clipped:p=0.8", "--device", "cpu", cwd=tmp_path)
+    assert fraction.returncode == 2 and "write p=80" in fraction.stderr, fraction.stderr
+    scored = imood(site, "score", "runs/acme", "-m", "residual,ada_residual,clipped:p=80,ada_clipped",
                    "--device", "cpu", cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr
     from imood_cli.engine.runs.scorefile import ScoreSet
 
     scores = tmp_path / "runs" / "acme" / "scores"
-    for stem in ("residual", "ada_residual", "clipped-clip=0.5", "ada_clipped"):
+    for stem in ("residual", "ada_residual", "clipped-p=80", "ada_clipped"):
         ss = ScoreSet.load(scores / f"{stem}.safetensors")
         assert len(ss.id_score) > 0
     ada = ScoreSet.load(scores / "ada_residual.safetensors")
     assert ada.meta["ada_scale"] != 1.0  # the fit set c from the ID data
-    assert ScoreSet.load(scores / "clipped-clip=0.5.safetensors").meta["detector_options"] == {"clip": 0.5}
+    before = ScoreSet.load(scores / "clipped-p=80.safetensors")
+    assert before.meta["detector_options"] == {"p": 80.0}
+    # the author edits fit in the installed plugin: the next score refits, with no flag
+    module = next(site.rglob("acme_ood/detectors.py"))
+    source = module.read_text()
+    edited = source.replace("self.clip = percentile(view.features, self.p)",
+                            "self.clip = percentile(view.features, self.p) * 0.5")
+    assert edited != source
+    module.write_text(edited)
+    again = imood(site, "score", "runs/acme", "-m", "clipped:p=80", "--device", "cpu", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    after = ScoreSet.load(scores / "clipped-p=80.safetensors")
+    assert not np.allclose(after.id_score, before.id_score)  # the edited fit, not the cached one

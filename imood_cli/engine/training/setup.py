@@ -10,9 +10,8 @@ from typing import Any
 import torch
 
 from imood_cli import __version__
-from imood_cli.core.ada import AdaObjective
 from imood_cli.core.contract import AuxLoss, OptionError
-from imood_cli.core.method import Objective, Score
+from imood_cli.core.method import DetectorObjective, Objective, Score
 from imood_cli.data.base import Benchmark
 from imood_cli.data.pipeline.augment import AugmentSpec
 from imood_cli.engine.benchmarks import load_benchmark
@@ -116,9 +115,11 @@ def build_method(cfg: TrainConfig) -> tuple[Score, Objective | None]:
         raise ImoodError(f"--ada-correction {cfg.ada_correction} is a control of an ada_ training loss; "
                          f"{name} has no ImOOD correction to change")
     score, objective = reg.training(name, ada_correction=cfg.ada_correction, **options)
-    if isinstance(objective, AdaObjective) and score.needs_fit and not score.tracks_in_training:
+    reads_g = objective is not None and not isinstance(objective, DetectorObjective)  # a 0.2 loss computes its own
+    if reads_g and score.needs_fit and not score.tracks_in_training:
         raise ImoodError(f"{name} cannot be trained: {name.removeprefix('ada_')} needs statistics fitted on a trained "
-                         f"model and does not track them during training; score a trained model with {name} instead")
+                         f"model and does not track them during training (no train_update); score a trained model "
+                         f"with {name} instead")
     return score, objective
 
 
