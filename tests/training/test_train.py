@@ -225,7 +225,7 @@ def test_reference_spelling_of_model_names(tmp_path, bench):
 def test_fast_step_equals_a_per_image_torchvision_step(tmp_path):
     """The device-batched training step against the plain one: per-image torchvision transforms with
     the same random draws, then the same loss and optimizer; the weights after two steps agree."""
-    from test_augment import per_image
+    from augment_reference import per_image
 
     from imood_cli.data.base import Benchmark, ImageSet
     from imood_cli.data.pipeline.augment import CIFAR_AUGMENT, draw
