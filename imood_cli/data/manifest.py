@@ -9,15 +9,19 @@ prepared with `--no-verify` stays usable by `train` and `score` without re-check
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from imood_cli import __version__
 from imood_cli.core.lazy import torch
 from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_text
-from imood_cli.fs.safe import read_regular
+from imood_cli.fs.safe import read_capped, read_regular
 
 FILENAME = "manifest.json"
 
@@ -112,3 +116,24 @@ def recorded_verify(folder: Path) -> bool:
 def resolve_verify(verify: bool | None, folder: Path) -> bool:
     """verify=True/False as given; None: as DATA/<name>/manifest.json recorded (see `recorded_verify`)."""
     return recorded_verify(folder) if verify is None else bool(verify)
+
+
+def read_recorded_npz(folder: Path, file: str, what: str, cap: int, redo: str) -> tuple[dict[str, np.ndarray], str]:
+    """(the arrays of the .npz `file` in `folder`, its sha256), checked against the sha256 manifest.json recorded
+    for it (its `arrays` entry): a file not recorded, changed, oversized or unreadable is one ImoodError ending
+    with `redo`, what the user can do about it. Never unpickled."""
+    path = Path(folder) / file
+    raw = read_capped(path, what, cap)
+    record = (read_manifest(folder) or {}).get("arrays")
+    expected = record.get("sha256") if isinstance(record, dict) and record.get("file") == file else None
+    if expected is None:
+        raise ImoodError(f"{path} is not recorded in {Path(folder) / 'manifest.json'}, so imood cannot check it; "
+                         f"{redo}")
+    if hashlib.sha256(raw).hexdigest() != expected:
+        raise ImoodError(f"{path}: sha256 does not match the one manifest.json recorded (the file changed); {redo}")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            arrays = {k: np.array(z[k]) for k in z.files}  # a copy: arrays read from a zip are read-only
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ImoodError(f"{path} is not a readable .npz ({exc}); {redo}") from None
+    return arrays, expected

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import zipfile
 from functools import lru_cache
 from pathlib import Path
 
 from imood_cli.core.lazy import np, torch
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet
-from imood_cli.data.manifest import read_manifest, write_manifest
+from imood_cli.data.manifest import read_recorded_npz, write_manifest
 from imood_cli.data.pipeline.augment_spec import AugmentSpec
 from imood_cli.data.pipeline.longtail import longtail_counts, longtail_indices
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_bytes
-from imood_cli.fs.safe import path_kind, read_regular
+from imood_cli.fs.safe import path_kind
 
 SIZE = 8
 ID_CLASSES = 6
@@ -169,22 +167,7 @@ def read_arrays(folder: Path) -> tuple[dict[str, np.ndarray], str] | None:
     if path_kind(path) is None:
         return None
     redo = "delete it (imood builds the arrays from scikit-learn) or run `imood data prepare digits` after deleting it"
-    size = os.stat(path).st_size if path_kind(path) == "a regular file" else 0
-    if size > MAX_ARRAYS_BYTES:
-        raise ImoodError(f"{path} holds {size:,} bytes, far more than the digits arrays; {redo}")
-    raw = read_regular(path, "digits arrays")
-    record = (read_manifest(folder) or {}).get("arrays")
-    expected = record.get("sha256") if isinstance(record, dict) and record.get("file") == ARRAYS_FILE else None
-    if expected is None:
-        raise ImoodError(f"{path} is not recorded in {Path(folder) / 'manifest.json'}, so imood cannot check it; "
-                         f"{redo}")
-    if hashlib.sha256(raw).hexdigest() != expected:
-        raise ImoodError(f"{path}: sha256 does not match the one manifest.json recorded (the file changed); {redo}")
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            arrays = {k: np.array(z[k]) for k in z.files}  # a copy: arrays read from a zip are read-only
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ImoodError(f"{path} is not a readable .npz ({exc}); {redo}") from None
+    arrays, expected = read_recorded_npz(folder, ARRAYS_FILE, "digits arrays", MAX_ARRAYS_BYTES, redo)
     check_arrays(arrays, path)
     return arrays, expected
 

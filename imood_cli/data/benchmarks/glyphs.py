@@ -49,7 +49,7 @@ from pathlib import Path
 
 from imood_cli.core.lazy import np, torch
 from imood_cli.data.base import Benchmark, FileStatus, ImageSet
-from imood_cli.data.manifest import read_manifest, write_manifest
+from imood_cli.data.manifest import read_recorded_npz, write_manifest
 from imood_cli.data.pipeline.augment_spec import AugmentSpec
 from imood_cli.data.pipeline.longtail import longtail_counts
 from imood_cli.errors import ImoodError
@@ -477,19 +477,7 @@ def read_arrays(folder: Path):
     if path_kind(path) is None:
         return None
     redo = "delete it (imood then builds the arrays in memory) and run `imood data prepare glyphs` to store them again"
-    raw = read_capped(path, "glyphs arrays", MAX_ARRAYS_BYTES)
-    record = (read_manifest(folder) or {}).get("arrays")
-    expected = record.get("sha256") if isinstance(record, dict) and record.get("file") == ARRAYS_FILE else None
-    if expected is None:
-        raise ImoodError(f"{path} is not recorded in {Path(folder) / 'manifest.json'}, so imood cannot check it; "
-                         f"{redo}")
-    if hashlib.sha256(raw).hexdigest() != expected:
-        raise ImoodError(f"{path}: sha256 does not match the one manifest.json recorded (the file changed); {redo}")
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            arrays = {k: np.array(z[k]) for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ImoodError(f"{path} is not a readable .npz ({exc}); {redo}") from None
+    arrays, expected = read_recorded_npz(folder, ARRAYS_FILE, "glyphs arrays", MAX_ARRAYS_BYTES, redo)
     check_arrays(arrays, path)
     return arrays, expected
 
