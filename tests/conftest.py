@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # register it in process or install it themselves (test_plugin_guide, test_contract's imood-extras).
 os.environ["IMOOD_PLUGINS"] = ""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +54,26 @@ def cli(capsys):
 def cli_code():
     """`cli_code(argv)`: run `imood argv` in process; returns its exit code. For fixtures of any scope."""
     return run_cli
+
+
+def fresh_digits_run(root, name: str = "r"):
+    """ROOT/NAME: a digits run folder with freshly initialized weights (seed 0): what `imood score` needs,
+    without training. A plain function, so fixtures of any scope can call it."""
+    import torch
+
+    from imood_cli.data.benchmarks.digits import Digits
+    from imood_cli.engine.runs.checkpoint import save_tensors
+    from imood_cli.engine.training.config import resolve_config
+    from imood_cli.engine.training.setup import architecture, model_metadata
+    from imood_cli.fs.atomic import atomic_write_text
+    from imood_cli.models.imood_model import ImOODModel
+
+    cfg = resolve_config({"dataset": "digits", "save_root": str(root), "name": name, "epochs": 1})
+    bench = Digits().load(None)
+    arch = architecture(cfg, bench, 1)
+    torch.manual_seed(0)
+    run = Path(root) / name
+    atomic_write_text(run / "config.json", cfg.to_json())
+    save_tensors(run / "model.safetensors", ImOODModel(arch).state_dict(),
+                 model_metadata(cfg, arch, list(bench.class_counts), 1))
+    return run

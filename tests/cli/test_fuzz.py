@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fresh_digits_run
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -341,23 +342,7 @@ def test_report_with_html(score_dir, tmp_path, cli):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A digits run folder with freshly initialized weights (what score needs, without training)."""
-    from imood_cli.data.benchmarks.digits import Digits
-    from imood_cli.engine.runs.checkpoint import save_tensors
-    from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.setup import architecture, model_metadata
-    from imood_cli.fs.atomic import atomic_write_text
-    from imood_cli.models.imood_model import ImOODModel
-
-    root = tmp_path_factory.mktemp("runs")
-    cfg = resolve_config({"dataset": "digits", "save_root": str(root), "name": "r", "epochs": 1})
-    bench = Digits().load(None)
-    arch = architecture(cfg, bench, 1)
-    torch.manual_seed(0)
-    run = root / "r"
-    atomic_write_text(run / "config.json", cfg.to_json())
-    save_tensors(run / "model.safetensors", ImOODModel(arch).state_dict(),
-                 model_metadata(cfg, arch, list(bench.class_counts), 1))
-    return run
+    return fresh_digits_run(tmp_path_factory.mktemp("runs"))
 
 
 SCORE_OPTS = st.sampled_from([

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 
+from conftest import fresh_digits_run
 from test_report import make_run
 
 from imood_cli.engine.runs.scorefile import ScoreSet
@@ -71,23 +72,7 @@ def test_eval_names_identical_files_together(tmp_path, cli):
 
 
 def test_score_prints_one_row_for_identical_scores_and_writes_every_file(tmp_path, cli):
-    import torch
-
-    from imood_cli.data.benchmarks.digits import Digits
-    from imood_cli.engine.runs.checkpoint import save_tensors
-    from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.setup import architecture, model_metadata
-    from imood_cli.fs.atomic import atomic_write_text
-    from imood_cli.models.imood_model import ImOODModel
-
-    cfg = resolve_config({"dataset": "digits", "save_root": str(tmp_path), "name": "r", "epochs": 1})
-    bench = Digits().load(None)
-    arch = architecture(cfg, bench, 1)
-    torch.manual_seed(0)
-    run = tmp_path / "r"
-    atomic_write_text(run / "config.json", cfg.to_json())
-    save_tensors(run / "model.safetensors", ImOODModel(arch).state_dict(),
-                 model_metadata(cfg, arch, list(bench.class_counts), 1))
+    run = fresh_digits_run(tmp_path)
     code, out, err = cli(["score", run, "-m", "oe,msp,energy,balenergy", "--device", "cpu"])
     assert code == 0, err
     rows = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import fresh_digits_run
 from test_report import parse_latex, parse_markdown, parse_terminal
 from test_report_figures import make_run, reference
 
@@ -184,25 +185,7 @@ def test_an_unknown_sort_key_is_one_line(run, cli, command):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """A digits run folder with freshly initialized weights: what score needs, without training."""
-    import torch
-
-    from imood_cli.data.benchmarks.digits import Digits
-    from imood_cli.engine.runs.checkpoint import save_tensors
-    from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.setup import architecture, model_metadata
-    from imood_cli.fs.atomic import atomic_write_text
-    from imood_cli.models.imood_model import ImOODModel
-
-    root = tmp_path_factory.mktemp("a-folder-with-a-rather-long-name-for-the-runs")
-    cfg = resolve_config({"dataset": "digits", "save_root": str(root), "name": "r", "epochs": 1})
-    bench = Digits().load(None)
-    arch = architecture(cfg, bench, 1)
-    torch.manual_seed(0)
-    run = root / "r"
-    atomic_write_text(run / "config.json", cfg.to_json())
-    save_tensors(run / "model.safetensors", ImOODModel(arch).state_dict(),
-                 model_metadata(cfg, arch, list(bench.class_counts), 1))
-    return run
+    return fresh_digits_run(tmp_path_factory.mktemp("a-folder-with-a-rather-long-name-for-the-runs"))
 
 
 def test_score_sorts_its_table_and_names_the_files_whole_at_80_columns(digits_run, tmp_path):

@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import fresh_digits_run
 
 from imood_cli.engine.runs.checkpoint import load_tensors, save_tensors
 from imood_cli.engine.runs.scorefile import ScoreSet, read_metadata
@@ -83,24 +84,7 @@ class ScoreFails(Score):
 def digits_run(tmp_path):
     """A digits run folder with freshly initialized weights: what score needs, without training (its own, as
     the tests write its fits/ and scores/)."""
-    import torch
-
-    from imood_cli.data.benchmarks.digits import Digits
-    from imood_cli.engine.training.config import resolve_config
-    from imood_cli.engine.training.setup import architecture, model_metadata
-    from imood_cli.fs.atomic import atomic_write_text
-    from imood_cli.models.imood_model import ImOODModel
-
-    root = tmp_path / "runs"
-    cfg = resolve_config({"dataset": "digits", "save_root": str(root), "name": "r", "epochs": 1})
-    bench = Digits().load(None)
-    arch = architecture(cfg, bench, 1)
-    torch.manual_seed(0)
-    run = root / "r"
-    atomic_write_text(run / "config.json", cfg.to_json())
-    save_tensors(run / "model.safetensors", ImOODModel(arch).state_dict(),
-                 model_metadata(cfg, arch, list(bench.class_counts), 1))
-    return run
+    return fresh_digits_run(tmp_path / "runs")
 
 
 @pytest.fixture
