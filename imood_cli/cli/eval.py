@@ -57,7 +57,7 @@ def eval_scores(
     from imood_cli.cli.tables import print_table, print_warning
     from imood_cli.engine.runs.scorefile import ScoreSet
     from imood_cli.fs.atomic import atomic_write_text
-    from imood_cli.report.results import PREFERRED, ModelCheck, evaluate_scoreset, fingerprint, run_of, score_files
+    from imood_cli.report.results import ModelCheck, evaluate_scoreset, fingerprint, representative, run_of, score_files
     from imood_cli.report.tables import METRICS, SORTS, eval_tables, sort_key, summary_table
 
     if sort is not None and sort not in SORTS:
@@ -87,7 +87,7 @@ def eval_scores(
             atomic_write_text(_eval_json_path(run, path.stem), json.dumps(results[key], indent=2))
     aliases: dict[str, list[str]] = {}
     for keys in same.values():
-        head = min(keys, key=lambda k: (k.removeprefix("ada_") not in PREFERRED, keys.index(k)))
+        head = representative(keys)
         aliases[head] = [k for k in keys if k != head]
         for k in aliases[head]:
             results[k]["alias_of"] = head

@@ -212,7 +212,7 @@ def score(
     for note in notes:
         warn(note)
     from imood_cli.cli.tables import print_table
-    from imood_cli.report.results import PREFERRED, fingerprint
+    from imood_cli.report.results import fingerprint, representative
     from imood_cli.report.tables import summary_table
 
     n_sets = len(bench.ood_tests) + len(extra)
@@ -224,7 +224,7 @@ def score(
     shared = shared_scores(specs) if "all" in requested else {}
     rows = []
     for labels in same.values():
-        head = min(labels, key=lambda x: (x.removeprefix("ada_") not in PREFERRED, labels.index(x)))
+        head = representative(labels)
         ss = results[head]
         others = list(dict.fromkeys([x for x in labels if x != head] + shared.get(head, [])))
         rows.append((head + (f" (= {', '.join(others)})" if others else ""),

@@ -119,9 +119,14 @@ def fingerprint(ss: ScoreSet) -> str:
     return h.hexdigest()
 
 
-def _preference(metric: str, order: int) -> tuple:
-    base = metric.split(":")[0].removeprefix("ada_")
-    return (base not in PREFERRED, PREFERRED.index(base) if base in PREFERRED else 0, order)
+def representative(names: list[str]) -> str:
+    """The name a group of identical scores is shown under: msp, energy, maxlogit or bin_disc (or its ada_ form)
+    where the group has one, else the first."""
+    def key(i: int) -> tuple:
+        base = names[i].split(":")[0].removeprefix("ada_")
+        return (base not in PREFERRED, PREFERRED.index(base) if base in PREFERRED else 0, i)
+
+    return names[min(range(len(names)), key=key)]
 
 
 def merge_identical(rows: list[Entry]) -> list[Entry]:
@@ -134,7 +139,8 @@ def merge_identical(rows: list[Entry]) -> list[Entry]:
         groups.setdefault(key, []).append(i)
     keep = []
     for members in groups.values():
-        head = min(members, key=lambda i: _preference(rows[i].metric, i))
+        metrics = [rows[i].metric for i in members]
+        head = members[metrics.index(representative(metrics))]
         rows[head].aliases = [rows[i].metric for i in members if i != head]
         rows[head].alias_paths = [rows[i].path for i in members if i != head]
         keep.append(head)

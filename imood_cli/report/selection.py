@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imood_cli.errors import ImoodError
-from imood_cli.report.results import PREFERRED, Entry, Report
+from imood_cli.report.results import Entry, Report, representative
 from imood_cli.report.results import fingerprint as scores_fingerprint
 
 
@@ -29,11 +29,6 @@ def fingerprint(entry: Entry) -> str:
 
 def _base(metric: str) -> str:
     return metric.split(":")[0].removeprefix("ada_")
-
-
-def _preference(e: Entry, order: int) -> tuple:
-    base = _base(e.metric)
-    return (base not in PREFERRED, PREFERRED.index(base) if base in PREFERRED else 0, order)
 
 
 @dataclass
@@ -66,9 +61,9 @@ class Twins:
     def representative(self, e: Entry) -> Entry:
         """The row a group is drawn as: msp, energy, maxlogit or bin_disc (or its ada_ form) where the group has
         one, else the first in report order."""
-        group = self.of(e)
-        order = {id(x): i for i, x in enumerate(self.report.entries)}
-        return min(group, key=lambda x: _preference(x, order[id(x)]))
+        group = self.of(e)  # in report order
+        names = [x.metric for x in group]
+        return group[names.index(representative(names))]
 
     def same(self, a: Entry, b: Entry) -> bool:
         return self.digest[id(a)] == self.digest[id(b)]
