@@ -135,7 +135,7 @@ def report_pairs(report: Any, pairs: list[tuple[str, str]]) -> list:
     import re
     from types import SimpleNamespace
 
-    from imood_cli.engine.sweep.results import RowResult
+    from imood_cli.engine.sweep.results import RowResult, headline_numbers
     from imood_cli.errors import ImoodError
 
     folders = dict(report.runs)
@@ -162,12 +162,7 @@ def report_pairs(report: Any, pairs: list[tuple[str, str]]) -> list:
                 for seed, es in groups[name].items():
                     e = next((x for x in es if x.metric == d), None)
                     if e is not None:
-                        mean, idr = e.result["ood"]["mean"], e.result.get("id", {})
-                        per_seed[seed] = {"auroc": mean["auroc"], "fpr95": mean["fpr95"], "acc": idr.get("acc"),
-                                          "many": idr.get("many"), "medium": idr.get("medium"),
-                                          "few": idr.get("few"),
-                                          "auroc_sets": {s: v["auroc"] for s, v in e.result["ood"].items()
-                                                         if s != "mean"}}
+                        per_seed[seed] = headline_numbers(e.result)
                 rows.append(RowResult("", SimpleNamespace(name=f"{name} · {d}"), per_seed, {}))
             compare.append((f"{a} · {d}", f"{b} · {d}"))
         tables.append(paired_table(SimpleNamespace(name="report", compare=compare), rows, ""))

@@ -7,6 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imood_cli.engine.runs.digest import sha256_file
 from imood_cli.engine.runs.layout import MODEL_FILE, score_file_stem
@@ -58,11 +59,17 @@ def seed_result(path: Path, model_sha: str | None) -> tuple[dict[str, float | No
     has_id = ss.id_label is not None and ss.id_pred is not None and ss.class_counts is not None
     r = evaluate(ss.id_score, ss.ood_score, id_labels=ss.id_label if has_id else None,
                  id_preds=ss.id_pred if has_id else None, class_counts=ss.class_counts if has_id else None)
-    m = r["ood"]["mean"]
-    idr = r.get("id", {})
+    return headline_numbers(r), ""
+
+
+def headline_numbers(result: dict) -> dict[str, Any]:
+    """What a sweep row keeps of an `imood eval` document: the means over the OOD sets, ID accuracy by shot
+    group, and each set's AUROC (for the paired per-set rows)."""
+    m = result["ood"]["mean"]
+    idr = result.get("id", {})
     return {"auroc": m["auroc"], "aupr_out": m["aupr_out"], "fpr95": m["fpr95"], "acc": idr.get("acc"),
             "many": idr.get("many"), "medium": idr.get("medium"), "few": idr.get("few"),
-            "auroc_sets": {s: v["auroc"] for s, v in r["ood"].items() if s != "mean"}}, ""
+            "auroc_sets": {s: v["auroc"] for s, v in result["ood"].items() if s != "mean"}}
 
 
 def collect(plan: Plan, full: Plan | None = None) -> list[RowResult]:
