@@ -39,3 +39,17 @@ def test_a_run_scores_through_the_public_api(tmp_path, metric):
     out.save(tmp_path / "scores")
     back = api.read_scores(tmp_path / "scores" / "msp.safetensors")
     assert np.allclose(back.id_score, out.id_scores["msp"])
+
+
+@pytest.mark.parametrize("flag,name", [("--timm", "resnet18"), ("--torchvision", "resnet18")])
+def test_an_imported_model_loads_and_scores_the_same_way(tmp_path, cli, flag, name):
+    code, _, err = cli(["import-model", flag, name, "--ds", "digits", "--image-size", "32", "--out", tmp_path / "r"])
+    assert code == 0, err
+    run = api.load_run(tmp_path / "r")
+    x = torch.rand(8, run.meta["preprocess"]["in_chans"], 32, 32)
+    labels = torch.arange(8) % len(run.class_counts)
+    out = api.score_model(run.model, [x[:4]], {"noise": [x[4:]]}, ["msp", "react", "vim"], split=run.split,
+                          class_counts=run.class_counts, fit_loader=[(x, labels)])
+    with torch.no_grad():
+        p = torch.softmax(run.model(x[:4]).double(), 1).max(1).values.numpy()
+    assert np.allclose(out.id_scores["msp"], -p, atol=1e-6) and not out.skipped
