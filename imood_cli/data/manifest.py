@@ -9,12 +9,9 @@ prepared with `--no-verify` stays usable by `train` and `score` without re-check
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import zipfile
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from imood_cli import __version__
 from imood_cli.core.lazy import torch
@@ -22,6 +19,9 @@ from imood_cli.data.base import Benchmark, ImageSet
 from imood_cli.errors import ImoodError
 from imood_cli.fs.atomic import atomic_write_text
 from imood_cli.fs.safe import read_capped, read_regular
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FILENAME = "manifest.json"
 
@@ -122,6 +122,10 @@ def read_recorded_npz(folder: Path, file: str, what: str, cap: int, redo: str) -
     """(the arrays of the .npz `file` in `folder`, its sha256), checked against the sha256 manifest.json recorded
     for it (its `arrays` entry): a file not recorded, changed, oversized or unreadable is one ImoodError ending
     with `redo`, what the user can do about it. Never unpickled."""
+    import io
+    import zipfile
+
+    import numpy as np  # here: `imood data list` reads manifests without numpy
     path = Path(folder) / file
     raw = read_capped(path, what, cap)
     record = (read_manifest(folder) or {}).get("arrays")
