@@ -10,8 +10,10 @@ trains `oe` with plain CE (τ = 0), the baseline of the README's demo, so that e
 
 Per configuration: mean ± std over seeds of AUROC / FPR95 (means over the three OOD sets), ID accuracy,
 few-shot accuracy and the shot-group errors at the FPR95 threshold (ID test images flagged as OOD, many /
-medium / few-shot); then the paired differences (ada_ − vanilla, pascl − none, LA-CE − CE; same seed) and
-the health checks (ID accuracy ≥ 90%, no OOD set scored below AUROC 50).
+medium / few-shot); then the paired differences (ada_ − vanilla, pascl − none, LA-CE − CE; same seed), the
+same pairs by OOD set and by shot group, the training loss by epoch (has it flattened before the lr reaches
+zero?), the commits the runs were trained at, and the health checks (ID accuracy ≥ 90%, no OOD set scored
+below AUROC 50).
 
     python bench/ablation_digits.py                    # 5 seeds × 30 epochs (the digits recipe), Markdown
     python bench/ablation_digits.py --seeds 0,1 --epochs 10 --out runs/ablation --json ablation.json
@@ -46,6 +48,8 @@ from imood_cli.engine.training.lifecycle import train
 from imood_cli.fs.atomic import atomic_write_text
 
 EVAL_FILE = "ablation-eval.json"
+SATURATED = 0.995  # an OOD set where every run of both configurations is at this AUROC cannot show a difference
+CURVE_POINTS = (0.25, 0.5, 0.75, 0.9, 1.0)  # fractions of the epochs at which the training-loss table samples
 AUTO = "@auto"  # a detector label suffix: scored with --ada-scale auto (c fitted on the ID training set)
 VANILLA = {"oe": "msp", "energy": "energy", "bin_disc": "bin_disc"}
 GROUPS = ("many", "medium", "few")
@@ -60,15 +64,18 @@ class Config:
     tau: float
     detector: str
     correction: str = "full"  # --ada-correction of an ada_ training: full, none (δ ≡ 1) or flat-prior
+    margins: tuple[float, float] | None = None  # energy's (m_in, m_out) when not the benchmark's default
 
     @property
     def run(self) -> str:
         extra = "" if self.correction == "full" else f"-{self.correction}"
+        extra += "" if self.margins is None else "-m{:g}_{:g}".format(*self.margins)
         return f"{self.metric}{extra}-{self.aux}-tau{self.tau:g}"
 
     @property
     def trained(self) -> str:
-        return self.metric + ("" if self.correction == "full" else f" [{CONTROL[self.correction]}]")
+        margins = "" if self.margins is None else " (m_in {:g}, m_out {:g})".format(*self.margins)
+        return self.metric + margins + ("" if self.correction == "full" else f" [{CONTROL[self.correction]}]")
 
     @property
     def label(self) -> str:
@@ -83,11 +90,12 @@ def shown(detector: str) -> str:
     return detector.replace(AUTO, " (--ada-scale auto)")
 
 
-def configurations(bases: list[str], auxes: list[str], plain_ce: bool,
-                   controls: bool = False) -> list[tuple[Config, Config]]:
+def configurations(bases: list[str], auxes: list[str], plain_ce: bool, controls: bool = False,
+                   margins: tuple[float, float] | None = None) -> list[tuple[Config, Config]]:
     """(vanilla, ada_) pairs that differ in one thing. With `controls`, each ada_ training is also split into
     its two changes by the matched controls (--ada-correction): the loss family alone (X → ada_X with δ ≡ 1),
-    then the prior-aware correction (δ ≡ 1 → full), and the class prior inside it (flat prior → full)."""
+    then the prior-aware correction (δ ≡ 1 → full), and the class prior inside it (flat prior → full). With
+    `margins`, energy → ada_energy is also paired with energy trained at those margins."""
     pairs = []
     for aux in auxes:
         for base in bases:
@@ -97,6 +105,8 @@ def configurations(bases: list[str], auxes: list[str], plain_ce: bool,
             else:
                 vanilla, ada = Config(base, aux, 1.0, VANILLA[base]), Config(f"ada_{base}", aux, 1.0, VANILLA[base])
                 pairs.append((vanilla, ada))
+                if margins is not None and base == "energy":  # the baseline at other margins, same ada_ model
+                    pairs.append((Config(base, aux, 1.0, VANILLA[base], margins=margins), ada))
                 if controls:
                     plain = Config(f"ada_{base}", aux, 1.0, VANILLA[base], "none")
                     flat = Config(f"ada_{base}", aux, 1.0, VANILLA[base], "flat-prior")
@@ -146,9 +156,12 @@ def run_one(cfg: Config, seed: int, epochs: int, root: Path, bench, rt, detector
         opts = {"dataset": bench.name, "save_root": str(root), "name": folder.name, "ood_metric": cfg.metric,
                 "aux_ood_loss": cfg.aux, "logit_adjust": cfg.tau, "seed": seed, "epochs": epochs, "device": device,
                 "ada_correction": cfg.correction}
+        if cfg.margins is not None:
+            opts["m_in"], opts["m_out"] = cfg.margins
         t0 = time.perf_counter()
         result = train(resolve_config(opts), rt, bench=bench, force=True)
-        results, info = {}, {"warnings": result.warnings, "train_seconds": time.perf_counter() - t0}
+        results, info = {}, {"warnings": result.warnings, "train_seconds": time.perf_counter() - t0,
+                             "commit": commit()}
     missing = [d for d in detectors if d not in results]
     if missing:
         results.update(evaluate_detectors(load_model(folder), bench, rt, missing))
@@ -184,7 +197,7 @@ def change_label(a: Config, b: Config) -> str:
     if a.aux != b.aux:
         return f"{ce} · {a.metric} → {shown(a.detector)}: {a.aux} → {b.aux}"
     if a.metric != b.metric:
-        return f"{ce} · {a.aux}: {a.metric} → {b.metric}"
+        return f"{ce} · {a.aux}: {a.trained} → {b.trained}"
     return f"{a.metric} model · {ce} · {a.aux}: {shown(a.detector)} → {shown(b.detector)} (post hoc)"
 
 
@@ -197,6 +210,60 @@ def paired_row(a: Config, b: Config, ra: list[dict], rb: list[dict]) -> list[str
         y = [r[key] for r in rb]
         cells.append(describe(paired_difference(x, y, higher_is_better=higher_better)))
     return cells
+
+
+def compact(diff) -> str:
+    """'+1.22 [+0.30, +2.14] 9/15' in points; in bold where the t interval excludes 0."""
+    low, high = (diff.t_low, diff.t_high) if diff.t_low is not None else (diff.boot_low, diff.boot_high)
+    mean = f"{100 * diff.mean:+.2f}"
+    return f"{f'**{mean}**' if diff.measurable else mean} [{100 * low:+.2f}, {100 * high:+.2f}] {diff.better}/{diff.n}"
+
+
+def detail_row(a: Config, b: Config, ra: list[dict], rb: list[dict], sets: list[str]) -> list[str]:
+    """b − a per seed on each OOD set's AUROC and on the ID test images flagged as OOD at the FPR95 threshold,
+    by shot group (lower is better); a set where every run of both is at AUROC ≥ 99.5 is marked saturated."""
+    cells = [change_label(a, b)]
+    for s in sets:
+        x = [r["per_set_auroc"][s] for r in ra]
+        y = [r["per_set_auroc"][s] for r in rb]
+        saturated = min(x + y) >= SATURATED
+        cells.append(("saturated: " if saturated else "") + compact(paired_difference(x, y)))
+    for g in GROUPS:
+        cells.append(compact(paired_difference([r["flagged"][g] for r in ra], [r["flagged"][g] for r in rb],
+                                               higher_is_better=False)))
+    return cells
+
+
+def loss_curve(folder: Path) -> list[tuple[int, float, float]]:
+    """(epoch, lr at its end, mean training loss) per epoch, from the run's metrics.jsonl."""
+    curve = []
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "epoch":
+            curve.append((int(record["epoch"]), float(record["lr"]), float(record["loss"])))
+    return curve
+
+
+def curve_rows(models: list[Config], seeds: list[int], root: Path, epochs: int) -> tuple[list[str], list[list[str]]]:
+    """The training loss (mean over seeds) at fractions of the epochs, with the lr there, and the share of
+    the whole decrease that comes after 75% of the epochs: where the loss has flattened, that share is small
+    although the lr is still well above zero."""
+    marks = sorted({max(1, round(f * epochs)) for f in CURVE_POINTS} - {1})
+    rows, lrs = [], {}
+    for cfg in models:
+        curves = [dict((e, (lr, loss)) for e, lr, loss in loss_curve(root / f"{cfg.run}-seed{s}")) for s in seeds]
+        first = np.mean([c[1][1] for c in curves])
+        at = {m: np.mean([c[m][1] for c in curves]) for m in marks}
+        lrs = {m: curves[0][m][0] for m in marks}
+        q3 = max(1, round(0.75 * epochs))
+        drops = [(c[q3][1] - c[epochs][1], c[1][1] - c[epochs][1]) for c in curves]
+        late = np.mean([late / whole for late, whole in drops]) if all(w > 0 for _, w in drops) else None
+        rows.append([cfg.trained + ("" if cfg.aux == "none" else f" · {cfg.aux}") + ("" if cfg.tau else " (CE)"),
+                     f"{first:.3f}"]
+                    + [f"{at[m]:.3f}" for m in marks] + ["—" if late is None else f"{100 * late:.1f}%"])
+    header = ["training", "loss, epoch 1"] + [f"epoch {m} (lr {lrs.get(m, 0):.1e})" for m in marks] + [
+        "share of the decrease after 75% of the epochs"]
+    return header, rows
 
 
 def commit() -> str:
@@ -232,12 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="training and scoring device (default cpu)")
     p.add_argument("--controls", action="store_true", help="add the matched controls of each ada_ training "
                    "(--ada-correction none and flat-prior) and the pairs that separate its two changes")
+    p.add_argument("--margins", default=None, metavar="M_IN/M_OUT",
+                   help="also train energy at these margins (e.g. those bench/select_margins.py chose on held-out "
+                        "data) and pair it with ada_energy")
     p.add_argument("--benchmark", default="digits", choices=("digits", "glyphs"),
                    help="digits (embedded) or glyphs (rendered; `imood data prepare glyphs` first)")
     p.add_argument("--data-root", type=Path, default=Path("data"), help="where glyphs was prepared")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    pairs = configurations(args.metrics.split(","), args.aux.split(","), not args.no_plain_ce, args.controls)
+    margins = None if args.margins is None else tuple(float(x) for x in args.margins.split("/"))
+    pairs = configurations(args.metrics.split(","), args.aux.split(","), not args.no_plain_ce, args.controls,
+                           margins)
     bench = Digits().load(None) if args.benchmark == "digits" else Glyphs().load(args.data_root)
     rt = setup(args.device)
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="imood-ablation-")
@@ -245,23 +317,23 @@ def main(argv: list[str] | None = None) -> int:
     by_model: dict[tuple[str, str, float, str], list[str]] = {}
     for pair in pairs:
         for c in pair:
-            dets = by_model.setdefault((c.metric, c.aux, c.tau, c.correction), [])
+            dets = by_model.setdefault((c.metric, c.aux, c.tau, c.correction, c.margins), [])
             if c.detector not in dets:
                 dets.append(c.detector)
     results: dict[Config, list[dict]] = {}
     started = time.perf_counter()
-    for (metric, aux, tau, correction), dets in by_model.items():
+    for (metric, aux, tau, correction, margins), dets in by_model.items():
         for seed in seeds:
-            model_cfg = Config(metric, aux, tau, dets[0], correction)
+            model_cfg = Config(metric, aux, tau, dets[0], correction, margins)
             out = run_one(model_cfg, seed, args.epochs, root, bench, rt, dets, args.device)
             for d in dets:
-                results.setdefault(Config(metric, aux, tau, d, correction), []).append(out[d])
+                results.setdefault(Config(metric, aux, tau, d, correction, margins), []).append(out[d])
             print(f"  {model_cfg.run} seed {seed}: " + ", ".join(
                 f"{d} AUROC {100 * out[d]['auroc']:.2f} acc {100 * out[d]['acc']:.2f}" for d in dets),
                 file=sys.stderr, flush=True)
     took = time.perf_counter() - started
-    sets = " / ".join(next(iter(results.values()))[0]["per_set_auroc"])
-    header = ["training → detector", "AUROC", f"AUROC {sets}", "FPR95", "ID acc", "few-shot acc",
+    set_names = " / ".join(next(iter(results.values()))[0]["per_set_auroc"])
+    header = ["training → detector", "AUROC", f"AUROC {set_names}", "FPR95", "ID acc", "few-shot acc",
               "ID flagged at FPR95: many / medium / few"]
     ordered = list(dict.fromkeys(c for pair in pairs for c in pair))
     print(f"\n### {bench.name} ablation: {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs, "
@@ -271,6 +343,23 @@ def main(argv: list[str] | None = None) -> int:
           "second is better / seeds, two-sided sign test p); 'no measurable effect' where the interval holds 0:\n")
     print(markdown(["change", "ΔAUROC", "ΔFPR95", "ΔID acc", "Δfew-shot acc"],
                    [paired_row(a, b, results[a], results[b]) for a, b in pairs]))
+    sets = list(next(iter(results.values()))[0]["per_set_auroc"])
+    print("\nThe same pairs by OOD set (ΔAUROC) and by shot group (Δ ID test images flagged as OOD at the FPR95 "
+          "threshold; negative is better), in points: mean [95% t interval] seeds where the second is better / "
+          "seeds; bold where the interval excludes 0:\n")
+    print(markdown(["change"] + [f"ΔAUROC {s}" for s in sets] + [f"Δflagged {g}" for g in GROUPS],
+                   [detail_row(a, b, results[a], results[b], sets) for a, b in pairs]))
+    models = list(dict.fromkeys(Config(c.metric, c.aux, c.tau, "", c.correction, c.margins) for c in ordered))
+    curve_header, curve_table = curve_rows(models, seeds, root, args.epochs)
+    print(f"\nTraining loss (mean over the {len(seeds)} seeds) by epoch, with the lr at the end of that epoch "
+          "(cosine schedule):\n")
+    print(markdown(curve_header, curve_table))
+    trained_at = {}
+    for rs in results.values():
+        for r in rs:
+            trained_at[r.get("commit", "not recorded")] = trained_at.get(r.get("commit", "not recorded"), 0) + 1
+    print("\nScored runs by the commit they were trained at: "
+          + ", ".join(f"{k} ({v})" for k, v in sorted(trained_at.items())))
     health = []
     for c in ordered:
         for seed, r in zip(seeds, results[c]):
@@ -286,8 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     warned = sorted({w for rs in results.values() for r in rs for w in r["warnings"]})
     print(f"Training warnings: {len(warned)}" + "".join(f"\n  {w}" for w in warned))
     print(f"Wall time of this invocation {took / 60:.1f} min (runs already in --out are reused, not retrained)")
-    write_json(args.json, {"benchmark": "ablation_digits", "seeds": seeds, "epochs": args.epochs,
-                           "results": {c.label: results[c] for c in ordered}})
+    write_json(args.json, {"benchmark": "ablation_digits", "dataset": bench.name, "seeds": seeds,
+                           "epochs": args.epochs, "commit": commit(),
+                           "results": {c.label: results[c] for c in ordered},
+                           "training_loss": {"header": curve_header, "rows": curve_table}})
     if tmp is not None:
         tmp.cleanup()
     return 1 if health else 0

@@ -122,6 +122,45 @@ def test_ablation_script_pairs_runs_that_differ_in_one_thing(tmp_path, capsys):
     better = sum(d > 0 for d in diffs)
     assert f"({better}/2 better" in cell
     assert "| oe · none: CE → LA-CE |" in first
+    # the same pair by OOD set: the first set's cell starts with its mean per-seed AUROC difference
+    detail = [line for line in first.split("by shot group")[1].splitlines() if line.startswith("| LA-CE · none: oe")]
+    first_set = next(iter(vanilla[0]["per_set_auroc"]))
+    set_mean = sum(100 * (b["per_set_auroc"][first_set] - a["per_set_auroc"][first_set])
+                   for a, b in zip(vanilla, ada)) / 2
+    assert detail[0].split("|")[2].strip().removeprefix("saturated: ").strip("*").startswith(f"{set_mean:+.2f}")
+    flagged_few = sum(100 * (b["flagged"]["few"] - a["flagged"]["few"]) for a, b in zip(vanilla, ada)) / 2
+    assert detail[0].split("|")[-2].strip().strip("*").startswith(f"{flagged_few:+.2f}")
+    assert "Scored runs by the commit they were trained at: " in first
+    assert json.loads((tmp_path / "a.json").read_text())["commit"] != ""
     assert ablation_digits.main(args) == 1
     again = capsys.readouterr().out
     assert again.split("Wall time")[0] == first.split("Wall time")[0]
+
+
+def test_ablation_loss_table_reads_each_runs_epoch_losses(tmp_path):
+    """The training-loss table of bench/ablation_digits.py: the mean over seeds of each run's per-epoch loss in
+    metrics.jsonl, the lr at that epoch, and the share of the whole decrease that comes after 75% of the epochs
+    (computed by hand for two made-up curves)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    bench_dir = str(Path(__file__).resolve().parents[2] / "bench")
+    sys.path.insert(0, bench_dir)
+    try:
+        import ablation_digits
+    finally:
+        sys.path.remove(bench_dir)
+    cfg = ablation_digits.Config("energy", "none", 1.0, "energy")
+    curves = {0: [4.0, 3.0, 2.0, 1.5], 1: [6.0, 4.0, 3.0, 2.0]}  # epoch losses 1..4
+    for seed, losses in curves.items():
+        folder = tmp_path / f"{cfg.run}-seed{seed}"
+        folder.mkdir()
+        lines = [{"kind": "log", "epoch": 1, "loss": 99.0, "lr": 0.5}]  # step records are not epoch losses
+        lines += [{"kind": "epoch", "epoch": e + 1, "loss": v, "lr": 0.1 * (3 - e)} for e, v in enumerate(losses)]
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    header, rows = ablation_digits.curve_rows([cfg], [0, 1], tmp_path, 4)
+    assert header[1:-1] == ["loss, epoch 1", "epoch 2 (lr 2.0e-01)", "epoch 3 (lr 1.0e-01)",
+                            "epoch 4 (lr 0.0e+00)"]
+    # seed 0: (2 − 1.5) / (4 − 1.5) = 0.2; seed 1: (3 − 2) / (6 − 2) = 0.25; mean 22.5%
+    assert rows == [["energy", "5.000", "3.500", "2.500", "1.750", "22.5%"]]

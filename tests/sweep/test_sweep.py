@@ -146,7 +146,7 @@ def test_gpus_must_divide_into_the_gpus_each_run_takes(tmp_path, cli):
 def test_every_shipped_plan_reads_and_names_what_is_installed():
     shipped = plans.shipped()
     assert {"digits-smoke", "table1-cifar10", "table1-cifar100", "table2-imagenet", "table5-oe", "table5-energy",
-            "table5-maha"} <= set(shipped)
+            "table5-maha", "controls-cifar10"} <= set(shipped)
     for name, path in shipped.items():
         plan = engine.read_plan(path)
         engine.check_names(plan)
@@ -159,6 +159,16 @@ def test_every_shipped_plan_reads_and_names_what_is_installed():
     ours = t1.run("PASCL + ImOOD")  # the "+ Ours" rows are scored with the vanilla detector
     assert ours.train["ood_metric"] == "ada_bin_disc" and ours.headline == "bin_disc"
     assert t1.run("COCL + ImOOD").train["ood_metric"] == "ada_cocl" and t1.run("COCL + ImOOD").headline == "cocl"
+    controls = engine.read_plan(shipped["controls-cifar10"])
+    for base, vanilla in (("energy", "energy"), ("oe", "msp"), ("bin_disc", "bin_disc")):
+        ada = f"ada_{base}"
+        assert controls.run(base).train == {"ood_metric": base}
+        assert controls.run(f"{ada} none").train == {"ood_metric": ada, "ada_correction": "none"}
+        assert controls.run(f"{ada} flat-prior").train == {"ood_metric": ada, "ada_correction": "flat-prior"}
+        # every training of one statistic is scored with its vanilla detector, and the pairs separate the changes
+        assert {controls.run(n).headline for n in (base, ada, f"{ada} none", f"{ada} flat-prior")} == {vanilla}
+        assert [p for p in controls.compare if base in p[0] or base in p[1]] == [
+            (base, ada), (base, f"{ada} none"), (f"{ada} none", ada), (f"{ada} flat-prior", ada)]
 
 
 # ---------------------------------------------------------------- command lines
