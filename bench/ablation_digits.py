@@ -90,11 +90,12 @@ def shown(detector: str) -> str:
     return detector.replace(AUTO, " (--ada-scale auto)")
 
 
-def configurations(bases: list[str], auxes: list[str], plain_ce: bool, controls: bool = False,
+def configurations(bases: list[str], auxes: list[str], plain_ce: bool, controls: tuple[str, ...] = (),
                    margins: tuple[float, float] | None = None) -> list[tuple[Config, Config]]:
     """(vanilla, ada_) pairs that differ in one thing. With `controls`, each ada_ training is also split into
-    its two changes by the matched controls (--ada-correction): the loss family alone (X → ada_X with δ ≡ 1),
-    then the prior-aware correction (δ ≡ 1 → full), and the class prior inside it (flat prior → full). With
+    its two changes by the matched controls (--ada-correction): with "none", the loss family alone (X → ada_X
+    with δ ≡ 1) and the prior-aware correction (δ ≡ 1 → full); with "flat-prior", the class prior inside it
+    (flat prior → full). With
     `margins`, energy → ada_energy is also paired with energy trained at those margins."""
     pairs = []
     for aux in auxes:
@@ -107,10 +108,11 @@ def configurations(bases: list[str], auxes: list[str], plain_ce: bool, controls:
                 pairs.append((vanilla, ada))
                 if margins is not None and base == "energy":  # the baseline at other margins, same ada_ model
                     pairs.append((Config(base, aux, 1.0, VANILLA[base], margins=margins), ada))
-                if controls:
+                if "none" in controls:
                     plain = Config(f"ada_{base}", aux, 1.0, VANILLA[base], "none")
-                    flat = Config(f"ada_{base}", aux, 1.0, VANILLA[base], "flat-prior")
-                    pairs += [(vanilla, plain), (plain, ada), (flat, ada)]
+                    pairs += [(vanilla, plain), (plain, ada)]
+                if "flat-prior" in controls:
+                    pairs.append((Config(f"ada_{base}", aux, 1.0, VANILLA[base], "flat-prior"), ada))
     if plain_ce and "oe" in bases and "none" in auxes:
         pairs.insert(0, (Config("oe", "none", 0.0, "msp"), Config("oe", "none", 1.0, "msp")))
     if "none" in auxes:  # the aux loss, all else equal
@@ -297,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (reused when present)")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
     p.add_argument("--device", default="cpu", help="training and scoring device (default cpu)")
-    p.add_argument("--controls", action="store_true", help="add the matched controls of each ada_ training "
-                   "(--ada-correction none and flat-prior) and the pairs that separate its two changes")
+    p.add_argument("--controls", nargs="?", const="none,flat-prior", default="", metavar="none,flat-prior",
+                   help="add the matched controls of each ada_ training (--ada-correction none and flat-prior, "
+                        "or the one named) and the pairs that separate its two changes")
     p.add_argument("--margins", default=None, metavar="M_IN/M_OUT",
                    help="also train energy at these margins (e.g. those bench/select_margins.py chose on held-out "
                         "data) and pair it with ada_energy")
@@ -308,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     margins = None if args.margins is None else tuple(float(x) for x in args.margins.split("/"))
-    pairs = configurations(args.metrics.split(","), args.aux.split(","), not args.no_plain_ce, args.controls,
+    controls = tuple(c for c in args.controls.split(",") if c)
+    if set(controls) - set(CONTROL):
+        p.error(f"--controls takes {', '.join(CONTROL)}, got {args.controls!r}")
+    pairs = configurations(args.metrics.split(","), args.aux.split(","), not args.no_plain_ce, controls,
                            margins)
     bench = Digits().load(None) if args.benchmark == "digits" else Glyphs().load(args.data_root)
     rt = setup(args.device)

@@ -1,4 +1,5 @@
-"""bench/select_margins.py: energy margins chosen on a held-out split of the ID training and auxiliary images."""
+"""bench/select_margins.py (energy margins chosen on held-out data) and bench/ablation_epochs.py (two training lengths
+paired by seed)."""
 
 import json
 import sys
@@ -50,3 +51,34 @@ def test_each_setting_is_scored_on_the_held_out_split_only(select_margins, tmp_p
     assert select_margins.main(args) == 0
     assert capsys.readouterr().out.split("Wall time")[0] == first.split("Wall time")[0]
     assert (out / "energy-m-6-m-2-seed0" / "metrics.jsonl").stat().st_mtime_ns == stamp["energy-m-6-m-2-seed0"]
+
+
+def test_epochs_comparison_pairs_runs_by_seed(tmp_path, capsys):
+    """bench/ablation_epochs.py: longer − shorter per configuration, paired by seed value (not list position),
+    over the seeds both files have; files of two benchmarks are refused."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import ablation_epochs
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def run(auroc, acc):
+        return {"auroc": auroc, "fpr95": 0.2, "acc": acc, "few": 0.9}
+
+    short = {"dataset": "digits", "epochs": 30, "seeds": [0, 1, 2],
+             "results": {"energy": [run(0.90, 0.95), run(0.92, 0.96), run(0.5, 0.5)], "only-short": [run(1, 1)] * 3}}
+    long = {"dataset": "digits", "epochs": 60, "seeds": [1, 0],
+            "results": {"energy": [run(0.94, 0.97), run(0.93, 0.96)]}}
+    (tmp_path / "s.json").write_text(json.dumps(short))
+    (tmp_path / "l.json").write_text(json.dumps(long))
+    assert ablation_epochs.main([str(tmp_path / "s.json"), str(tmp_path / "l.json")]) == 0
+    out = capsys.readouterr().out
+    assert "60 − 30 epochs" in out and "only-short" not in out
+    row = next(line for line in out.splitlines() if line.startswith("| energy (2 seeds)"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    # seed 0: 0.90 → 0.93, seed 1: 0.92 → 0.94: +3 and +2 points, mean +2.50; ID acc +1 and +1 point
+    assert cells[0].startswith("no measurable effect: +2.50 [") and "(2/2 better" in cells[0]  # two seeds: wide
+    assert cells[1].startswith("no measurable effect: +0.00") and cells[2].startswith("+1.00 [+1.00, +1.00]")
+    long["dataset"] = "glyphs"
+    (tmp_path / "l.json").write_text(json.dumps(long))
+    assert ablation_epochs.main([str(tmp_path / "s.json"), str(tmp_path / "l.json")]) == 2
