@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import write_json
+from common import commit, markdown, run_records, write_json
 
 from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.data.benchmarks.glyphs import Glyphs
@@ -46,9 +46,9 @@ from imood_cli.engine.scoring.score import score
 from imood_cli.engine.training.config import resolve_config
 from imood_cli.engine.training.lifecycle import train
 from imood_cli.fs.atomic import atomic_write_text
+from imood_cli.report.sweep import SATURATED
 
 EVAL_FILE = "ablation-eval.json"
-SATURATED = 0.995  # an OOD set where every run of both configurations is at this AUROC cannot show a difference
 CURVE_POINTS = (0.25, 0.5, 0.75, 0.9, 1.0)  # fractions of the epochs at which the training-loss table samples
 AUTO = "@auto"  # a detector label suffix: scored with --ada-scale auto (c fitted on the ID training set)
 VANILLA = {"oe": "msp", "energy": "energy", "bin_disc": "bin_disc"}
@@ -238,12 +238,7 @@ def detail_row(a: Config, b: Config, ra: list[dict], rb: list[dict], sets: list[
 
 def loss_curve(folder: Path) -> list[tuple[int, float, float]]:
     """(epoch, lr at its end, mean training loss) per epoch, from the run's metrics.jsonl."""
-    curve = []
-    for line in (folder / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "epoch":
-            curve.append((int(record["epoch"]), float(record["lr"]), float(record["loss"])))
-    return curve
+    return [(int(r["epoch"]), float(r["lr"]), float(r["loss"])) for r in run_records(folder, "epoch")]
 
 
 def curve_rows(models: list[Config], seeds: list[int], root: Path, epochs: int) -> tuple[list[str], list[list[str]]]:
@@ -266,27 +261,6 @@ def curve_rows(models: list[Config], seeds: list[int], root: Path, epochs: int) 
     header = ["training", "loss, epoch 1"] + [f"epoch {m} (lr {lrs.get(m, 0):.1e})" for m in marks] + [
         "share of the decrease after 75% of the epochs"]
     return header, rows
-
-
-def commit() -> str:
-    """The checkout's commit (with '+changes' when the tree differs from it), or 'unknown' outside git."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("+changes" if dirty else "")) if head else "unknown"
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

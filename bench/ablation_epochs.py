@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from common import markdown
+
 from imood_cli.engine.metrics.paired import describe, paired_difference
 
 QUANTITIES = (("auroc", "ΔAUROC", True), ("fpr95", "ΔFPR95", False), ("acc", "ΔID acc", True),
@@ -59,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"\n### {short.get('dataset')}: {long['epochs']} − {short['epochs']} epochs, paired by seed "
           f"(commits {short.get('commit', 'not recorded')} and {long.get('commit', 'not recorded')})\n")
-    header = ["training → detector"] + [title for _, title, _ in QUANTITIES]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for r in table:
-        print("| " + " | ".join(r) + " |")
+    print(markdown(["training → detector"] + [title for _, title, _ in QUANTITIES], table))
     return 0
 
 

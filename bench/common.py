@@ -52,12 +52,34 @@ def machine() -> dict:
             "cpu": platform.processor() or platform.machine()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        info["commit"] = None
+    info["commit"] = commit()
     return info
+
+
+def commit() -> str:
+    """The checkout's commit (with '+changes' when tracked files differ from it), or 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+changes" if dirty else "")) if head else "unknown"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_records(run: Path, kind: str) -> list[dict]:
+    """The records of one kind ("epoch", "val", ...) in a training run's metrics.jsonl, in order."""
+    records = (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip())
+    return [r for r in records if r.get("kind") == kind]
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

@@ -17,14 +17,13 @@ The test OOD sets are not loaded into any number here.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import write_json
+from common import markdown, run_records, write_json
 
 from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.data.benchmarks.glyphs import Glyphs
@@ -39,8 +38,7 @@ AUROC_SLACK = 0.005  # settings within this of the best held-out AUROC compete o
 
 def held_out_record(run: Path) -> dict:
     """The last validation record of the run's metrics.jsonl."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    vals = [r for r in records if r.get("kind") == "val"]
+    vals = run_records(run, "val")
     if not vals:
         raise SystemExit(f"{run}: no validation record in metrics.jsonl")
     return vals[-1]
@@ -100,12 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = choose(rows)
     print(f"\n### {bench.name}: energy margins on held-out data ({args.val_fraction:g} of the ID training and of "
           f"the auxiliary images), {len(seeds)} seeds ({args.seeds}), {args.epochs} epochs\n")
-    print("| m_in, m_out | held-out AUROC | held-out FPR95 | held-out ID acc | held-out few-shot acc |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        mark = " (chosen)" if r is chosen else ""
-        print(f"| {r['m_in']:g}, {r['m_out']:g}{mark} | {100 * r['auroc']:.2f} | {100 * r['fpr95']:.2f} | "
-              f"{100 * r['acc']:.2f} | {100 * r['acc_few']:.2f} |")
+    print(markdown(["m_in, m_out", "held-out AUROC", "held-out FPR95", "held-out ID acc", "held-out few-shot acc"],
+                   [[f"{r['m_in']:g}, {r['m_out']:g}" + (" (chosen)" if r is chosen else "")]
+                    + [f"{100 * r[k]:.2f}" for k in ("auroc", "fpr95", "acc", "acc_few")] for r in rows]))
     print(f"\nChosen: the highest held-out ID accuracy among settings within {100 * AUROC_SLACK:g} points of the "
           f"best held-out AUROC. Wall time {(time.perf_counter() - started) / 60:.1f} min.")
     write_json(args.json, {"benchmark": "select_margins", "dataset": bench.name, "seeds": seeds,
