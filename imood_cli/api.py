@@ -228,6 +228,7 @@ class ModelScores:
     evaluation:  {label: document} as `api.evaluate` returns it (OOD metrics per set and mean, ID accuracy and
                  the shot groups of class_counts).
     skipped:     {label: why} for detectors the model cannot run (with skip_unavailable=True).
+    failed:      {label: why} for detectors whose fit or scores failed (with keep_going=True).
     capabilities: which stages (feature_map, features, classifier) the model gave detectors.
     """
 
@@ -242,6 +243,7 @@ class ModelScores:
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     options: dict[str, dict] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> dict[str, Path]:
         """Score files (`<folder>/<detector>.safetensors`) that `imood eval` and `imood report` read."""
@@ -313,7 +315,7 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
                 detectors: str | Sequence[str] = DEFAULT_DETECTORS, *, class_counts: Sequence[int],
                 fit_loader: Iterable | None = None, logit_adjust: float = 1.0, ada_scale: float | str | None = None,
                 split: Adapter | None = None, device: str | torch.device | None = None,
-                skip_unavailable: bool = False) -> ModelScores:
+                skip_unavailable: bool = False, keep_going: bool = False) -> ModelScores:
     """Fit, score and evaluate detectors on any classifier (`nn.Module` whose forward returns the logits).
 
     Loaders give image batches as the model takes them (your transforms, normalization included): tensors, or
@@ -323,10 +325,13 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
     rmd, klm, fdbd) and for ada_scale="auto". `detectors`: names with options as `imood score -m` takes them
     ("react:p=95", "ada_vim", "all"). The model is split by its family's adapter or by `split`; a detector it
     cannot run (no spatial feature map, no linear classifier) is an error, or left out and named in `skipped`
-    with skip_unavailable=True ("all" always leaves them out). The model runs in eval mode; its modes are restored.
+    with skip_unavailable=True ("all" always leaves them out). A detector whose fit or scores fail (an exception,
+    a NaN) is one error naming it; with keep_going=True, as in `imood score`, it is dropped and named in `failed`
+    with why, and the others are scored (none left is the error). The model runs in eval mode; its modes are
+    restored.
     """
     from imood_cli.engine.runtime import Runtime
-    from imood_cli.engine.scoring.fits import auto_scales, fit_on
+    from imood_cli.engine.scoring.fits import Failures, auto_scales, drop_failed, fit_on
     from imood_cli.engine.scoring.infer import ModelAccess, run_batches
     from imood_cli.engine.scoring.score import BatchScorer, check_all_finite, drop_unavailable
 
@@ -381,6 +386,8 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
         if not ds:
             raise ImoodError(f"none of the detectors can run on {type(s.module).__name__}: {caps.why(set(ALL_STAGES))}")
         access = ModelAccess(s, rt)
+        failed: Failures | None = {} if keep_going else None
+        order = list(ds)
         need_fit = {label: d for label, d in ds.items() if d.needs_fit}
         ada = {label: d for label, d in ds.items() if isinstance(d, AdaScore)} if auto else {}
         if (need_fit or ada) and fit_loader is None:
@@ -397,19 +404,24 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
             y = torch.cat(labels).to(dev)
             if int(y.min()) < 0 or int(y.max()) >= k:
                 raise ImoodError(f"fit_loader's labels must be class indices in 0..{k - 1}")
-            fit_on(need_fit, access.view(feats, {"classifier"}, labels=y), "fit_loader")
+            fit_on(need_fit, access.view(feats, {"classifier"}, labels=y), "fit_loader", failed)
+            drop_failed(ds, failed)
         if ada:
             assert fit_loader is not None  # refused above
             labels = []
-            auto_scales(ada, s, _batches(fit_loader, dev, labels), labels, k, rt, lp)
+            ada = {label: d for label, d in ada.items() if label in ds}
+            if ada:
+                auto_scales(ada, s, _batches(fit_loader, dev, labels), labels, k, rt, lp, failed=failed)
+                drop_failed(ds, failed)
 
         def score_set(items: Iterable, labels: list[torch.Tensor] | None = None
                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-            scorer = BatchScorer(ds, access, lp)
+            scorer = BatchScorer(ds, access, lp, failed)
             run_batches(s, _batches(items, dev, labels), rt, scorer.keep_features, None, each=scorer,
                         feature_map=scorer.feature_map)
             if not scorer.all_finite:
                 raise ImoodError("the model's outputs are NaN or infinite")
+            drop_failed(ds, failed)  # a detector that failed on this set is not scored on the next ones
             return scorer.result()
 
         id_labels_parts: list[torch.Tensor] = []
@@ -423,7 +435,10 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
             for label in ds:
                 ood_scores[label][name] = sc[label]
             ood_preds[name] = pr
-        check_all_finite(id_scores, ood_scores, "the ID set")
+        id_scores = {label: id_scores[label] for label in ds}  # without those that failed on an OOD set
+        ood_scores = {label: ood_scores[label] for label in ds}
+        check_all_finite(id_scores, ood_scores, "the ID set", failed)
+        drop_failed(ds, failed)
     id_labels = torch.cat(id_labels_parts) if id_labels_parts else None
     if id_labels is not None and len(id_labels) != len(id_preds):
         id_labels = None  # some batches came without labels: no accuracy rather than a wrong one
@@ -433,5 +448,6 @@ def score_model(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str,
                                   ood_preds_by_set=ood_preds if id_labels is not None else None)
                   for label in ds}
     used_options = {label: d.options() for label, d in ds.items()}
+    why_failed = {label: failed[label].reason for label in order if label in failed} if failed else {}
     return ModelScores(id_scores, ood_scores, id_labels, id_preds, ood_preds, evaluation, counts, caps, skipped,
-                       notes, used_options)
+                       notes, used_options, why_failed)

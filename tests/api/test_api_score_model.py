@@ -254,3 +254,39 @@ def test_a_view_of_any_model_without_private_fields(net_data):
         bare.logits_from_features(torch.zeros(2, 32))
     with pytest.raises(TypeError, match="unexpected keyword argument '_head'"):
         ModelView.of(ModelOutputs(torch.zeros(2, K)), _head=None)
+
+
+def test_keep_going_drops_only_the_detectors_that_fail(net_data, monkeypatch):
+    """A fit that fails (vim's dim beyond the 32 features) and a score that breaks on the second batch (knn):
+    with keep_going, both are named in `failed` and the others are exactly what they are when scored alone;
+    without it, the first failure is the error."""
+    import imood_cli.methods.knn as knn
+
+    net, (train, y), (test, test_y), ood = net_data
+    calls = {"n": 0}
+    idness = knn.KNN.idness
+
+    def breaks_on_batch_2(self, view):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("broke on batch 2")
+        return idness(self, view)
+
+    monkeypatch.setattr(knn.KNN, "idness", breaks_on_batch_2)
+    loaders = ([(test[:20], test_y[:20]), (test[20:], test_y[20:])], {"far": [ood]})
+    specs = ["msp", "vim:dim=40", "knn", "energy"]
+    with pytest.raises(ImoodError, match=r"vim.*smaller than the features \(d = 32\)"):
+        api.score_model(net, *loaders, specs, class_counts=COUNTS, fit_loader=[(train, y)])
+    out = api.score_model(net, *loaders, specs, class_counts=COUNTS, fit_loader=[(train, y)], keep_going=True)
+    assert list(out.failed) == ["vim:dim=40", "knn"]
+    assert out.failed["vim:dim=40"].startswith("fit: OptionError: ") and "d = 32" in out.failed["vim:dim=40"]
+    assert out.failed["knn"] == "score: RuntimeError: broke on batch 2"
+    assert set(out.id_scores) == set(out.ood_scores) == set(out.evaluation) == {"msp", "energy"}
+    alone = api.score_model(net, *loaders, ["msp", "energy"], class_counts=COUNTS)
+    for label in ("msp", "energy"):
+        assert torch.equal(out.id_scores[label], alone.id_scores[label])
+        assert out.evaluation[label] == alone.evaluation[label]
+    calls["n"] = 0
+    with pytest.raises(ImoodError, match="vim:dim=40 .*knn"):  # none left: one error naming each
+        api.score_model(net, *loaders, ["vim:dim=40", "knn"], class_counts=COUNTS, fit_loader=[(train, y)],
+                        keep_going=True)
