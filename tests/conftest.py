@@ -17,6 +17,19 @@ import pytest
 import torch
 
 
+def import_bench(name: str):
+    """A script of bench/ (a folder of scripts, not a package) imported as a module, sys.path left as it was."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     # Two cores here and in CI: keep torch from oversubscribing them when tests run in parallel.

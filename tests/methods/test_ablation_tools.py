@@ -2,22 +2,14 @@
 paired by seed)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from conftest import import_bench
 
 
 @pytest.fixture(scope="module")
 def select_margins():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import select_margins
-    finally:
-        sys.path.remove(str(BENCH))
-    return select_margins
+    return import_bench("select_margins")
 
 
 def test_choice_prefers_id_accuracy_among_near_best_held_out_auroc(select_margins):
@@ -56,11 +48,7 @@ def test_each_setting_is_scored_on_the_held_out_split_only(select_margins, tmp_p
 def test_epochs_comparison_pairs_runs_by_seed(tmp_path, capsys):
     """bench/ablation_epochs.py: longer − shorter per configuration, paired by seed value (not list position),
     over the seeds both files have; files of two benchmarks are refused."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import ablation_epochs
-    finally:
-        sys.path.remove(str(BENCH))
+    ablation_epochs = import_bench("ablation_epochs")
 
     def run(auroc, acc):
         return {"auroc": auroc, "fpr95": 0.2, "acc": acc, "few": 0.9}

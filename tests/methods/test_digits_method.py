@@ -4,6 +4,7 @@ sign of aux_linear's weight)."""
 
 import pytest
 import torch
+from conftest import import_bench
 
 from imood_cli.data.benchmarks.digits import Digits
 from imood_cli.engine.metrics.evaluate import evaluate
@@ -98,15 +99,8 @@ def test_ablation_script_pairs_runs_that_differ_in_one_thing(tmp_path, capsys):
     """bench/ablation_digits.py at a toy size: its paired rows equal the per-seed differences of its own JSON,
     and a second invocation reuses the runs in --out."""
     import json
-    import sys
-    from pathlib import Path
 
-    bench_dir = str(Path(__file__).resolve().parents[2] / "bench")
-    sys.path.insert(0, bench_dir)
-    try:
-        import ablation_digits
-    finally:
-        sys.path.remove(bench_dir)
+    ablation_digits = import_bench("ablation_digits")
     args = ["--seeds", "0,1", "--epochs", "1", "--metrics", "oe", "--aux", "none", "--out", str(tmp_path / "runs"),
             "--json", str(tmp_path / "a.json")]
     code = ablation_digits.main(args)
@@ -142,15 +136,8 @@ def test_ablation_loss_table_reads_each_runs_epoch_losses(tmp_path):
     metrics.jsonl, the lr at that epoch, and the share of the whole decrease that comes after 75% of the epochs
     (computed by hand for two made-up curves)."""
     import json
-    import sys
-    from pathlib import Path
 
-    bench_dir = str(Path(__file__).resolve().parents[2] / "bench")
-    sys.path.insert(0, bench_dir)
-    try:
-        import ablation_digits
-    finally:
-        sys.path.remove(bench_dir)
+    ablation_digits = import_bench("ablation_digits")
     cfg = ablation_digits.Config("energy", "none", 1.0, "energy")
     curves = {0: [4.0, 3.0, 2.0, 1.5], 1: [6.0, 4.0, 3.0, 2.0]}  # epoch losses 1..4
     for seed, losses in curves.items():
